@@ -1,0 +1,170 @@
+// core/matmul.cpp: (batched) matrix products through cblas_sgemm, and BLAS thread control.
+//
+// The only file that includes cblas.h. A transposed view is handed to BLAS as a
+// transpose flag with its leading dimension, never copied; the backward products
+// dA = dC B^T and dB = A^T dC flip those flags the same way.
+#include <cblas.h>
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <algorithm>
+
+#include "core/ops.h"
+
+namespace lg {
+
+void set_num_threads(int n) {
+  if (n <= 0) return;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int get_num_threads() { return omp_get_max_threads(); }
+
+// C (M, N), row-major, ldc = N unless given = op(A) (M, K) @ op(B) (K, N).
+static void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
+                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (beta == 0.0f)
+      for (int64_t i = 0; i < M; ++i) std::fill_n(C + i * ldc, N, 0.0f);
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f, A,
+              static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
+}
+
+// The last two axes of a tensor as a BLAS operand: a (batch of) logical (rows, cols)
+// matrix stored either row-major (trans = false) or as the transpose of one.
+struct Operand {
+  Tensor keep;                 // keeps the storage alive (a copy if the view was not BLAS-able)
+  const float* data = nullptr;
+  int64_t batch = 1, batch_stride = 0;  // batch_stride 0: one matrix shared by every batch entry
+  int64_t rows = 0, cols = 0, ld = 1;
+  bool trans = false;
+  bool foldable() const { return !trans && (batch == 1 || batch_stride == rows * ld); }
+};
+
+static bool blas_layout(const Tensor& t, bool& trans, int64_t& ld, int64_t& batch_stride) {
+  int64_t n = t.dim();
+  int64_t rows = t.shape()[n - 2], cols = t.shape()[n - 1];
+  int64_t s0 = t.strides()[n - 2], s1 = t.strides()[n - 1];
+  if ((s1 == 1 || cols == 1) && s0 >= std::max<int64_t>(cols, 1)) {
+    trans = false;
+    ld = s0;
+  } else if ((s0 == 1 || rows == 1) && s1 >= std::max<int64_t>(rows, 1)) {
+    trans = true;
+    ld = s1;
+  } else if (rows == 1 && cols == 1) {
+    trans = false;
+    ld = 1;
+  } else {
+    return false;
+  }
+  // The batch axes must collapse into one stride (axes of size 1 do not matter).
+  batch_stride = 0;
+  int64_t expect = -1;
+  for (int64_t d = n - 3; d >= 0; --d) {
+    if (t.shape()[d] == 1) continue;
+    if (expect >= 0 && t.strides()[d] != expect) return false;
+    if (expect < 0) batch_stride = t.strides()[d];
+    expect = t.strides()[d] * t.shape()[d];
+  }
+  return true;
+}
+
+static Operand operand(const Tensor& t) {
+  Operand op;
+  op.keep = t;
+  if (!blas_layout(t, op.trans, op.ld, op.batch_stride)) {
+    op.keep = contiguous_copy(t);
+    blas_layout(op.keep, op.trans, op.ld, op.batch_stride);
+  }
+  int64_t n = t.dim();
+  op.data = op.keep.data();
+  op.rows = t.shape()[n - 2];
+  op.cols = t.shape()[n - 1];
+  op.batch = 1;
+  for (int64_t d = 0; d < n - 2; ++d) op.batch *= t.shape()[d];
+  if (op.batch == 1) op.batch_stride = 0;
+  return op;
+}
+
+// A contiguous (batch, rows, cols) result viewed as an operand.
+static Operand operand_of_result(const Tensor& t, int64_t batch) {
+  Operand op = operand(t);
+  op.batch = batch;
+  op.batch_stride = batch == 1 ? 0 : op.rows * op.cols;
+  return op;
+}
+
+static Operand shared_operand(const Operand& op, int64_t batch) {
+  Operand o = op;
+  o.batch = batch;
+  o.batch_stride = 0;
+  return o;
+}
+
+// C_i (M, N) (+)= op(A_i) @ op(B_i) for i < batch; with accumulate the batch is summed into
+// one C (used for the gradient of an operand shared by every batch entry).
+static void batched(const Operand& A, bool flip_a, const Operand& B, bool flip_b, int64_t batch,
+                    float* C, bool sum_batches) {
+  bool ta = A.trans != flip_a, tb = B.trans != flip_b;
+  int64_t M = flip_a ? A.cols : A.rows, K = flip_a ? A.rows : A.cols;
+  int64_t N = flip_b ? B.rows : B.cols;
+  // One big product when the batch folds into A's rows (B shared, A not transposed).
+  if (!sum_batches && B.batch_stride == 0 && !flip_a && A.foldable() && batch > 1) {
+    sgemm(ta, tb, batch * M, N, K, A.data, A.ld, B.data, B.ld, 0.0f, C, N);
+    return;
+  }
+  // A^T dC summed over the batch: fold the batch into the shared K of both.
+  if (sum_batches && flip_a && A.foldable() && B.foldable() && batch > 1) {
+    sgemm(true, tb, M, N, batch * K, A.data, A.ld, B.data, B.ld, 0.0f, C, N);
+    return;
+  }
+  for (int64_t i = 0; i < batch; ++i)
+    sgemm(ta, tb, M, N, K, A.data + i * A.batch_stride, A.ld, B.data + i * B.batch_stride, B.ld,
+          sum_batches && i > 0 ? 1.0f : 0.0f, sum_batches ? C : C + i * M * N, N);
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  auto fail = [&](const char* why) {
+    return Error(fmt::format("matmul: {} ({} @ {})", why, shape_str(a.shape()), shape_str(b.shape())));
+  };
+  if (a.dim() < 2 || b.dim() < 2) throw fail("both operands need at least 2 axes");
+  if (a.size(-1) != b.size(-2)) throw fail("inner dimensions differ");
+  Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
+  if (!batch_a.empty() && !batch_b.empty() && batch_a != batch_b) throw fail("batch axes differ");
+  Shape out_shape = batch_a.empty() ? batch_b : batch_a;
+  int64_t batch = shape_numel(out_shape);
+  int64_t M = a.size(-2), N = b.size(-1);
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+
+  Operand A = operand(a), B = operand(b);
+  bool shared_a = batch_a.empty() && batch > 1, shared_b = batch_b.empty() && batch > 1;
+  if (shared_a) A = shared_operand(A, batch);
+  if (shared_b) B = shared_operand(B, batch);
+  Tensor out = Tensor::empty(out_shape);
+  batched(A, false, B, false, batch, out.data(), false);
+
+  return attach_node(out, "matmul", {a, b}, [a, b, A, B, batch, shared_a, shared_b](const Tensor& g) {
+    Tensor gc = g.is_contiguous() ? g : contiguous_copy(g);
+    Operand G = operand_of_result(gc, batch);
+    if (a.requires_grad()) {
+      // dA = dC @ B^T, summed over the batch when A was shared.
+      Tensor ga = Tensor::empty(a.shape());
+      batched(G, false, B, true, batch, ga.data(), shared_a);
+      accumulate_grad(a, std::move(ga));
+    }
+    if (b.requires_grad()) {
+      // dB = A^T @ dC, summed over the batch when B was shared.
+      Tensor gb = Tensor::empty(b.shape());
+      batched(A, true, G, false, batch, gb.data(), shared_b);
+      accumulate_grad(b, std::move(gb));
+    }
+  });
+}
+
+}  // namespace lg
