@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# scripts/test.sh: installs what is missing, builds (Release, or with sanitizers given --sanitize), runs the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+build=build
+flags=(-DCMAKE_BUILD_TYPE=Release)
+if [ "${1:-}" = "--sanitize" ]; then
+  build=build-sanitize
+  flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DLG_SANITIZE=ON)
+fi
+cmake -S . -B "$build" "${flags[@]}" >/dev/null
+start=$(date +%s)
+cmake --build "$build" -j "$(nproc)"
+echo "build time: $(( $(date +%s) - start )) s"
+cd "$build" && ctest --output-on-failure
