@@ -7,6 +7,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "core/ops.h"
@@ -39,14 +41,63 @@ Shape contiguous_strides(const Shape& shape) {
   return strides;
 }
 
-Storage::Storage(int64_t n) : size(n) {
+// Freed buffers are kept by exact size and handed out again. A training step allocates
+// the same shapes every iteration, so after the first step almost every allocation is a
+// hit, and large buffers skip malloc's mmap/munmap and the page faults that follow.
+// (Sanitizer builds bypass the pool so that use-after-free is still caught.)
+class BufferPool {
+ public:
+  float* take(size_t bytes) {
+#ifndef LG_NO_POOL
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(bytes);
+      if (it != free_.end() && !it->second.empty()) {
+        float* p = it->second.back();
+        it->second.pop_back();
+        cached_ -= bytes;
+        return p;
+      }
+    }
+#endif
+    return static_cast<float*>(std::aligned_alloc(64, bytes));
+  }
+  void give(float* p, size_t bytes) {
+#ifndef LG_NO_POOL
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (cached_ + bytes <= kMaxCachedBytes) {
+      free_[bytes].push_back(p);
+      cached_ += bytes;
+      return;
+    }
+#endif
+    std::free(p);
+  }
+
+ private:
+  static constexpr size_t kMaxCachedBytes = size_t{4} << 30;
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<float*>> free_;
+  size_t cached_ = 0;
+};
+
+// Never destroyed: tensors with static storage may outlive any static pool object.
+static BufferPool& pool() {
+  static BufferPool* p = new BufferPool;
+  return *p;
+}
+
+static size_t storage_bytes(int64_t n) {
   size_t bytes = static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float);
-  bytes = (bytes + 63) / 64 * 64;  // aligned_alloc wants a multiple of the alignment
-  data = static_cast<float*>(std::aligned_alloc(64, bytes));
+  return (bytes + 63) / 64 * 64;  // aligned_alloc wants a multiple of the alignment
+}
+
+Storage::Storage(int64_t n) : size(n) {
+  data = pool().take(storage_bytes(n));
   if (!data) throw Error(fmt::format("out of memory allocating {} floats", n));
 }
 
-Storage::~Storage() { std::free(data); }
+Storage::~Storage() { pool().give(data, storage_bytes(size)); }
 
 // ============================================================================
 // TensorImpl lifetime: a live counter, and iterative teardown of deep graphs
