@@ -1,0 +1,13 @@
+// nn/layer_norm.cpp: a thin layer over the fused core op, which keeps mean and rstd for its backward.
+#include "nn/layer_norm.h"
+
+namespace lg::nn {
+
+LayerNorm::LayerNorm(int64_t dim, float eps_) : eps(eps_) {
+  weight = register_parameter("weight", Tensor::ones({dim}));
+  bias = register_parameter("bias", Tensor::zeros({dim}));
+}
+
+Tensor LayerNorm::forward(const Tensor& x) const { return layer_norm(x, weight, bias, eps); }
+
+}  // namespace lg::nn

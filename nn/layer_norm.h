@@ -1,0 +1,18 @@
+// nn/layer_norm.h: normalise each row to zero mean, unit variance, then a learned per-feature gain and bias.
+#pragma once
+
+#include "nn/module.h"
+
+namespace lg::nn {
+
+class LayerNorm : public Module {
+ public:
+  explicit LayerNorm(int64_t dim, float eps = 1e-5f);  // gain 1, bias 0: the identity on normalised rows
+  Tensor forward(const Tensor& x) const;              // (..., D) -> (..., D)
+
+  Tensor weight;  // (D,) gain
+  Tensor bias;    // (D,)
+  float eps;
+};
+
+}  // namespace lg::nn

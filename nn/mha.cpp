@@ -1,0 +1,107 @@
+// nn/mha.cpp: multi-head attention composed from core ops; the KV cache path shares the projections.
+#include "nn/mha.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+
+#include "nn/rope.h"
+
+namespace lg::nn {
+
+CausalSelfAttention::CausalSelfAttention(const AttentionConfig& config, Rng& rng)
+    : dim_(config.dim), heads_(config.heads), head_dim_(config.heads > 0 ? config.dim / config.heads : 0),
+      rope_base_(config.rope_base) {
+  if (heads_ <= 0 || dim_ % heads_ != 0 || head_dim_ % 2 != 0)
+    throw Error(fmt::format("CausalSelfAttention: dim {} must split into {} heads of even size", dim_, heads_));
+  float residual_std = 0.02f / std::sqrt(2.0f * static_cast<float>(config.layers));
+  qkv = register_module("qkv", std::make_shared<Linear>(dim_, 3 * dim_, config.bias, rng));
+  proj = register_module("proj", std::make_shared<Linear>(dim_, dim_, config.bias, rng, residual_std));
+}
+
+void CausalSelfAttention::project(const Tensor& x, int64_t first_position, Tensor& q, Tensor& k,
+                                  Tensor& v) const {
+  if (x.dim() != 3 || x.size(2) != dim_)
+    throw Error(fmt::format("CausalSelfAttention: input must be (B, T, {}), got {}", dim_, shape_str(x.shape())));
+  int64_t B = x.size(0), T = x.size(1);
+  std::vector<Tensor> qkv_parts = split(qkv->forward(x), {dim_, dim_, dim_}, 2);  // 3 x (B, T, D)
+  auto split_heads = [&](const Tensor& t) {                                      // (B, T, D) -> (B, H, T, d)
+    return permute(reshape(t, {B, T, heads_, head_dim_}), {0, 2, 1, 3});
+  };
+  q = rope(split_heads(qkv_parts[0]), first_position, rope_base_);  // (B, H, T, d)
+  k = rope(split_heads(qkv_parts[1]), first_position, rope_base_);  // (B, H, T, d)
+  v = split_heads(qkv_parts[2]);                                    // (B, H, T, d)
+}
+
+Tensor CausalSelfAttention::merge_heads(const Tensor& heads) const {
+  int64_t B = heads.size(0), T = heads.size(2);
+  Tensor merged = reshape(permute(heads, {0, 2, 1, 3}), {B, T, dim_});  // (B, T, D)
+  return proj->forward(merged);                                          // (B, T, D)
+}
+
+Tensor CausalSelfAttention::forward(const Tensor& x, int64_t first_position) {
+  Tensor q, k, v;
+  project(x, first_position, q, k, v);
+  int64_t T = x.size(1);
+  float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
+  Tensor scores = matmul(q, transpose(k, 2, 3)) * scale;  // (B, H, T, T); k^T is a view BLAS reads in place
+  scores = masked_fill(scores, causal_mask(T), -std::numeric_limits<float>::infinity());
+  Tensor weights = softmax(scores);    // (B, H, T, T), zero above the diagonal
+  return merge_heads(matmul(weights, v));  // (B, H, T, d) -> (B, T, D)
+}
+
+std::unique_ptr<AttentionState> CausalSelfAttention::make_state(int64_t batch) const {
+  auto state = std::make_unique<MHAState>();
+  state->batch = batch;
+  state->keys = Tensor::zeros({batch, heads_, 0, head_dim_});    // (B, H, 0, d)
+  state->values = Tensor::zeros({batch, heads_, 0, head_dim_});  // (B, H, 0, d)
+  return state;
+}
+
+// Copies the filled rows of a cache buffer into one with room for `capacity` positions.
+static Tensor grow(const Tensor& buffer, int64_t filled, int64_t capacity) {
+  Shape shape = buffer.shape();
+  shape[2] = capacity;
+  Tensor bigger = Tensor::zeros(shape);  // (B, H, capacity, d)
+  int64_t outer = shape[0] * shape[1], d = shape[3], old_capacity = buffer.size(2);
+  for (int64_t i = 0; i < outer; ++i)
+    std::copy_n(buffer.data() + i * old_capacity * d, filled * d, bigger.data() + i * capacity * d);
+  return bigger;
+}
+
+// Writes new rows (B, H, 1, d) into row `position` of a cache buffer (B, H, capacity, d).
+static void write_row(Tensor& buffer, const Tensor& row, int64_t position) {
+  Tensor rc = contiguous(row);
+  int64_t outer = buffer.size(0) * buffer.size(1), capacity = buffer.size(2), d = buffer.size(3);
+  for (int64_t i = 0; i < outer; ++i)
+    std::copy_n(rc.data() + i * d, d, buffer.data() + (i * capacity + position) * d);
+}
+
+Tensor CausalSelfAttention::step(const Tensor& x, AttentionState& state) {
+  NoGradGuard no_grad;
+  auto* cache = dynamic_cast<MHAState*>(&state);
+  if (!cache) throw Error("CausalSelfAttention::step: state was not made by CausalSelfAttention::make_state");
+  if (x.dim() != 3 || x.size(0) != cache->batch || x.size(1) != 1)
+    throw Error(fmt::format("CausalSelfAttention::step: input must be ({}, 1, {}), got {}", cache->batch, dim_,
+                            shape_str(x.shape())));
+  int64_t t = cache->position;
+  Tensor q, k, v;
+  project(x, t, q, k, v);  // each (B, H, 1, d)
+  if (t == cache->keys.size(2)) {
+    int64_t capacity = std::max<int64_t>(16, 2 * t);
+    cache->keys = grow(cache->keys, t, capacity);
+    cache->values = grow(cache->values, t, capacity);
+  }
+  write_row(cache->keys, k, t);
+  write_row(cache->values, v, t);
+  Tensor keys = slice(cache->keys, 2, 0, t + 1);      // (B, H, t+1, d)
+  Tensor values = slice(cache->values, 2, 0, t + 1);  // (B, H, t+1, d)
+  // The only query is the newest position, so every cached key is in its past: no mask.
+  float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
+  Tensor weights = softmax(matmul(q, transpose(keys, 2, 3)) * scale);  // (B, H, 1, t+1)
+  cache->position = t + 1;
+  return merge_heads(matmul(weights, values));  // (B, 1, D)
+}
+
+}  // namespace lg::nn

@@ -1,0 +1,45 @@
+// nn/mha.h: causal multi-head self-attention (GPT-2 with RoPE) and its KV cache for generation.
+//
+// Submodules: "qkv" (Linear D -> 3D; output columns [q | k | v], heads contiguous within
+// each) and "proj" (Linear D -> D, residual init). Per head h, with d = D / H:
+//   y_t = proj( concat_h softmax_{s <= t}( (R_t q_t) . (R_s k_s) / sqrt(d) ) v_s )
+// where R_p is the rotary rotation at position p (nn/rope.h).
+#pragma once
+
+#include <memory>
+
+#include "nn/attention.h"
+#include "nn/linear.h"
+
+namespace lg::nn {
+
+// The KV cache of B sequences: rotated keys and values of every position seen so far.
+// Rows [0, position) of the third axis are filled; capacity doubles when full, so a step
+// costs amortised O(1) copying and the attention reads the filled rows as a view.
+struct MHAState : AttentionState {
+  int64_t batch = 0;
+  Tensor keys;    // (B, H, capacity, d), already rotated by RoPE
+  Tensor values;  // (B, H, capacity, d)
+};
+
+class CausalSelfAttention : public Attention {
+ public:
+  CausalSelfAttention(const AttentionConfig& config, Rng& rng);
+
+  Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D)
+  std::unique_ptr<AttentionState> make_state(int64_t batch) const override;
+  Tensor step(const Tensor& x, AttentionState& state) override;           // (B, 1, D) -> (B, 1, D)
+
+  std::shared_ptr<Linear> qkv;   // D -> 3D
+  std::shared_ptr<Linear> proj;  // D -> D
+
+ private:
+  // (B, T, 3D) -> q, k, v each (B, H, T, d), with q and k rotated for positions first_position + t.
+  void project(const Tensor& x, int64_t first_position, Tensor& q, Tensor& k, Tensor& v) const;
+  Tensor merge_heads(const Tensor& heads) const;  // (B, H, T, d) -> (B, T, D), then proj
+
+  int64_t dim_, heads_, head_dim_;
+  float rope_base_;
+};
+
+}  // namespace lg::nn
