@@ -1,0 +1,92 @@
+// nn/latent_attention.h: causal latent attention (the project's spec, shared/design/latent-attention.md).
+//
+// A bank of M learned latents reads the prefix of the sequence ("write", content-only
+// scores a_{m,s} = l_m . k_s / sqrt(d)), and every query reads the M latents, plus,
+// with window W > 0, the last W positions directly in the same softmax. Per head h:
+//
+//   w_{m,s}(t) = exp(a_{m,s}) / sum_{s' <= t} exp(a_{m,s'})           s <= t (causal)
+//   Kl_{t,m}   = sum_{s <= t} w_{m,s}(t) R_s k_s,   Vl_{t,m} = sum_{s <= t} w_{m,s}(t) v_s
+//   o_t        = softmax over [latents m ; positions t-W < s <= t] of (R_t q_t) . key / sqrt(d)
+//                applied to [Vl_{t,m} ; v_s]
+//
+// Three ways to compute it, all here:
+//   latent_attention_naive    materialises w (M x T x T): the test reference, O(T^2 M d);
+//   latent_attention_chunked  the training path: chunks of C positions carrying running
+//                             sums (mu, Z, SK, SV) from core ops, O(T (C + M + W) d);
+//   LatentAttention::step     the recurrent path for generation: O((M + W) d) per token
+//                             and per head, whatever the position.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "nn/attention.h"
+#include "nn/linear.h"
+
+namespace lg::nn {
+
+// The per-head tensors the core of the layer works on, after the projections and RoPE.
+struct LatentInputs {
+  Tensor queries;       // (B, H, T, d)  R_t q_t, rotated at positions first_position + t
+  Tensor keys;          // (B, H, T, d)  k_t un-rotated: the write scores see content only
+  Tensor rotated_keys;  // (B, H, T, d)  R_s k_s: what the latents aggregate and the window reads
+  Tensor values;        // (B, H, T, d)  v_s
+  Tensor latents;       // (H, M, d)     l_m of each head: the (M, D) bank split across heads
+};
+
+// The chunked core (spec, "Chunked"), built from differentiable core ops so autograd gives
+// its backward. window W >= 0, chunk C >= 1 (need not divide T). -> o (B, H, T, d).
+Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t chunk);
+
+// The same outputs straight from the definition, in double precision plain loops, with the
+// write weights w (M, T, T) materialised per (batch, head). No graph: tests only. -> (B, H, T, d).
+Tensor latent_attention_naive(const LatentInputs& in, int64_t window);
+
+// Recurrent state of one layer for `batch` sequences (spec, "Recurrent"). For every
+// (sequence, head, latent) the running max mu of the write scores and the sums rescaled to
+// it; for W > 0 a ring of the last W rotated keys and values. Size independent of position.
+struct LatentAttentionState : AttentionState {
+  int64_t batch = 0, heads = 0, latents = 0, head_dim = 0, window = 0;
+  std::vector<float> running_max;    // (B, H, M)     mu = max_{s < position} a_{m,s}
+  std::vector<float> normaliser;     // (B, H, M)     Z  = sum_s exp(a_{m,s} - mu)
+  std::vector<float> key_sum;        // (B, H, M, d)  SK = sum_s exp(a_{m,s} - mu) R_s k_s
+  std::vector<float> value_sum;      // (B, H, M, d)  SV = sum_s exp(a_{m,s} - mu) v_s
+  std::vector<float> window_keys;    // (B, H, W, d)  ring: R_s k_s of position s at slot s % W
+  std::vector<float> window_values;  // (B, H, W, d)  ring: v_s at slot s % W
+};
+
+class LatentAttention : public Attention {
+ public:
+  // Uses config.dim, heads, latents, window, chunk, layers, rope_base, bias, dropout.
+  LatentAttention(const AttentionConfig& config, Rng& rng);
+
+  Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D), chunked
+  std::unique_ptr<AttentionState> make_state(int64_t batch) const override;
+  Tensor step(const Tensor& x, AttentionState& state) override;          // (B, 1, D) -> (B, 1, D)
+
+  // The whole layer with the naive core in place of the chunked one (tests). (B, T, D) -> (B, T, D)
+  Tensor forward_naive(const Tensor& x, int64_t first_position = 0);
+  // The projections and RoPE in front of the core. x (B, T, D).
+  LatentInputs project(const Tensor& x, int64_t first_position) const;
+
+  const AttentionConfig& config() const { return config_; }
+
+  // Init of the latent bank: N(0, kLatentInitStd^2). Why not tiny like the weights: with
+  // equal latents every latent gets the same gradient (the layer is symmetric in m), so
+  // near-equal latents separate only slowly. Unit-scale latents are distinct directions from
+  // the start, and the write scores still start soft (near-uniform weights over the prefix)
+  // because k = Wk x is small at init (entries ~ 0.02 sqrt(D)).
+  static constexpr float kLatentInitStd = 1.0f;
+
+ private:
+  Tensor output(const Tensor& o);  // (B, H, T, d) -> (B, T, D): heads joined, "proj", dropout
+
+  AttentionConfig config_;
+  int64_t head_dim_;                 // d = D / H
+  std::shared_ptr<Linear> qkv_;      // D -> 3D: [q heads ; k heads ; v heads], each (H, d)
+  std::shared_ptr<Linear> proj_;     // D -> D, std 0.02 / sqrt(2 layers) (GPT-2 residual init)
+  Tensor latents_;                   // (M, D): latent m of head h is latents[m, h d : (h + 1) d]
+  Rng dropout_rng_;
+};
+
+}  // namespace lg::nn
