@@ -1,0 +1,258 @@
+// models/charlm.cpp: the char-level LM's forward pass, incremental steps, evaluation and sampling.
+#include "models/charlm.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+#include "models/charlm_data.h"
+
+namespace lg::charlm {
+
+// ============================================================================
+// Configuration
+// ============================================================================
+
+void ModelConfig::validate() const {
+  auto positive = [](const char* flag, int64_t v) {
+    if (v <= 0) throw Error(fmt::format("{} must be a positive integer, got {}", flag, v));
+  };
+  auto non_negative = [](const char* flag, int64_t v) {
+    if (v < 0) throw Error(fmt::format("{} must be >= 0, got {}", flag, v));
+  };
+  if (vocab < 2) throw Error(fmt::format("vocabulary of {} ids is too small (needs at least one byte)", vocab));
+  positive("--layers", layers);
+  positive("--heads", heads);
+  positive("--dim", dim);
+  positive("--ctx", ctx);
+  if (dim % heads != 0) throw Error(fmt::format("--dim {} is not divisible by --heads {}", dim, heads));
+  if ((dim / heads) % 2 != 0)
+    throw Error(fmt::format("head size --dim / --heads = {} / {} = {} is odd; RoPE needs an even head size", dim,
+                            heads, dim / heads));
+  if (!(dropout >= 0.0f && dropout < 1.0f)) throw Error(fmt::format("--dropout must be in [0, 1), got {}", dropout));
+  if (attention == nn::AttentionKind::Latent) {
+    positive("--latents", latents);
+    non_negative("--window", window);
+  }
+  if (attention == nn::AttentionKind::MLA) {
+    non_negative("--kv-rank", kv_rank);
+    non_negative("--q-rank", q_rank);
+    non_negative("--rope-dim", rope_dim);
+    if (rope_dim % 2 != 0) throw Error(fmt::format("--rope-dim {} is odd; RoPE needs an even size", rope_dim));
+  }
+}
+
+nn::AttentionConfig ModelConfig::attention_config() const {
+  nn::AttentionConfig a;
+  a.kind = attention;
+  a.dim = dim;
+  a.heads = heads;
+  a.layers = layers;
+  a.dropout = dropout;
+  a.latents = latents;
+  a.window = window;
+  a.kv_rank = kv_rank;
+  a.q_rank = q_rank;
+  a.rope_dim = rope_dim;
+  return a;
+}
+
+json::Value ModelConfig::to_json() const {
+  nn::AttentionConfig a = attention_config();
+  json::Value v = json::Value::object();
+  v.set("vocab", vocab);
+  v.set("layers", layers);
+  v.set("heads", heads);
+  v.set("dim", dim);
+  v.set("ctx", ctx);
+  v.set("attention", attention_kind_name(attention));
+  v.set("latents", latents);
+  v.set("window", window);
+  v.set("kv_rank", kv_rank);
+  v.set("q_rank", q_rank);
+  v.set("rope_dim", rope_dim);
+  v.set("dropout", static_cast<double>(dropout));
+  // fixed by the code, recorded so a reader of the file needs nothing else
+  v.set("bias", a.bias);
+  v.set("rope_base", static_cast<double>(a.rope_base));
+  v.set("chunk", a.chunk);
+  v.set("layer_norm_eps", 1e-5);
+  return v;
+}
+
+ModelConfig ModelConfig::from_json(const json::Value& v) {
+  ModelConfig c;
+  c.vocab = v.at("vocab").as_int("config.vocab");
+  c.layers = v.at("layers").as_int("config.layers");
+  c.heads = v.at("heads").as_int("config.heads");
+  c.dim = v.at("dim").as_int("config.dim");
+  c.ctx = v.at("ctx").as_int("config.ctx");
+  c.attention = nn::parse_attention_kind(v.at("attention").as_string("config.attention"));
+  c.latents = v.at("latents").as_int("config.latents");
+  c.window = v.at("window").as_int("config.window");
+  c.kv_rank = v.at("kv_rank").as_int("config.kv_rank");
+  c.q_rank = v.at("q_rank").as_int("config.q_rank");
+  c.rope_dim = v.at("rope_dim").as_int("config.rope_dim");
+  c.dropout = static_cast<float>(v.at("dropout").as_number("config.dropout"));
+  return c;
+}
+
+// ============================================================================
+// Model
+// ============================================================================
+
+CharLM::CharLM(const ModelConfig& config, Rng& init_rng) : config_(config) {
+  config_.validate();
+  nn::AttentionConfig attn = config_.attention_config();
+  wte = register_module("wte", std::make_shared<nn::Embedding>(config_.vocab, config_.dim, init_rng));
+  for (int64_t i = 0; i < config_.layers; ++i)
+    blocks.push_back(
+        register_module(fmt::format("blocks.{}", i), std::make_shared<nn::TransformerBlock>(attn, init_rng)));
+  ln_f = register_module("ln_f", std::make_shared<nn::LayerNorm>(config_.dim));
+}
+
+Tensor CharLM::forward(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng) {
+  if (T < 1 || T > config_.ctx)
+    throw Error(fmt::format("CharLM::forward: T = {} must be in [1, ctx = {}]", T, config_.ctx));
+  Tensor h = wte->forward(ids, {B, T});                          // (B, T, D)
+  for (auto& block : blocks) h = block->forward(h, 0, dropout_rng);  // (B, T, D)
+  h = ln_f->forward(h);                                          // (B, T, D)
+  return matmul(h, transpose(wte->weight, 0, 1));                // (B, T, V): tied head, W^T as a view
+}
+
+Tensor CharLM::loss(const Tensor& logits, const std::vector<int32_t>& targets) {
+  return cross_entropy(reshape(logits, {-1, logits.size(-1)}), targets);  // (B*T, V) -> ()
+}
+
+CharLM::State CharLM::make_state(int64_t batch) const {
+  State state;
+  for (auto& block : blocks) state.layers.push_back(block->attn->make_state(batch));
+  return state;
+}
+
+Tensor CharLM::step(const std::vector<int32_t>& ids, State& state) {
+  NoGradGuard no_grad;
+  int64_t B = static_cast<int64_t>(ids.size());
+  Tensor h = wte->forward(ids, {B, 1});  // (B, 1, D)
+  for (size_t i = 0; i < blocks.size(); ++i) h = blocks[i]->step(h, *state.layers[i]);
+  h = ln_f->forward(h);
+  ++state.position;
+  return reshape(matmul(h, transpose(wte->weight, 0, 1)), {B, config_.vocab});  // (B, V)
+}
+
+// ============================================================================
+// Evaluation
+// ============================================================================
+
+double EvalResult::ppl() const { return std::exp(loss); }
+double EvalResult::bpc() const { return loss / std::log(2.0); }
+double EvalResult::accuracy() const { return tokens ? static_cast<double>(correct) / tokens : 0.0; }
+
+// Adds each row's -log softmax(logits)[target] (in double) and argmax hits.
+static void score_rows(const Tensor& logits, const std::vector<int32_t>& targets, EvalResult& r) {
+  Tensor lc = logits.is_contiguous() ? logits : contiguous_copy(logits);
+  int64_t V = lc.size(-1), rows = lc.numel() / V;
+  const float* p = lc.data();
+  for (int64_t i = 0; i < rows; ++i, p += V) {
+    int64_t best = std::max_element(p, p + V) - p;
+    double mx = p[best], z = 0;
+    for (int64_t j = 0; j < V; ++j) z += std::exp(static_cast<double>(p[j]) - mx);
+    r.loss += std::log(z) + mx - p[targets[i]];
+    r.correct += best == targets[i];
+    r.unknown += targets[i] == kUnknownId;
+  }
+  r.tokens += rows;
+}
+
+EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64_t batch) {
+  auto start = std::chrono::steady_clock::now();
+  int64_t n = static_cast<int64_t>(ids.size()), ctx = model.config().ctx;
+  if (n < 2) throw Error(fmt::format("evaluation needs at least 2 tokens, got {}", n));
+  bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  Rng unused(0);  // dropout is off in eval mode
+  EvalResult r;
+  int64_t predictions = n - 1;
+  int64_t full = predictions / ctx;  // windows of exactly ctx predictions
+  std::vector<int32_t> x, y;
+  for (int64_t w0 = 0; w0 < full; w0 += batch) {
+    int64_t b = std::min(batch, full - w0);
+    x.assign(ids.begin() + w0 * ctx, ids.begin() + (w0 + b) * ctx);
+    y.assign(ids.begin() + w0 * ctx + 1, ids.begin() + (w0 + b) * ctx + 1);
+    score_rows(model.forward(x, b, ctx, unused), y, r);
+  }
+  if (int64_t rest = predictions - full * ctx; rest > 0) {
+    x.assign(ids.begin() + full * ctx, ids.begin() + full * ctx + rest);
+    y.assign(ids.begin() + full * ctx + 1, ids.end());
+    score_rows(model.forward(x, 1, rest, unused), y, r);
+  }
+  r.loss /= static_cast<double>(r.tokens);
+  model.train(was_training);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+double estimate_loss(CharLM& model, const std::vector<int32_t>& ids, int64_t batches, int64_t batch,
+                     uint64_t seed) {
+  bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  Rng rng(seed), unused(0);
+  int64_t T = model.config().ctx;
+  std::vector<int32_t> x, y;
+  double total = 0;
+  for (int64_t i = 0; i < batches; ++i) {
+    sample_batch(ids, batch, T, rng, x, y);
+    total += CharLM::loss(model.forward(x, batch, T, unused), y).item();
+  }
+  model.train(was_training);
+  return total / static_cast<double>(batches);
+}
+
+// ============================================================================
+// Sampling
+// ============================================================================
+
+Generator::Generator(CharLM& model) : model_(model), state_(model.make_state(1)) {}
+
+void Generator::feed(int32_t id) {
+  int64_t ctx = model_.config().ctx;
+  history_.push_back(id);
+  if (state_.position >= ctx) {
+    // Re-prime from the last ctx / 2 tokens (the newest one included, fed below).
+    state_ = model_.make_state(1);
+    int64_t keep = std::max<int64_t>(1, ctx / 2);
+    for (size_t i = history_.size() - static_cast<size_t>(keep); i + 1 < history_.size(); ++i)
+      model_.step({history_[i]}, state_);
+  }
+  logits_ = model_.step({id}, state_).to_vector();
+  if (history_.size() > static_cast<size_t>(ctx)) history_.erase(history_.begin());
+}
+
+int32_t Generator::sample(Rng& rng, float temperature, int64_t top_k) const {
+  if (logits_.empty()) throw Error("Generator::sample: feed at least one token first");
+  int64_t V = static_cast<int64_t>(logits_.size());
+  std::vector<int32_t> order(static_cast<size_t>(V - 1));
+  std::iota(order.begin(), order.end(), 1);  // every id but unknown (0)
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits_[a] > logits_[b]; });
+  if (temperature <= 0.0f) return order[0];
+  size_t keep = top_k > 0 ? std::min<size_t>(order.size(), static_cast<size_t>(top_k)) : order.size();
+  std::vector<double> weights(keep);
+  double total = 0;
+  for (size_t i = 0; i < keep; ++i) {
+    weights[i] = std::exp((static_cast<double>(logits_[order[i]]) - logits_[order[0]]) / temperature);
+    total += weights[i];
+  }
+  double u = static_cast<double>(rng.uniform()) * total;
+  for (size_t i = 0; i < keep; ++i) {
+    u -= weights[i];
+    if (u < 0) return order[i];
+  }
+  return order[keep - 1];
+}
+
+}  // namespace lg::charlm

@@ -1,0 +1,120 @@
+// models/charlm.h: the character-level transformer language model, its evaluation and incremental sampling.
+//
+// Forward pass, for token ids (B, T) at positions 0..T-1:
+//   h      = wte[ids]                                     (B, T, D)  token embedding, no position table:
+//                                                                     RoPE inside attention gives positions
+//   h      = blocks.i(h, first_position = 0)  i = 0..L-1  (B, T, D)  pre-LN transformer blocks
+//   h      = ln_f(h)                                      (B, T, D)
+//   logits = h @ wte.weight^T                             (B, T, V)  head tied to the embedding
+// docs/checkpoint.md spells out every tensor and every step for reimplementing it.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/json.h"
+#include "nn/attention.h"
+#include "nn/embedding.h"
+#include "nn/layer_norm.h"
+#include "nn/transformer_block.h"
+
+namespace lg::charlm {
+
+struct ModelConfig {
+  int64_t vocab = 0;  // V, including the unknown id 0
+  int64_t layers = 4;
+  int64_t heads = 4;
+  int64_t dim = 128;  // D; head size D / heads must be even (RoPE rotates pairs)
+  int64_t ctx = 64;   // T, the training window and the evaluation window
+  nn::AttentionKind attention = nn::AttentionKind::Latent;
+  int64_t latents = 16;  // M (latent)
+  int64_t window = 16;   // W (latent): positions also attended directly
+  int64_t kv_rank = 0;   // d_c (mla), 0 = D / 2
+  int64_t q_rank = 0;    // query compression rank (mla), 0 = none
+  int64_t rope_dim = 0;  // d_R (mla), 0 = head size / 2
+  float dropout = 0.0f;
+
+  // Throws lg::Error naming the offending flag (e.g. "--dim 100 is not divisible by --heads 3").
+  void validate() const;
+  nn::AttentionConfig attention_config() const;
+  json::Value to_json() const;
+  static ModelConfig from_json(const json::Value& v);  // throws lg::Error on missing/ill-typed keys
+};
+
+class CharLM : public nn::Module {
+ public:
+  CharLM(const ModelConfig& config, Rng& init_rng);
+
+  // ids (B, T) row-major, T <= ctx -> logits (B, T, V). dropout_rng draws dropout masks
+  // (untouched in eval mode or with dropout 0).
+  Tensor forward(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng);
+  // Mean cross-entropy of logits (B, T, V) against targets (B, T) -> ().
+  static Tensor loss(const Tensor& logits, const std::vector<int32_t>& targets);
+
+  // Incremental decoding: one attention state per block.
+  struct State {
+    std::vector<std::unique_ptr<nn::AttentionState>> layers;
+    int64_t position = 0;
+  };
+  State make_state(int64_t batch) const;
+  // ids (B,) at position state.position -> logits (B, V); advances the state. No graph.
+  Tensor step(const std::vector<int32_t>& ids, State& state);
+
+  const ModelConfig& config() const { return config_; }
+
+  std::shared_ptr<nn::Embedding> wte;                     // "wte": weight (V, D), also the output head
+  std::vector<std::shared_ptr<nn::TransformerBlock>> blocks;  // "blocks.0" .. "blocks.{L-1}"
+  std::shared_ptr<nn::LayerNorm> ln_f;                    // "ln_f"
+
+ private:
+  ModelConfig config_;
+};
+
+// ---- evaluation ---------------------------------------------------------------------------
+
+struct EvalResult {
+  double loss = 0;        // mean cross-entropy (nats) over every predicted token
+  int64_t tokens = 0;     // predictions made
+  int64_t correct = 0;    // argmax == target
+  int64_t unknown = 0;    // targets outside the vocabulary (id 0)
+  double seconds = 0;
+  double ppl() const;
+  double bpc() const;     // bits per character (byte): loss / ln 2
+  double accuracy() const;
+};
+
+// Every token of `ids` after the first is predicted exactly once: non-overlapping windows
+// [s, s + ctx) for s = 0, ctx, 2 ctx, ... predict ids[s + 1 .. s + ctx], the last window
+// being shorter. Windows go through the model `batch` at a time, in eval mode, without a
+// graph. Needs at least 2 ids.
+EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64_t batch);
+
+// Mean loss over `batches` random (batch, ctx) windows drawn from Rng(seed): the cheap
+// estimate used during training. Eval mode, no graph; the caller's rngs are untouched.
+double estimate_loss(CharLM& model, const std::vector<int32_t>& ids, int64_t batches, int64_t batch,
+                     uint64_t seed);
+
+// ---- sampling -----------------------------------------------------------------------------
+
+// Autoregressive generation of one sequence with per-layer incremental state: each new token
+// costs one step() per block, whatever the prefix length (for latent attention the state
+// itself is constant-size). The model was trained on windows of ctx positions, so when the
+// state reaches position ctx it is rebuilt from the last ctx / 2 tokens (a sliding window that
+// keeps every position the model sees inside the trained range).
+class Generator {
+ public:
+  explicit Generator(CharLM& model);
+  void feed(int32_t id);  // appends a token and computes the next-token logits
+  // Draws the next id from the last logits: temperature 0 is greedy; top_k 0 keeps every
+  // id. The unknown id is never drawn. Needs at least one feed() before.
+  int32_t sample(Rng& rng, float temperature, int64_t top_k) const;
+
+ private:
+  CharLM& model_;
+  CharLM::State state_;
+  std::vector<int32_t> history_;
+  std::vector<float> logits_;  // (V,)
+};
+
+}  // namespace lg::charlm
