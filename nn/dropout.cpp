@@ -5,7 +5,7 @@
 
 namespace lg::nn {
 
-Dropout::Dropout(float p_) : p(p_) {
+Dropout::Dropout(float probability) : p(probability) {
   if (p < 0.0f || p >= 1.0f) throw Error(fmt::format("Dropout: probability {} not in [0, 1)", p));
 }
 

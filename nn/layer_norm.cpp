@@ -3,7 +3,7 @@
 
 namespace lg::nn {
 
-LayerNorm::LayerNorm(int64_t dim, float eps_) : eps(eps_) {
+LayerNorm::LayerNorm(int64_t dim, float epsilon) : eps(epsilon) {
   weight = register_parameter("weight", Tensor::ones({dim}));
   bias = register_parameter("bias", Tensor::zeros({dim}));
 }
