@@ -242,7 +242,7 @@ Tensor latent_attention_naive(const LatentInputs& in, int64_t window) {
 // ============================================================================
 
 LatentAttention::LatentAttention(const AttentionConfig& config, Rng& rng)
-    : config_(config), head_dim_(config.heads > 0 ? config.dim / config.heads : 0), dropout_rng_(rng.next_u64()) {
+    : config_(config), head_dim_(config.heads > 0 ? config.dim / config.heads : 0) {
   const int64_t D = config.dim, H = config.heads;
   if (H < 1 || D % H != 0 || head_dim_ % 2 != 0)
     throw Error(fmt::format("LatentAttention: dim {} must split into {} heads of even size (RoPE pairs)", D, H));
@@ -273,12 +273,10 @@ LatentInputs LatentAttention::project(const Tensor& x, int64_t first_position) c
   return in;
 }
 
-Tensor LatentAttention::output(const Tensor& o) {
+Tensor LatentAttention::output(const Tensor& o) const {
   const int64_t B = o.size(0), H = o.size(1), T = o.size(2), d = o.size(3);
   Tensor joined = reshape(permute(o, {0, 2, 1, 3}), {B, T, H * d});  // (B, T, D), heads side by side
-  Tensor y = proj_->forward(joined);                                  // (B, T, D)
-  if (is_training() && config_.dropout > 0.0f) y = dropout(y, config_.dropout, dropout_rng_);
-  return y;
+  return proj_->forward(joined);                                      // (B, T, D)
 }
 
 Tensor LatentAttention::forward(const Tensor& x, int64_t first_position) {
@@ -390,8 +388,7 @@ Tensor LatentAttention::step(const Tensor& x, AttentionState& base_state) {
       }
     }
   state->position = p + 1;
-  const int64_t D = config_.dim;
-  return proj_->forward(reshape(permute(o, {0, 2, 1, 3}), {B, 1, D}));  // no dropout when generating
+  return output(o);  // (B, 1, D)
 }
 
 }  // namespace lg::nn

@@ -57,7 +57,8 @@ struct LatentAttentionState : AttentionState {
 
 class LatentAttention : public Attention {
  public:
-  // Uses config.dim, heads, latents, window, chunk, layers, rope_base, bias, dropout.
+  // Uses config.dim, heads, latents, window, chunk, layers, rope_base, bias. config.dropout is the
+  // block's business (nn/transformer_block.h drops the attention output), not this layer's.
   LatentAttention(const AttentionConfig& config, Rng& rng);
 
   Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D), chunked
@@ -79,14 +80,13 @@ class LatentAttention : public Attention {
   static constexpr float kLatentInitStd = 1.0f;
 
  private:
-  Tensor output(const Tensor& o);  // (B, H, T, d) -> (B, T, D): heads joined, "proj", dropout
+  Tensor output(const Tensor& o) const;  // (B, H, T, d) -> (B, T, D): heads joined, then "proj"
 
   AttentionConfig config_;
   int64_t head_dim_;                 // d = D / H
   std::shared_ptr<Linear> qkv_;      // D -> 3D: [q heads ; k heads ; v heads], each (H, d)
   std::shared_ptr<Linear> proj_;     // D -> D, std 0.02 / sqrt(2 layers) (GPT-2 residual init)
   Tensor latents_;                   // (M, D): latent m of head h is latents[m, h d : (h + 1) d]
-  Rng dropout_rng_;
 };
 
 }  // namespace lg::nn
