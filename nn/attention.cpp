@@ -3,7 +3,9 @@
 
 #include <fmt/format.h>
 
+#include "nn/latent_attention.h"
 #include "nn/mha.h"
+#include "nn/mla.h"
 
 namespace lg::nn {
 
@@ -27,8 +29,8 @@ const char* attention_kind_name(AttentionKind kind) {
 std::shared_ptr<Attention> make_attention(const AttentionConfig& config, Rng& rng) {
   switch (config.kind) {
     case AttentionKind::MHA: return std::make_shared<CausalSelfAttention>(config, rng);
-    case AttentionKind::Latent: throw Error("make_attention: latent attention is not built yet");
-    case AttentionKind::MLA: throw Error("make_attention: MLA is not built yet");
+    case AttentionKind::Latent: return std::make_shared<LatentAttention>(config, rng);
+    case AttentionKind::MLA: return std::make_shared<MLA>(config, rng);
   }
   throw Error("make_attention: unknown attention kind");
 }
