@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/fastmath.h"
 #include "core/ops.h"
 
 namespace lg {
@@ -76,7 +77,7 @@ static Tensor softmax_forward(const Tensor& x, bool log_out, const char* op) {
     if (mx == -std::numeric_limits<float>::infinity()) mx = 0.0f;  // a fully masked row
     float z = 0.0f;
     for (int64_t j = 0; j < cols; ++j) {
-      out[j] = std::exp(in[j] - mx);
+      out[j] = fast_exp(in[j] - mx);
       z += out[j];
     }
     if (log_out) {
@@ -128,7 +129,7 @@ Tensor log_softmax(const Tensor& x) {
       float* px = gx.data() + r * cols;
       float total = 0.0f;
       for (int64_t j = 0; j < cols; ++j) total += pg[j];
-      for (int64_t j = 0; j < cols; ++j) px[j] = pg[j] - std::exp(py[j]) * total;
+      for (int64_t j = 0; j < cols; ++j) px[j] = pg[j] - fast_exp(py[j]) * total;
     }
     accumulate_grad(x, std::move(gx));
   });
@@ -149,18 +150,25 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets) 
     if (t < 0 || t >= V)
       throw Error(fmt::format("cross_entropy: target {} out of range for logits {}", t,
                               shape_str(logits.shape())));
-  // Saved for backward: the softmax probabilities (rows, V).
-  Tensor probs = softmax_forward(logits, false, "cross_entropy");
-  std::vector<double> row_loss(rows);
+  // One pass per row: the softmax probabilities (saved for backward) and the row's loss
+  // log(sum exp(x - max)) + max - x[target].
   Tensor lc = logits.is_contiguous() ? logits : contiguous_copy(logits);
+  Tensor probs = Tensor::empty({rows, V});
+  std::vector<double> row_loss(rows);
 #pragma omp parallel for schedule(static) if (rows > kRowsGrain)
   for (int64_t r = 0; r < rows; ++r) {
     const float* in = lc.data() + r * V;
+    float* p = probs.data() + r * V;
     float mx = in[0];
     for (int64_t j = 1; j < V; ++j) mx = std::max(mx, in[j]);
-    double z = 0;
-    for (int64_t j = 0; j < V; ++j) z += std::exp(static_cast<double>(in[j] - mx));
-    row_loss[r] = std::log(z) + mx - in[targets[r]];
+    float z = 0.0f;
+    for (int64_t j = 0; j < V; ++j) {
+      p[j] = fast_exp(in[j] - mx);
+      z += p[j];
+    }
+    float inv = 1.0f / z;
+    for (int64_t j = 0; j < V; ++j) p[j] *= inv;
+    row_loss[r] = std::log(static_cast<double>(z)) + mx - in[targets[r]];
   }
   double total = 0;
   for (double l : row_loss) total += l;

@@ -1,6 +1,8 @@
 // core/ops.cpp: elementwise ops with broadcasting, reductions, cumsum, and thread control.
 #include "core/ops.h"
 
+#include "core/fastmath.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -258,7 +260,7 @@ Tensor pow_scalar(const Tensor& x, float p) {
 }
 
 Tensor exp(const Tensor& x) {
-  return unary("exp", x, [](float v) { return std::exp(v); }, [](float, float y) { return y; });
+  return unary("exp", x, [](float v) { return fast_exp(v); }, [](float, float y) { return y; });
 }
 
 Tensor log(const Tensor& x) {
@@ -277,12 +279,12 @@ Tensor rsqrt(const Tensor& x) {
 }
 
 Tensor tanh(const Tensor& x) {
-  return unary("tanh", x, [](float v) { return std::tanh(v); },
+  return unary("tanh", x, [](float v) { return fast_tanh(v); },
                [](float, float y) { return 1.0f - y * y; });
 }
 
 Tensor sigmoid(const Tensor& x) {
-  return unary("sigmoid", x, [](float v) { return 1.0f / (1.0f + std::exp(-v)); },
+  return unary("sigmoid", x, [](float v) { return 1.0f / (1.0f + fast_exp(-v)); },
                [](float, float y) { return y * (1.0f - y); });
 }
 
@@ -296,9 +298,9 @@ static constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2 / pi)
 Tensor gelu(const Tensor& x) {
   return unary(
       "gelu", x,
-      [](float v) { return 0.5f * v * (1.0f + std::tanh(kGeluC * (v + 0.044715f * v * v * v))); },
+      [](float v) { return 0.5f * v * (1.0f + fast_tanh(kGeluC * (v + 0.044715f * v * v * v))); },
       [](float v, float) {
-        float t = std::tanh(kGeluC * (v + 0.044715f * v * v * v));
+        float t = fast_tanh(kGeluC * (v + 0.044715f * v * v * v));
         float dinner = kGeluC * (1.0f + 3.0f * 0.044715f * v * v);
         return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * dinner;
       });

@@ -2,7 +2,9 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <limits>
 
+#include "core/fastmath.h"
 #include "core/ops.h"
 #include "tests/gradcheck.h"
 
@@ -227,4 +229,19 @@ TEST_CASE("results are bitwise identical run to run at a fixed thread count") {
   auto first = run();
   CHECK(first == run());
   CHECK(first == run());
+}
+
+TEST_CASE("fast exp and tanh agree with the standard library") {
+  double worst_exp = 0, worst_tanh = 0;
+  for (float x = -87.0f; x < 88.0f; x += 0.00731f) {
+    double e = std::exp(static_cast<double>(x));
+    worst_exp = std::max(worst_exp, std::abs(fast_exp(x) - e) / e);
+  }
+  for (float x = -12.0f; x < 12.0f; x += 0.00117f)
+    worst_tanh = std::max(worst_tanh, std::abs(fast_tanh(x) - std::tanh(static_cast<double>(x))));
+  CHECK(worst_exp < 3e-7);
+  CHECK(worst_tanh < 1e-6);
+  CHECK(fast_exp(-std::numeric_limits<float>::infinity()) == 0.0f);
+  CHECK(fast_exp(-200.0f) == 0.0f);
+  CHECK(fast_tanh(50.0f) == doctest::Approx(1.0f));
 }
