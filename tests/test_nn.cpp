@@ -1,0 +1,494 @@
+// tests/test_nn.cpp: layers: gradient checks over inputs and parameters, RoPE, the KV cache, Module, safetensors.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <unistd.h>
+
+#include "core/ops.h"
+#include "nn/dropout.h"
+#include "nn/embedding.h"
+#include "nn/layer_norm.h"
+#include "nn/linear.h"
+#include "nn/mha.h"
+#include "nn/mlp.h"
+#include "nn/rmsnorm.h"
+#include "nn/rope.h"
+#include "nn/safetensors.h"
+#include "nn/transformer_block.h"
+#include "tests/gradcheck.h"
+
+using namespace lg;
+using lg::testing::check_gradients;
+using lg::testing::random_leaf;
+
+// GPT-2 init leaves weights near 0.02, where most gradients would fall inside the checker's
+// absolute tolerance; O(1) weights make every element's gradient large enough to be checked.
+static void randomize(const nn::Module& module, uint64_t seed, float scale = 0.5f) {
+  Rng rng(seed);
+  for (auto& [name, p] : module.named_parameters()) {
+    Tensor values = randn(p.shape(), rng, scale);
+    std::copy_n(values.data(), values.numel(), p.data());
+  }
+}
+
+static std::vector<Tensor> with_parameters(std::vector<Tensor> inputs, const nn::Module& module) {
+  for (const Tensor& p : module.parameters()) inputs.push_back(p);
+  return inputs;
+}
+
+static float max_abs_diff(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  std::vector<float> va = a.to_vector(), vb = b.to_vector();
+  float worst = 0.0f;
+  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(va[i] - vb[i]));
+  return worst;
+}
+
+static nn::AttentionConfig mha_config(int64_t dim, int64_t heads) {
+  nn::AttentionConfig cfg;
+  cfg.kind = nn::AttentionKind::MHA;
+  cfg.dim = dim;
+  cfg.heads = heads;
+  cfg.layers = 2;
+  return cfg;
+}
+
+// Runs f and checks that it throws an lg::Error whose message contains `expected`.
+static void check_error(const std::function<void()>& f, const std::string& expected) {
+  std::string message = "(no lg::Error thrown)";
+  try {
+    f();
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  CHECK_MESSAGE(message.find(expected) != std::string::npos,
+                "expected an error containing '" << expected << "', got: " << message);
+}
+
+// ============================================================================
+// Gradient checks: every layer, over its inputs and every parameter
+// ============================================================================
+
+TEST_CASE("grad: Linear with and without bias") {
+  Rng rng(1);
+  nn::Linear with_bias(4, 5, true, rng), without_bias(4, 3, false, rng);
+  randomize(with_bias, 2);
+  randomize(without_bias, 3);
+  Tensor x = random_leaf({2, 3, 4}, 4);
+  check_gradients([&] { return with_bias.forward(x); }, with_parameters({x}, with_bias));
+  check_gradients([&] { return without_bias.forward(x); }, with_parameters({x}, without_bias));
+}
+
+TEST_CASE("grad: Embedding with repeated ids") {
+  Rng rng(5);
+  nn::Embedding emb(6, 4, rng);
+  randomize(emb, 6);
+  std::vector<int32_t> ids = {0, 3, 3, 5, 1, 3};
+  check_gradients([&] { return emb.forward(ids, {2, 3}); }, emb.parameters());
+  CHECK(emb.forward(ids, {2, 3}).shape() == Shape{2, 3, 4});
+  check_error([&] { emb.forward({6}, {1}); }, "out of range");
+}
+
+TEST_CASE("grad: LayerNorm and RMSNorm over input, gain and bias") {
+  nn::LayerNorm ln(6);
+  nn::RMSNorm rms(6);
+  randomize(ln, 7);
+  randomize(rms, 8);
+  Tensor x = random_leaf({2, 3, 6}, 9);
+  check_gradients([&] { return ln.forward(x); }, with_parameters({x}, ln));
+  check_gradients([&] { return rms.forward(x); }, with_parameters({x}, rms));
+}
+
+TEST_CASE("grad: MLP") {
+  Rng rng(10);
+  nn::MLP mlp(4, 2, true, rng);
+  randomize(mlp, 11);
+  Tensor x = random_leaf({2, 3, 4}, 12);
+  check_gradients([&] { return mlp.forward(x); }, with_parameters({x}, mlp));
+}
+
+TEST_CASE("grad: Dropout with a fixed seed") {
+  nn::Dropout drop(0.3f);
+  Tensor x = random_leaf({4, 6}, 13);
+  check_gradients([&] {
+    Rng rng(77);
+    return drop.forward(x, rng);
+  }, {x});
+}
+
+TEST_CASE("grad: rope op, contiguous and transposed inputs") {
+  Tensor x = random_leaf({2, 2, 5, 6}, 14);
+  check_gradients([&] { return nn::rope(x, 3); }, {x});
+  Tensor y = random_leaf({6, 5}, 15);
+  check_gradients([&] { return nn::rope(transpose(y, 0, 1), 0, 100.0f); }, {y});
+}
+
+TEST_CASE("grad: CausalSelfAttention over input and every parameter") {
+  Rng rng(16);
+  nn::CausalSelfAttention attn(mha_config(8, 2), rng);
+  randomize(attn, 17);
+  Tensor x = random_leaf({2, 4, 8}, 18);
+  check_gradients([&] { return attn.forward(x, 2); }, with_parameters({x}, attn));
+}
+
+TEST_CASE("grad: TransformerBlock with MHA and residual dropout") {
+  nn::AttentionConfig cfg = mha_config(8, 2);
+  cfg.dropout = 0.2f;
+  Rng rng(19);
+  nn::TransformerBlock block(cfg, rng);
+  randomize(block, 20);
+  Tensor x = random_leaf({2, 3, 8}, 21);
+  check_gradients([&] {
+    Rng dropout_rng(5);
+    return block.forward(x, 1, dropout_rng);
+  }, with_parameters({x}, block));
+}
+
+// ============================================================================
+// Layer behaviour
+// ============================================================================
+
+TEST_CASE("Dropout is the identity in eval mode and at p = 0, and leaves the generator alone") {
+  Tensor x = random_leaf({3, 5}, 22);
+  Rng rng(3);
+  auto before = rng.state();
+  nn::Dropout none(0.0f), half(0.5f);
+  CHECK(none.forward(x, rng).to_vector() == x.to_vector());
+  half.eval();
+  CHECK(half.forward(x, rng).to_vector() == x.to_vector());
+  CHECK(rng.state() == before);
+  half.train();
+  std::vector<float> dropped = half.forward(x, rng).to_vector(), kept = x.to_vector();
+  int zeros = 0;
+  for (size_t i = 0; i < dropped.size(); ++i) {
+    if (dropped[i] == 0.0f) ++zeros;
+    else CHECK(dropped[i] == doctest::Approx(2.0f * kept[i]));  // survivors scaled by 1 / (1 - p)
+  }
+  CHECK(zeros > 0);
+  CHECK(zeros < 15);
+  check_error([] { nn::Dropout bad(1.0f); }, "not in [0, 1)");
+}
+
+TEST_CASE("LayerNorm starts as plain normalisation; RMSNorm divides by the root mean square") {
+  nn::LayerNorm ln(4);
+  Tensor x = Tensor::from_vector({1, 2, 3, 6}, {1, 4});
+  // mean 3, variance (4 + 1 + 0 + 9) / 4 = 3.5
+  std::vector<float> y = ln.forward(x).to_vector();
+  for (int j = 0; j < 4; ++j)
+    CHECK(y[j] == doctest::Approx((x.data()[j] - 3.0) / std::sqrt(3.5 + 1e-5)).epsilon(1e-5));
+  nn::RMSNorm rms(4);
+  // mean square (1 + 4 + 9 + 36) / 4 = 12.5
+  std::vector<float> r = rms.forward(x).to_vector();
+  for (int j = 0; j < 4; ++j) CHECK(r[j] == doctest::Approx(x.data()[j] / std::sqrt(12.5 + 1e-5)).epsilon(1e-5));
+}
+
+TEST_CASE("rope: rotated q_t . k_s depends only on t - s") {
+  Tensor q = random_leaf({1, 8}, 23), k = random_leaf({1, 8}, 24);
+  auto score = [&](int64_t t, int64_t s) { return sum(nn::rope(q, t) * nn::rope(k, s)).item(); };
+  float reference = score(3, 0);
+  for (auto [t, s] : std::vector<std::pair<int64_t, int64_t>>{{5, 2}, {10, 7}, {103, 100}, {1003, 1000}})
+    CHECK(score(t, s) == doctest::Approx(reference).epsilon(1e-4));
+  // ...and does depend on it (otherwise the checks above would hold for a rope that did nothing useful).
+  CHECK(std::abs(score(4, 0) - reference) > 1e-2f);
+  CHECK(std::abs(score(0, 0) - sum(q * k).item()) < 1e-5f);  // position 0 is no rotation
+
+  // Row t of a (T, d) input sits at position first_position + t.
+  Tensor rows = random_leaf({4, 8}, 25);
+  Tensor all = nn::rope(rows, 6);
+  for (int64_t t = 0; t < 4; ++t)
+    CHECK(max_abs_diff(slice(all, 0, t, t + 1), nn::rope(slice(rows, 0, t, t + 1), 6 + t)) < 1e-6f);
+}
+
+TEST_CASE("MHA: causal, and step() over positions equals forward(), B = 2") {
+  Rng rng(26);
+  nn::CausalSelfAttention attn(mha_config(16, 4), rng);
+  randomize(attn, 27, 0.3f);  // peaked attention: a wrong key order or mask would show
+  const int64_t B = 2, T = 20;  // T > the cache's first capacity, so it grows
+  Tensor x = random_leaf({B, T, 16}, 28);
+  Tensor parallel = attn.forward(x);  // (B, T, D)
+
+  auto state = attn.make_state(B);
+  for (int64_t t = 0; t < T; ++t) {
+    Tensor out = attn.step(slice(x, 1, t, t + 1), *state);  // (B, 1, D)
+    CHECK(!out.requires_grad());
+    CHECK_MESSAGE(max_abs_diff(out, slice(parallel, 1, t, t + 1)) < 1e-5f, "position " << t);
+  }
+  CHECK(state->position == T);
+
+  // Causal: changing positions after t leaves outputs up to t unchanged.
+  Tensor changed = contiguous_copy(x);
+  for (int64_t i = 11 * 16; i < T * 16; ++i) changed.data()[i] += 1.0f;  // rows 11.. of sequence 0
+  Tensor y = attn.forward(changed);
+  CHECK(max_abs_diff(slice(y, 1, 0, 11), slice(parallel, 1, 0, 11)) < 1e-6f);
+  CHECK(max_abs_diff(slice(y, 1, 11, T), slice(parallel, 1, 11, T)) > 1e-3f);
+
+  check_error([&] { attn.step(slice(x, 1, 0, 2), *state); }, "input must be (2, 1, 16)");
+  nn::AttentionState foreign;
+  check_error([&] { attn.step(slice(x, 1, 0, 1), foreign); }, "not made by");
+}
+
+TEST_CASE("TransformerBlock: step() equals forward() in eval mode; dropout only while training") {
+  nn::AttentionConfig cfg = mha_config(16, 2);
+  cfg.dropout = 0.5f;
+  Rng rng(29);
+  nn::TransformerBlock block(cfg, rng);
+  randomize(block, 30, 0.3f);
+  Tensor x = random_leaf({2, 6, 16}, 31);
+  Rng dropout_rng(1);
+  Tensor train_a = block.forward(x, 0, dropout_rng), train_b = block.forward(x, 0, dropout_rng);
+  CHECK(max_abs_diff(train_a, train_b) > 1e-3f);  // fresh masks each call
+
+  block.eval();
+  Tensor parallel = block.forward(x, 0, dropout_rng);
+  CHECK(max_abs_diff(parallel, block.forward(x, 0, dropout_rng)) == 0.0f);
+  auto state = block.attn->make_state(2);
+  for (int64_t t = 0; t < 6; ++t)
+    CHECK(max_abs_diff(block.step(slice(x, 1, t, t + 1), *state), slice(parallel, 1, t, t + 1)) < 1e-5f);
+}
+
+TEST_CASE("attention kinds by name") {
+  for (auto kind : {nn::AttentionKind::MHA, nn::AttentionKind::Latent, nn::AttentionKind::MLA})
+    CHECK(nn::parse_attention_kind(nn::attention_kind_name(kind)) == kind);
+  CHECK(std::string(nn::attention_kind_name(nn::AttentionKind::MHA)) == "mha");
+  check_error([] { nn::parse_attention_kind("flash"); }, "unknown attention kind 'flash'");
+  Rng rng(0);
+  CHECK(dynamic_cast<nn::CausalSelfAttention*>(nn::make_attention(mha_config(8, 2), rng).get()) != nullptr);
+}
+
+// ============================================================================
+// Module: names, counts, init, state dicts
+// ============================================================================
+
+TEST_CASE("Module: dotted names and parameter count of a TransformerBlock") {
+  Rng rng(32);
+  nn::TransformerBlock block(mha_config(8, 2), rng);
+  std::vector<std::string> names;
+  for (auto& [name, p] : block.named_parameters()) names.push_back(name);
+  CHECK(names == std::vector<std::string>{"ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.qkv.bias",
+                                          "attn.proj.weight", "attn.proj.bias", "ln2.weight", "ln2.bias",
+                                          "mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight", "mlp.proj.bias"});
+  // D = 8: LayerNorms 2 * 2D = 32, qkv 3D*D + 3D = 216, proj D*D + D = 72,
+  // fc 4D*D + 4D = 288, mlp proj 4D*D + D = 264.
+  CHECK(block.parameter_count() == 32 + 216 + 72 + 288 + 264);
+  nn::AttentionConfig no_bias = mha_config(8, 2);
+  no_bias.bias = false;
+  nn::TransformerBlock lean(no_bias, rng);
+  CHECK(lean.parameter_count() == 32 + 192 + 64 + 256 + 256);
+}
+
+static double stddev(const Tensor& t) {
+  std::vector<float> v = t.to_vector();
+  double s = 0, s2 = 0;
+  for (float x : v) s += x, s2 += static_cast<double>(x) * x;
+  double mean = s / v.size();
+  return std::sqrt(s2 / v.size() - mean * mean);
+}
+
+TEST_CASE("GPT-2 init: std 0.02, residual projections 0.02 / sqrt(2 layers), zero biases, unit gains") {
+  nn::AttentionConfig cfg = mha_config(64, 4);
+  cfg.layers = 8;
+  Rng rng(33);
+  nn::TransformerBlock block(cfg, rng);
+  auto state = block.state_dict();
+  const double residual = 0.02 / std::sqrt(16.0);
+  CHECK(stddev(state.at("attn.qkv.weight")) == doctest::Approx(0.02).epsilon(0.05));
+  CHECK(stddev(state.at("mlp.fc.weight")) == doctest::Approx(0.02).epsilon(0.05));
+  CHECK(stddev(state.at("attn.proj.weight")) == doctest::Approx(residual).epsilon(0.05));
+  CHECK(stddev(state.at("mlp.proj.weight")) == doctest::Approx(residual).epsilon(0.05));
+  for (const char* name : {"attn.qkv.bias", "attn.proj.bias", "mlp.fc.bias", "mlp.proj.bias", "ln1.bias", "ln2.bias"})
+    for (float v : state.at(name).to_vector()) CHECK(v == 0.0f);
+  for (const char* name : {"ln1.weight", "ln2.weight"})
+    for (float v : state.at(name).to_vector()) CHECK(v == 1.0f);
+  nn::Embedding emb(100, 64, rng);
+  CHECK(stddev(emb.weight) == doctest::Approx(0.02).epsilon(0.05));
+}
+
+TEST_CASE("Module: state_dict round trip copies values; load_state_dict errors") {
+  Rng rng_a(34), rng_b(35);
+  nn::TransformerBlock a(mha_config(8, 2), rng_a), b(mha_config(8, 2), rng_b);
+  randomize(a, 36);
+  Tensor x = random_leaf({1, 3, 8}, 37);
+  Rng dropout_rng(0);
+  Tensor expected = a.forward(x, 0, dropout_rng);
+  CHECK(max_abs_diff(b.forward(x, 0, dropout_rng), expected) > 1e-3f);
+  b.load_state_dict(a.state_dict());
+  CHECK(max_abs_diff(b.forward(x, 0, dropout_rng), expected) == 0.0f);
+  a.state_dict().at("ln1.bias").data()[0] += 1.0f;  // b holds copies, not a's tensors
+  CHECK(max_abs_diff(b.forward(x, 0, dropout_rng), expected) == 0.0f);
+
+  auto missing = a.state_dict();
+  missing.erase("mlp.fc.bias");
+  check_error([&] { b.load_state_dict(missing); }, "missing parameter 'mlp.fc.bias'");
+  auto unexpected = a.state_dict();
+  unexpected.emplace("mlp.extra", Tensor::zeros({2}));
+  check_error([&] { b.load_state_dict(unexpected); }, "unexpected parameter 'mlp.extra'");
+  auto misshaped = a.state_dict();
+  misshaped["attn.proj.weight"] = Tensor::zeros({8, 7});
+  check_error([&] { b.load_state_dict(misshaped); }, "'attn.proj.weight' has shape (8, 7)");
+}
+
+// ============================================================================
+// safetensors
+// ============================================================================
+
+static std::string temp_path(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("lg_test_nn_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
+static std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+static void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+static std::string le64(uint64_t n) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  return out;
+}
+
+static std::string float_bytes(const std::vector<float>& values) {
+  return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+}
+
+// A file built by hand: length, header (padded to 8 bytes as the format asks), data.
+static std::string hand_made(const std::string& header, const std::string& data) {
+  std::string padded = header + std::string((8 - header.size() % 8) % 8, ' ');
+  return le64(padded.size()) + padded + data;
+}
+
+TEST_CASE("safetensors: round trip of values, shapes, views and metadata") {
+  std::string path = temp_path("round_trip.safetensors");
+  Tensor matrix = Tensor::from_vector({1, -2, 3.5f, 4, 5, 6e-8f}, {2, 3});
+  Tensor scalar = Tensor::full({}, 42.0f);
+  Tensor empty = Tensor::zeros({0, 4});
+  Tensor view = transpose(matrix, 0, 1);  // written in logical order
+  std::map<std::string, std::string> metadata = {{"step", "12"}, {"note", "quote \" backslash \\ newline \n"}};
+  nn::write_safetensors(path, {{"matrix", matrix}, {"scalar", scalar}, {"empty", empty}, {"view", view}},
+                        metadata);
+  CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
+
+  std::map<std::string, std::string> got_metadata;
+  auto got = nn::read_safetensors(path, &got_metadata);
+  CHECK(got.size() == 4);
+  CHECK(got_metadata == metadata);
+  CHECK(got.at("matrix").shape() == Shape{2, 3});
+  CHECK(got.at("matrix").to_vector() == matrix.to_vector());
+  CHECK(got.at("scalar").shape() == Shape{});
+  CHECK(got.at("scalar").item() == 42.0f);
+  CHECK(got.at("empty").shape() == Shape{0, 4});
+  CHECK(got.at("view").shape() == Shape{3, 2});
+  CHECK(got.at("view").to_vector() == std::vector<float>{1, 4, -2, 5, 3.5f, 6e-8f});
+  CHECK_FALSE(got.at("matrix").requires_grad());
+
+  // Overwriting replaces the whole file.
+  nn::write_safetensors(path, {{"only", scalar}});
+  auto replaced = nn::read_safetensors(path);
+  CHECK(replaced.size() == 1);
+  CHECK(replaced.count("only") == 1);
+}
+
+TEST_CASE("safetensors: the bytes follow the format") {
+  std::string path = temp_path("layout.safetensors");
+  nn::write_safetensors(path, {{"x", Tensor::from_vector({1.5f, -2.0f}, {2})}});
+  std::string header = R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  REQUIRE(header.size() == 54);  // padded with two spaces to 56, a multiple of 8
+  CHECK(read_bytes(path) == le64(56) + header + "  " + float_bytes({1.5f, -2.0f}));
+}
+
+TEST_CASE("safetensors: reads a file written by another writer") {
+  // Spacing, key order, metadata last, a \u escape and data order unlike ours: all legal.
+  std::string header =
+      "{ \"b\u00e9ta\" : {\"data_offsets\": [8, 20], \"shape\": [3, 1], \"dtype\": \"F32\"},\n"
+      "  \"\\u0061\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},\n"
+      "  \"__metadata__\": {\"format\": \"pt\"} }";
+  std::string path = temp_path("foreign.safetensors");
+  write_bytes(path, hand_made(header, float_bytes({7, 8, 1, 2, 3})));
+  std::map<std::string, std::string> metadata;
+  auto got = nn::read_safetensors(path, &metadata);
+  CHECK(got.at("a").to_vector() == std::vector<float>{7, 8});
+  CHECK(got.at("b\u00e9ta").shape() == Shape{3, 1});
+  CHECK(got.at("b\u00e9ta").to_vector() == std::vector<float>{1, 2, 3});
+  CHECK(metadata.at("format") == "pt");
+}
+
+TEST_CASE("safetensors: missing, truncated and corrupted files raise lg::Error") {
+  std::string good = temp_path("good.safetensors"), bad = temp_path("bad.safetensors");
+  nn::write_safetensors(good, {{"w", Tensor::from_vector({1, 2, 3, 4}, {2, 2})}, {"b", Tensor::ones({2})}});
+  const std::string bytes = read_bytes(good);
+  auto read_bad = [&] { nn::read_safetensors(bad); };
+
+  check_error([&] { nn::read_safetensors(temp_path("does_not_exist.safetensors")); }, "cannot open");
+  write_bytes(bad, bytes.substr(0, 5));
+  check_error(read_bad, "too short");
+  write_bytes(bad, bytes.substr(0, 30));  // cut inside the header
+  check_error(read_bad, "bad header length");
+  write_bytes(bad, bytes.substr(0, bytes.size() - 4));  // cut inside the data
+  check_error(read_bad, "out of range");
+  write_bytes(bad, bytes + "junk");
+  check_error(read_bad, "bytes after the last tensor");
+  write_bytes(bad, le64(0) + bytes.substr(8));
+  check_error(read_bad, "bad header length 0");
+  write_bytes(bad, std::string(8, '\xff') + bytes.substr(8));
+  check_error(read_bad, "bad header length");
+
+  std::string flipped = bytes;
+  flipped[8] = 'x';  // the header's opening brace
+  write_bytes(bad, flipped);
+  check_error(read_bad, "malformed JSON header at byte 0");
+  flipped = bytes;
+  flipped[8 + bytes.substr(8).find(':')] = ';';
+  write_bytes(bad, flipped);
+  check_error(read_bad, "malformed JSON");
+
+  auto check_header = [&](const std::string& header, const std::string& data, const std::string& expected) {
+    write_bytes(bad, hand_made(header, data));
+    check_error(read_bad, expected);
+  };
+  const std::string eight = float_bytes({1, 2});
+  check_header(R"({"a":{"dtype":"F16","shape":[4],"data_offsets":[0,8]}})", eight, "unsupported dtype F16");
+  check_header(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", eight, "span 8 bytes but shape (3,) needs 12");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", eight, "end before begin");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", eight, "out of range");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+               float_bytes({1, 2, 3}), "overlap");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
+               float_bytes({1, 2, 3, 4, 5}), "unused bytes");
+  check_header(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight, "non-negative integers");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8.0]}})", eight, "non-negative integers");
+  check_header(R"({"a":{"dtype":"F32","shape":[2]}})", eight, "needs the fields");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+               eight, "duplicate key");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}} trailing)", eight, "after the top-level value");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})", eight, "unexpected end of header");
+  check_header(R"([1, 2])", "", "header is not a JSON object");
+  check_header(R"({"__metadata__":{"k":1}})", "", "is not a string");
+
+  check_error([&] { nn::write_safetensors(bad, {{"a", Tensor::ones({1})}, {"a", Tensor::ones({1})}}); },
+              "appears twice");
+  check_error([&] { nn::write_safetensors(temp_path("no_such_dir/x.safetensors"), {}); }, "cannot create");
+}
+
+TEST_CASE("save_module / load_module") {
+  Rng rng_a(38), rng_b(39);
+  nn::TransformerBlock a(mha_config(8, 2), rng_a), b(mha_config(8, 2), rng_b);
+  std::string path = temp_path("block.safetensors");
+  nn::save_module(a, path, {{"kind", "mha"}});
+  nn::load_module(b, path);
+  auto sa = a.state_dict(), sb = b.state_dict();
+  for (auto& [name, t] : sa) CHECK_MESSAGE(t.to_vector() == sb.at(name).to_vector(), name);
+
+  Rng rng_c(40);
+  nn::TransformerBlock wider(mha_config(16, 2), rng_c);
+  check_error([&] { nn::load_module(wider, path); }, "has shape");
+  std::filesystem::remove_all(std::filesystem::path(path).parent_path());
+}
