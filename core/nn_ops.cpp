@@ -204,6 +204,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
   Tensor y = Tensor::empty(x.shape());
   // Saved for backward, as in llm.c: per-row mean and reciprocal standard deviation.
   Tensor mean_rstd = Tensor::empty({rows, 2});
+  const float* pgamma = gc.data();
+  const float* pbeta = bc.data();
+  float* pstats = mean_rstd.data();
 #pragma omp parallel for schedule(static) if (rows > kRowsGrain)
   for (int64_t r = 0; r < rows; ++r) {
     const float* in = xc.data() + r * D;
@@ -215,23 +218,27 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
     for (int64_t j = 0; j < D; ++j) v += (in[j] - m) * (in[j] - m);
     v /= static_cast<float>(D);
     float rs = 1.0f / std::sqrt(v + eps);
-    for (int64_t j = 0; j < D; ++j) out[j] = (in[j] - m) * rs * gc.data()[j] + bc.data()[j];
-    mean_rstd.data()[2 * r] = m;
-    mean_rstd.data()[2 * r + 1] = rs;
+    for (int64_t j = 0; j < D; ++j) out[j] = (in[j] - m) * rs * pgamma[j] + pbeta[j];
+    pstats[2 * r] = m;
+    pstats[2 * r + 1] = rs;
   }
   return attach_node(y, "layer_norm", {x, gamma, beta}, [x, xc, gamma, gc, beta, mean_rstd, rows, D](const Tensor& g) {
     Tensor dy = g.is_contiguous() ? g : contiguous_copy(g);
     Tensor dx = Tensor::empty(x.shape());
     Tensor dgamma = Tensor::zeros({D}), dbeta = Tensor::zeros({D});
+    const float* pgamma = gc.data();
+    const float* pstats = mean_rstd.data();
+    float* pdgamma = dgamma.data();
+    float* pdbeta = dbeta.data();
     // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * gamma
 #pragma omp parallel for schedule(static) if (rows > kRowsGrain)
     for (int64_t r = 0; r < rows; ++r) {
       const float* in = xc.data() + r * D;
       const float* d = dy.data() + r * D;
-      float m = mean_rstd.data()[2 * r], rs = mean_rstd.data()[2 * r + 1];
+      float m = pstats[2 * r], rs = pstats[2 * r + 1];
       float mean_dxhat = 0.0f, mean_dxhat_xhat = 0.0f;
       for (int64_t j = 0; j < D; ++j) {
-        float dxhat = d[j] * gc.data()[j];
+        float dxhat = d[j] * pgamma[j];
         mean_dxhat += dxhat;
         mean_dxhat_xhat += dxhat * (in[j] - m) * rs;
       }
@@ -240,17 +247,17 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
       float* out = dx.data() + r * D;
       for (int64_t j = 0; j < D; ++j) {
         float xhat = (in[j] - m) * rs;
-        out[j] = rs * (d[j] * gc.data()[j] - mean_dxhat - xhat * mean_dxhat_xhat);
+        out[j] = rs * (d[j] * pgamma[j] - mean_dxhat - xhat * mean_dxhat_xhat);
       }
     }
     // Parameter gradients sum over rows: serial in rows, so the order is fixed.
     for (int64_t r = 0; r < rows; ++r) {
       const float* in = xc.data() + r * D;
       const float* d = dy.data() + r * D;
-      float m = mean_rstd.data()[2 * r], rs = mean_rstd.data()[2 * r + 1];
+      float m = pstats[2 * r], rs = pstats[2 * r + 1];
       for (int64_t j = 0; j < D; ++j) {
-        dgamma.data()[j] += d[j] * (in[j] - m) * rs;
-        dbeta.data()[j] += d[j];
+        pdgamma[j] += d[j] * (in[j] - m) * rs;
+        pdbeta[j] += d[j];
       }
     }
     accumulate_grad(x, std::move(dx));

@@ -178,10 +178,7 @@ Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape)
   return t;
 }
 
-TensorImpl& Tensor::impl() const {
-  if (!impl_) throw Error("tensor: use of an undefined (empty) Tensor handle");
-  return *impl_;
-}
+void Tensor::throw_undefined() { throw Error("tensor: use of an undefined (empty) Tensor handle"); }
 
 int64_t Tensor::size(int64_t d) const {
   int64_t n = dim();
@@ -193,7 +190,6 @@ int64_t Tensor::size(int64_t d) const {
 
 bool Tensor::is_contiguous() const { return strides() == contiguous_strides(shape()) || numel() <= 1; }
 
-float* Tensor::data() const { return impl().storage->data + impl().offset; }
 
 float Tensor::item() const {
   if (numel() != 1)

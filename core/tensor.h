@@ -83,7 +83,7 @@ class Tensor {
   int64_t size(int64_t d) const;                        // negative d counts from the end
   int64_t numel() const { return shape_numel(shape()); }
   bool is_contiguous() const;
-  float* data() const;                                  // first element (storage + offset)
+  float* data() const { return impl().storage->data + impl().offset; }  // first element
   float item() const;                                   // value of a one-element tensor
   float at(const std::vector<int64_t>& index) const;    // one element, bounds-checked
   std::vector<float> to_vector() const;                 // values in logical (row-major) order
@@ -100,10 +100,14 @@ class Tensor {
   void backward(const Tensor& grad_output) const;
   Tensor detach() const;                                // same storage, no graph
 
-  TensorImpl& impl() const;
+  TensorImpl& impl() const {
+    if (!impl_) throw_undefined();
+    return *impl_;
+  }
   const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
 
  private:
+  [[noreturn]] static void throw_undefined();
   std::shared_ptr<TensorImpl> impl_;
 };
 
