@@ -93,13 +93,17 @@ TEST_CASE("grad: Embedding with repeated ids") {
   check_error([&] { emb.forward({6}, {1}); }, "out of range");
 }
 
-TEST_CASE("grad: LayerNorm and RMSNorm over input, gain and bias") {
+TEST_CASE("grad: LayerNorm over input, gain and bias") {
   nn::LayerNorm ln(6);
-  nn::RMSNorm rms(6);
   randomize(ln, 7);
-  randomize(rms, 8);
   Tensor x = random_leaf({2, 3, 6}, 9);
   check_gradients([&] { return ln.forward(x); }, with_parameters({x}, ln));
+}
+
+TEST_CASE("grad: RMSNorm over input and gain") {
+  nn::RMSNorm rms(6);
+  randomize(rms, 8);                      // gain 1 everywhere would hide a gain gradient mixed up across features
+  Tensor x = random_leaf({2, 3, 6}, 9);   // (B, T, D)
   check_gradients([&] { return rms.forward(x); }, with_parameters({x}, rms));
 }
 
@@ -173,17 +177,24 @@ TEST_CASE("Dropout is the identity in eval mode and at p = 0, and leaves the gen
   check_error([] { nn::Dropout bad(1.0f); }, "not in [0, 1)");
 }
 
-TEST_CASE("LayerNorm starts as plain normalisation; RMSNorm divides by the root mean square") {
+TEST_CASE("LayerNorm starts as plain normalisation") {
   nn::LayerNorm ln(4);
   Tensor x = Tensor::from_vector({1, 2, 3, 6}, {1, 4});
   // mean 3, variance (4 + 1 + 0 + 9) / 4 = 3.5
   std::vector<float> y = ln.forward(x).to_vector();
   for (int j = 0; j < 4; ++j)
     CHECK(y[j] == doctest::Approx((x.data()[j] - 3.0) / std::sqrt(3.5 + 1e-5)).epsilon(1e-5));
+}
+
+TEST_CASE("RMSNorm divides by the root mean square, then scales by the gain") {
   nn::RMSNorm rms(4);
+  rms.weight.data()[3] = 2.0f;
+  Tensor x = Tensor::from_vector({1, 2, 3, 6}, {1, 4});
   // mean square (1 + 4 + 9 + 36) / 4 = 12.5
-  std::vector<float> r = rms.forward(x).to_vector();
-  for (int j = 0; j < 4; ++j) CHECK(r[j] == doctest::Approx(x.data()[j] / std::sqrt(12.5 + 1e-5)).epsilon(1e-5));
+  std::vector<float> y = rms.forward(x).to_vector();
+  const double gain[4] = {1, 1, 1, 2};
+  for (int j = 0; j < 4; ++j)
+    CHECK(y[j] == doctest::Approx(x.data()[j] / std::sqrt(12.5 + 1e-5) * gain[j]).epsilon(1e-5));
 }
 
 TEST_CASE("rope: rotated q_t . k_s depends only on t - s") {
