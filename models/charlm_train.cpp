@@ -1,0 +1,557 @@
+// models/charlm_train.cpp: the training run: setup and checks, the step loop, evaluations, checkpoints, reports.
+#include "models/charlm_train.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <limits>
+#include <ostream>
+
+#include "models/atomic_file.h"
+#include "models/charlm_checkpoint.h"
+#include "models/svg_plot.h"
+#include "optim/adamw.h"
+#include "optim/clip.h"
+#include "optim/schedule.h"
+
+namespace lg::charlm {
+
+// Windows per forward pass in every-token evaluation; the same in `train` and `eval`, so both
+// compute exactly the same numbers for the same text.
+static constexpr int64_t kEvalBatch = 16;
+// The sample printed at the end of training.
+static constexpr int64_t kSampleTokens = 300;
+static constexpr float kSampleTemperature = 0.8f;
+
+// ============================================================================
+// Settings
+// ============================================================================
+
+void TrainSettings::validate(bool vocab_known) const {
+  auto positive = [](const char* flag, int64_t v) {
+    if (v <= 0) throw Error(fmt::format("{} must be a positive integer, got {}", flag, v));
+  };
+  auto positive_real = [](const char* flag, double v) {
+    if (!(v > 0) || !std::isfinite(v)) throw Error(fmt::format("{} must be a positive number, got {}", flag, v));
+  };
+  positive("--batch", batch);
+  positive("--steps", steps);
+  positive("--eval-every", eval_every);
+  positive("--eval-batches", eval_batches);
+  positive("--log-every", log_every);
+  positive_real("--lr", lr);
+  if (!(min_lr >= 0) || !std::isfinite(min_lr)) throw Error(fmt::format("--min-lr must be >= 0, got {}", min_lr));
+  if (min_lr > lr) throw Error(fmt::format("--min-lr {} is above --lr {}", min_lr, lr));
+  if (warmup < 0) throw Error(fmt::format("--warmup must be >= 0, got {}", warmup));
+  if (!(weight_decay >= 0) || !std::isfinite(weight_decay))
+    throw Error(fmt::format("--weight-decay must be >= 0, got {}", weight_decay));
+  if (!(grad_clip >= 0) || !std::isfinite(grad_clip))
+    throw Error(fmt::format("--grad-clip must be >= 0 (0 = off), got {}", grad_clip));
+  if (threads < 0) throw Error(fmt::format("--threads must be >= 0 (0 = OMP_NUM_THREADS), got {}", threads));
+  if (seed > (1ull << 53)) throw Error(fmt::format("--seed must be at most 2^53, got {}", seed));
+  ModelConfig m = model;
+  if (!vocab_known) m.vocab = 256;  // checked later, once the training split is read
+  m.validate();
+}
+
+json::Value TrainSettings::to_json() const {
+  // Keys are the flag names, so a resumed run can name exactly the flag that differs.
+  json::Value v = json::Value::object();
+  v.set("attn", nn::attention_kind_name(model.attention));
+  v.set("layers", model.layers);
+  v.set("heads", model.heads);
+  v.set("dim", model.dim);
+  v.set("ctx", model.ctx);
+  v.set("latents", model.latents);
+  v.set("window", model.window);
+  v.set("kv-rank", model.kv_rank);
+  v.set("q-rank", model.q_rank);
+  v.set("rope-dim", model.rope_dim);
+  v.set("dropout", static_cast<double>(model.dropout));
+  v.set("batch", batch);
+  v.set("steps", steps);
+  v.set("lr", lr);
+  v.set("min-lr", min_lr);
+  v.set("warmup", warmup);
+  v.set("weight-decay", weight_decay);
+  v.set("grad-clip", grad_clip);
+  v.set("beta1", beta1);
+  v.set("beta2", beta2);
+  v.set("eval-every", eval_every);
+  v.set("eval-batches", eval_batches);
+  v.set("log-every", log_every);
+  v.set("split", split_str(split));
+  v.set("seed", static_cast<int64_t>(seed));
+  v.set("threads", threads);
+  return v;
+}
+
+TrainSettings TrainSettings::from_json(const json::Value& v) {
+  TrainSettings s;
+  auto integer = [&](const char* key) { return v.at(key).as_int(fmt::format("training.{}", key)); };
+  auto number = [&](const char* key) { return v.at(key).as_number(fmt::format("training.{}", key)); };
+  s.model.attention = nn::parse_attention_kind(v.at("attn").as_string("training.attn"));
+  s.model.layers = integer("layers");
+  s.model.heads = integer("heads");
+  s.model.dim = integer("dim");
+  s.model.ctx = integer("ctx");
+  s.model.latents = integer("latents");
+  s.model.window = integer("window");
+  s.model.kv_rank = integer("kv-rank");
+  s.model.q_rank = integer("q-rank");
+  s.model.rope_dim = integer("rope-dim");
+  s.model.dropout = static_cast<float>(number("dropout"));
+  s.batch = integer("batch");
+  s.steps = integer("steps");
+  s.lr = number("lr");
+  s.min_lr = number("min-lr");
+  s.warmup = integer("warmup");
+  s.weight_decay = number("weight-decay");
+  s.grad_clip = number("grad-clip");
+  s.beta1 = number("beta1");
+  s.beta2 = number("beta2");
+  s.eval_every = integer("eval-every");
+  s.eval_batches = integer("eval-batches");
+  s.log_every = integer("log-every");
+  s.split = parse_split(v.at("split").as_string("training.split"));
+  s.seed = static_cast<uint64_t>(integer("seed"));
+  s.threads = integer("threads");
+  return s;
+}
+
+bool resume_may_override(const std::string& flag) {
+  return flag == "--steps" || flag == "--eval-every" || flag == "--eval-batches" || flag == "--log-every" ||
+         flag == "--threads" || flag == "--json" || flag == "--data" || flag == "--out" || flag == "--resume";
+}
+
+uint64_t stream_seed(uint64_t seed, Stream stream) {
+  return seed ^ (static_cast<uint64_t>(stream) * 0x9E3779B97F4A7C15ull);
+}
+
+// ============================================================================
+// Stop requests (SIGINT)
+// ============================================================================
+
+static volatile std::sig_atomic_t g_stop = 0;
+
+void request_stop() { g_stop = 1; }
+bool stop_requested() { return g_stop != 0; }
+void clear_stop() { g_stop = 0; }
+
+static void on_sigint(int) {
+  g_stop = 1;
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
+}
+
+void install_sigint_handler() { std::signal(SIGINT, on_sigint); }
+
+// ============================================================================
+// Formatting
+// ============================================================================
+
+std::string human_count(int64_t n) {
+  std::string digits = std::to_string(n < 0 ? -n : n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return n < 0 ? "-" + out : out;
+}
+
+std::string human_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  int64_t s = static_cast<int64_t>(std::llround(seconds));
+  if (s < 60) return fmt::format("{}s", s);
+  if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
+}
+
+std::string metrics_line(const char* label, const EvalResult& r) {
+  return fmt::format("{:<5} {:>9} tokens  loss {:.4f}  ppl {:.3f}  bpc {:.4f}  accuracy {:.2f}%", label,
+                     human_count(r.tokens), r.loss, r.ppl(), r.bpc(), 100.0 * r.accuracy());
+}
+
+static double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// ============================================================================
+// The run
+// ============================================================================
+
+namespace {
+
+// One evaluation during training (a line of metrics.jsonl).
+struct EvalPoint {
+  int64_t step;
+  double train_loss, val_loss, lr, tokens_per_s, elapsed_s;
+  json::Value to_json() const {
+    json::Value v = json::Value::object();
+    v.set("step", step);
+    v.set("train_loss", train_loss);
+    v.set("val_loss", val_loss);
+    v.set("val_ppl", std::exp(val_loss));
+    v.set("val_bpc", val_loss / std::log(2.0));
+    v.set("train_bpc", train_loss / std::log(2.0));
+    v.set("lr", lr);
+    v.set("tokens_per_s", tokens_per_s);
+    v.set("elapsed_s", elapsed_s);
+    return v;
+  }
+};
+
+// The evaluations already in OUT/metrics.jsonl up to `step` (a resumed run continues the file).
+std::vector<EvalPoint> read_metrics(const std::string& path, int64_t step) {
+  std::vector<EvalPoint> points;
+  if (!files::exists(path)) return points;
+  std::string text = files::read_file(path);
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    try {
+      json::Value v = json::parse(std::string_view(text).substr(start, end - start));
+      EvalPoint p{v.at("step").as_int(), v.at("train_loss").as_number(), v.at("val_loss").as_number(),
+                  v.at("lr").as_number(), v.at("tokens_per_s").as_number(), v.at("elapsed_s").as_number()};
+      if (p.step <= step) points.push_back(p);
+    } catch (const Error&) {
+      // a line that does not parse is dropped: the file is a report, rewritten below
+    }
+    start = end + 1;
+  }
+  return points;
+}
+
+void write_reports(const std::string& out, const std::vector<EvalPoint>& points) {
+  std::string jsonl;
+  plot::Series train{"train loss", "#1f77b4", {}, {}}, val{"val loss", "#d62728", {}, {}};
+  for (const EvalPoint& p : points) {
+    jsonl += p.to_json().dump() + "\n";
+    train.x.push_back(static_cast<double>(p.step));
+    train.y.push_back(p.train_loss);
+    val.x.push_back(static_cast<double>(p.step));
+    val.y.push_back(p.val_loss);
+  }
+  files::write_file_atomic(out + "/metrics.jsonl", jsonl);
+  files::write_file_atomic(out + "/loss.svg", plot::line_chart_svg({train, val}, "charlm: loss during training",
+                                                                   "step", "cross-entropy loss (nats)"));
+}
+
+std::string shape_text(const Shape& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + ")";
+}
+
+}  // namespace
+
+TrainResult run_train(TrainSettings settings, const std::set<std::string>& given, Console& console,
+                      const std::function<void(int64_t step)>& after_step) {
+  using clock = std::chrono::steady_clock;
+  const auto wall_start = clock::now();
+  TrainResult result;
+  std::ostream& human = settings.json ? console.err : console.out;
+  const bool tty = settings.json ? console.err_is_tty : console.out_is_tty;
+  bool progress_open = false;  // a \r progress line is on screen and needs ending before other output
+  auto end_progress = [&] {
+    if (progress_open) human << "\n";
+    progress_open = false;
+  };
+  auto fail = [&](const std::string& message) {
+    end_progress();
+    console.err << "charlm: error: " << message << std::endl;
+    result.exit_code = 1;
+    return result;
+  };
+  clear_stop();
+
+  try {
+    // ---- everything that can be wrong with the input is checked before any file is written ----
+    const std::string latest_dir = settings.out + "/latest", best_dir = settings.out + "/best";
+    CheckpointMeta resumed;
+    if (settings.resume) {
+      if (!files::exists(latest_dir + "/checkpoint.json") && !files::exists(latest_dir + ".old/checkpoint.json"))
+        return fail(fmt::format("--resume: no checkpoint at {}/checkpoint.json", latest_dir));
+      std::string dir = resolve_checkpoint_dir(latest_dir);
+      resumed = read_checkpoint_meta(dir);
+      TrainSettings saved = TrainSettings::from_json(resumed.training);
+      json::Value saved_json = saved.to_json(), given_json = settings.to_json();
+      for (const std::string& flag : given) {
+        if (resume_may_override(flag)) continue;
+        std::string key = flag.substr(2);
+        if (given_json.at(key).dump() != saved_json.at(key).dump())
+          return fail(fmt::format("--resume: {} {} differs from the checkpoint's {} (only --steps, --eval-every, "
+                                  "--eval-batches, --log-every and --threads may change when resuming)",
+                                  flag, given_json.at(key).dump(), saved_json.at(key).dump()));
+      }
+      saved.data = settings.data;
+      saved.out = settings.out;
+      saved.resume = true;
+      saved.json = settings.json;
+      if (given.count("--steps")) saved.steps = settings.steps;
+      if (given.count("--eval-every")) saved.eval_every = settings.eval_every;
+      if (given.count("--eval-batches")) saved.eval_batches = settings.eval_batches;
+      if (given.count("--log-every")) saved.log_every = settings.log_every;
+      if (given.count("--threads")) saved.threads = settings.threads;
+      settings = saved;
+      if (resumed.step > settings.steps)
+        return fail(fmt::format("--resume: the checkpoint has already run {} steps, more than --steps {}",
+                                resumed.step, settings.steps));
+    }
+    settings.validate(false);
+
+    const std::string corpus = read_corpus(settings.data);
+    const Splits splits = split_corpus(corpus, settings.split);
+    check_split_lengths(splits, static_cast<int64_t>(corpus.size()), settings.model.ctx);
+    CorpusInfo corpus_info{settings.data, static_cast<int64_t>(corpus.size()), files::fnv1a64(corpus)};
+    if (settings.resume && (corpus_info.bytes != resumed.corpus.bytes || corpus_info.fnv1a != resumed.corpus.fnv1a))
+      return fail(fmt::format("--resume: {} ({} bytes) is not the corpus the checkpoint was trained on ({}, {} bytes)",
+                              settings.data, corpus_info.bytes, resumed.corpus.path, resumed.corpus.bytes));
+    const Vocab vocab = settings.resume ? resumed.vocab : Vocab::from_text(splits.train);
+    settings.model.vocab = vocab.size();
+    settings.validate(true);
+    if (!settings.resume && (files::exists(latest_dir) || files::exists(best_dir)))
+      return fail(fmt::format("{} already holds a training run; pass --resume to continue it or choose another --out",
+                              settings.out));
+
+    set_num_threads(static_cast<int>(settings.threads));
+    const std::vector<int32_t> train_ids = vocab.encode(splits.train);
+    const std::vector<int32_t> val_ids = vocab.encode(splits.val);
+    const std::vector<int32_t> test_ids = vocab.encode(splits.test);
+
+    Rng init_rng(stream_seed(settings.seed, Stream::Init));
+    Rng data_rng(stream_seed(settings.seed, Stream::Data));
+    Rng dropout_rng(stream_seed(settings.seed, Stream::Dropout));
+    CharLM model(settings.model, init_rng);
+    optim::AdamWConfig adam;
+    adam.lr = static_cast<float>(settings.lr);
+    adam.beta1 = static_cast<float>(settings.beta1);
+    adam.beta2 = static_cast<float>(settings.beta2);
+    adam.weight_decay = static_cast<float>(settings.weight_decay);
+    optim::AdamW optimizer(model.named_parameters(), adam);
+    const optim::LrSchedule schedule{static_cast<float>(settings.lr), static_cast<float>(settings.min_lr),
+                                     std::min(settings.warmup, settings.steps), settings.steps};
+
+    int64_t step = 0;  // optimizer steps completed
+    double best_val = std::numeric_limits<double>::infinity();
+    int64_t best_step = -1;
+    double train_seconds_before = 0;  // training time of earlier runs of this --out
+    if (settings.resume) {
+      std::string dir = resolve_checkpoint_dir(latest_dir);
+      load_checkpoint_weights(dir, model);
+      load_checkpoint_optimizer(dir, optimizer);
+      if (optimizer.step_count() != resumed.step)
+        return fail(fmt::format("checkpoint {} is unusable: optimizer state is at step {}, checkpoint.json at {}",
+                                dir, optimizer.step_count(), resumed.step));
+      step = resumed.step;
+      data_rng.set_state(resumed.data_rng);
+      dropout_rng.set_state(resumed.dropout_rng);
+      best_val = resumed.best_val_loss;
+      best_step = resumed.best_step;
+      train_seconds_before = resumed.train_seconds;
+    }
+    files::ensure_writable_dir(settings.out);
+    result.first_step = result.last_step = step;
+    result.params = model.parameter_count();
+
+    // ---- the configuration and the parameters ----
+    human << fmt::format("charlm train: {} {}\n", settings.resume ? "resuming" : "starting",
+                         settings.resume ? fmt::format("{} at step {}", settings.out, step) : settings.out);
+    human << fmt::format("  {:<14}{} ({} bytes; split {} -> train {} / val {} / test {} bytes)\n", "data",
+                         settings.data, human_count(corpus_info.bytes), split_str(settings.split),
+                         human_count(static_cast<int64_t>(splits.train.size())),
+                         human_count(static_cast<int64_t>(splits.val.size())),
+                         human_count(static_cast<int64_t>(splits.test.size())));
+    human << fmt::format("  {:<14}{} ids: {} distinct bytes of the train split + id 0 for unknown bytes "
+                         "(val has {}, test has {})\n",
+                         "vocab", vocab.size(), vocab.size() - 1, vocab.count_unknown(splits.val),
+                         vocab.count_unknown(splits.test));
+    const json::Value settings_json = settings.to_json();
+    for (const auto& [key, value] : settings_json.items())
+      human << fmt::format("  {:<14}{}\n", key, value.is_string() ? value.as_string() : value.dump());
+    human << fmt::format("  {:<14}{}\n", "threads used", get_num_threads());
+    human << "parameters (the output head reuses wte.weight):\n";
+    for (const auto& [name, tensor] : model.named_parameters())
+      human << fmt::format("  {:<34}{:<14}{:>10}\n", name, shape_text(tensor.shape()), human_count(tensor.numel()));
+    human << fmt::format("  {:<48}{:>10}\n", "total", human_count(result.params));
+    human.flush();
+
+    std::vector<EvalPoint> points = read_metrics(settings.out + "/metrics.jsonl", step);
+    auto make_meta = [&] {
+      CheckpointMeta m;
+      m.model = settings.model;
+      m.vocab = vocab;
+      m.training = settings.to_json();
+      m.corpus = corpus_info;
+      m.step = step;
+      m.data_rng = data_rng.state();
+      m.dropout_rng = dropout_rng.state();
+      m.best_val_loss = best_val;
+      m.best_step = best_step;
+      return m;
+    };
+    bool latest_saved = settings.resume;
+    int64_t latest_step = step;
+
+    // ---- training ----
+    const int64_t B = settings.batch, T = settings.model.ctx;
+    const int64_t start_step = step;
+    double train_seconds = 0;  // this process's time inside training steps
+    const auto loop_start = clock::now();
+    std::vector<int32_t> x, y;
+    model.train();
+    while (step < settings.steps) {
+      if (stop_requested()) break;
+      const auto step_start = clock::now();
+      const float lr = optim::lr_at(schedule, step + 1);  // the k-th update (k = step + 1) uses lr_at(k)
+      optimizer.config.lr = lr;
+      sample_batch(train_ids, B, T, data_rng, x, y);
+      Tensor logits = model.forward(x, B, T, dropout_rng);  // (B, T, V)
+      Tensor loss = CharLM::loss(logits, y);                 // ()
+      const float loss_value = loss.item();
+      optimizer.zero_grad();
+      loss.backward();
+      const float grad_norm = settings.grad_clip > 0
+                                  ? optim::clip_grad_norm(model.parameters(), static_cast<float>(settings.grad_clip))
+                                  : optim::clip_grad_norm(model.parameters(), std::numeric_limits<float>::infinity());
+      if (!std::isfinite(loss_value) || !std::isfinite(grad_norm)) {
+        std::string what = !std::isfinite(loss_value) ? fmt::format("loss is {}", loss_value)
+                                                      : fmt::format("gradient norm is {}", grad_norm);
+        return fail(fmt::format(
+            "{} at step {}; training stopped without updating the weights. {}", what, step + 1,
+            latest_saved ? fmt::format("The last good checkpoint is {} (step {}).", latest_dir, latest_step)
+                         : std::string("No checkpoint had been saved yet.")));
+      }
+      optimizer.step();
+      ++step;
+      train_seconds += seconds_since(step_start);
+      result.losses.push_back(loss_value);
+      result.last_step = step;
+
+      // progress: one line rewritten in place on a terminal, plain lines otherwise
+      const int64_t done_here = step - start_step;
+      const double tokens_per_s = static_cast<double>(done_here * B * T) / train_seconds;
+      const double eta = seconds_since(loop_start) / static_cast<double>(done_here) *
+                         static_cast<double>(settings.steps - step);
+      std::string line = fmt::format("step {:>{}}/{}  loss {:.4f}  lr {:.2e}  {:>7} tok/s  ETA {}", step,
+                                     std::to_string(settings.steps).size(), settings.steps, loss_value, lr,
+                                     human_count(std::llround(tokens_per_s)), human_duration(eta));
+      if (tty) {
+        human << "\r\x1b[2K" << line << std::flush;
+        progress_open = true;
+      } else if (step % settings.log_every == 0 || step == start_step + 1) {
+        human << line << "\n" << std::flush;
+      }
+
+      if (step % settings.eval_every == 0 || step == settings.steps) {
+        EvalPoint p{step,
+                    estimate_loss(model, train_ids, settings.eval_batches, B, stream_seed(settings.seed, Stream::TrainEstimate)),
+                    estimate_loss(model, val_ids, settings.eval_batches, B, stream_seed(settings.seed, Stream::ValEstimate)),
+                    lr, tokens_per_s, train_seconds_before + seconds_since(wall_start)};
+        if (!std::isfinite(p.train_loss) || !std::isfinite(p.val_loss))
+          return fail(fmt::format(
+              "evaluation at step {} gave a non-finite loss (train {}, val {}); training stopped. {}", step,
+              p.train_loss, p.val_loss,
+              latest_saved ? fmt::format("The last good checkpoint is {} (step {}).", latest_dir, latest_step)
+                           : std::string("No checkpoint had been saved yet.")));
+        const bool improved = p.val_loss < best_val;
+        if (improved) {
+          best_val = p.val_loss;
+          best_step = step;
+        }
+        points.push_back(p);
+        write_reports(settings.out, points);
+        CheckpointMeta meta = make_meta();
+        meta.train_seconds = train_seconds_before + train_seconds;
+        save_checkpoint(latest_dir, meta, model, &optimizer);
+        if (improved) save_checkpoint(best_dir, meta, model, &optimizer);
+        latest_saved = true;
+        latest_step = step;
+        end_progress();
+        human << fmt::format("step {} eval: train loss {:.4f} (bpc {:.3f})  val loss {:.4f} (ppl {:.3f}, bpc {:.3f}){}\n",
+                             step, p.train_loss, p.train_loss / std::log(2.0), p.val_loss, std::exp(p.val_loss),
+                             p.val_loss / std::log(2.0), improved ? "  [best, saved]" : "  [saved]")
+              << std::flush;
+      }
+      if (after_step) after_step(step);
+    }
+    end_progress();
+    result.tokens_per_s = train_seconds > 0 ? static_cast<double>((step - start_step) * B * T) / train_seconds : 0;
+
+    if (stop_requested()) {
+      if (!latest_saved || latest_step != step) {
+        CheckpointMeta meta = make_meta();
+        meta.train_seconds = train_seconds_before + train_seconds;
+        save_checkpoint(latest_dir, meta, model, &optimizer);
+      }
+      human << fmt::format("interrupted at step {}: checkpoint saved to {}; continue with --resume\n", step,
+                           latest_dir);
+      if (settings.json)
+        console.out << fmt::format("{{\"interrupted\": true, \"step\": {}, \"checkpoint\": \"{}\"}}\n", step,
+                                   latest_dir);
+      console.out.flush();
+      result.exit_code = 130;
+      return result;
+    }
+
+    // ---- final evaluation on every token of val and test, with the best checkpoint ----
+    std::string final_dir = files::exists(best_dir + "/checkpoint.json") ? best_dir : latest_dir;
+    CheckpointMeta final_meta = read_checkpoint_meta(final_dir);
+    load_checkpoint_weights(final_dir, model);
+    result.val = evaluate_tokens(model, val_ids, kEvalBatch);
+    result.test = evaluate_tokens(model, test_ids, kEvalBatch);
+    const double wall = seconds_since(wall_start);
+    human << fmt::format("final evaluation, every token, with {} (step {}):\n", final_dir, final_meta.step);
+    human << "  " << metrics_line("val", result.val) << "\n";
+    human << "  " << metrics_line("test", result.test) << "\n";
+    human << fmt::format("wall time {} ({:.1f} s), training throughput {} tokens/s over {} steps\n",
+                         human_duration(wall), wall, human_count(std::llround(result.tokens_per_s)),
+                         step - start_step);
+    human << fmt::format("sample ({} characters, temperature {}):\n", kSampleTokens, kSampleTemperature);
+    {
+      Rng sample_rng(stream_seed(settings.seed, Stream::Sample));
+      Generator gen(model);
+      int32_t newline = vocab.id_of('\n');
+      gen.feed(newline != kUnknownId ? newline : 1);
+      std::string text;
+      for (int64_t i = 0; i < kSampleTokens; ++i) {
+        int32_t id = gen.sample(sample_rng, kSampleTemperature, 0);
+        text += static_cast<char>(vocab.byte_of(id));
+        gen.feed(id);
+      }
+      human << text << "\n" << std::flush;
+    }
+    if (settings.json) {
+      json::Value j = json::Value::object();
+      const EvalResult& v = result.val;
+      const EvalResult& t = result.test;
+      j.set("val_loss", v.loss);
+      j.set("val_ppl", v.ppl());
+      j.set("val_bpc", v.bpc());
+      j.set("test_loss", t.loss);
+      j.set("test_ppl", t.ppl());
+      j.set("test_bpc", t.bpc());
+      j.set("test_accuracy", t.accuracy());
+      j.set("test_tokens", t.tokens);
+      j.set("tokens_per_s", result.tokens_per_s);
+      j.set("params", result.params);
+      j.set("steps", step);
+      j.set("best_step", final_meta.step);
+      j.set("best_val_loss_estimate", best_val);
+      j.set("wall_s", wall);
+      j.set("attn", nn::attention_kind_name(settings.model.attention));
+      j.set("checkpoint", final_dir);
+      console.out << j.dump() << "\n" << std::flush;
+    }
+    return result;
+  } catch (const std::bad_alloc&) {
+    return fail("out of memory (try a smaller --batch, --dim or --ctx)");
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  }
+}
+
+}  // namespace lg::charlm

@@ -1,0 +1,85 @@
+// models/charlm_train.h: the `charlm train` run: settings, the training loop, evaluations, checkpoints, reports.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <iosfwd>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "models/charlm.h"
+#include "models/charlm_data.h"
+#include "models/json.h"
+
+namespace lg::charlm {
+
+// Where a command writes: `out` gets results (and the JSON object with --json), `err` gets
+// errors; human-readable progress goes to `out`, or to `err` under --json.
+struct Console {
+  std::ostream& out;
+  std::ostream& err;
+  bool out_is_tty = false;
+  bool err_is_tty = false;
+};
+
+// Every `charlm train` flag; the defaults are nanoGPT's CPU settings for Shakespeare.
+struct TrainSettings {
+  std::string data, out;
+  ModelConfig model;  // model.vocab is set from the training split
+  int64_t batch = 12;
+  int64_t steps = 2000;
+  double lr = 1e-3, min_lr = 1e-4;
+  int64_t warmup = 100;
+  double weight_decay = 0.1, grad_clip = 1.0;
+  double beta1 = 0.9, beta2 = 0.99;
+  int64_t eval_every = 250, eval_batches = 20, log_every = 10;
+  SplitFractions split;
+  uint64_t seed = 1337;
+  int64_t threads = 0;  // 0: as OMP_NUM_THREADS says
+  bool resume = false, json = false;
+
+  // Throws lg::Error naming the flag of any invalid value (model ones via ModelConfig::validate,
+  // which needs model.vocab set; call with vocab_known = false before the corpus is read).
+  void validate(bool vocab_known) const;
+  // The settings saved in a checkpoint, and back.
+  json::Value to_json() const;
+  static TrainSettings from_json(const json::Value& v);
+};
+
+// Flags that --resume lets the command line change; every other flag must match the checkpoint.
+bool resume_may_override(const std::string& flag);
+
+// Stop requests (SIGINT): the training loop checks between steps, saves a checkpoint and returns.
+void request_stop();
+bool stop_requested();
+void clear_stop();
+void install_sigint_handler();  // first SIGINT calls request_stop(); a second one kills as usual
+
+struct TrainResult {
+  int exit_code = 0;           // 0 done, 1 error, 130 interrupted (checkpoint saved)
+  int64_t first_step = 0;      // step the run started from (0, or the resumed step)
+  int64_t last_step = 0;       // steps completed when it returned
+  std::vector<float> losses;   // training loss of each step run here: losses[i] is step first_step + i + 1
+  EvalResult val, test;        // every-token evaluations at the end (best checkpoint)
+  double tokens_per_s = 0;
+  int64_t params = 0;
+};
+
+// Runs `charlm train`. `given` holds the flags given explicitly on the command line (for
+// --resume's checks). after_step(step), if set, runs after each completed step (tests use it
+// to interrupt a run at a chosen step). Errors are reported on console.err and returned as
+// exit code 1; lg::Error escapes only for bugs.
+TrainResult run_train(TrainSettings settings, const std::set<std::string>& given, Console& console,
+                      const std::function<void(int64_t step)>& after_step = {});
+
+// Seeds of the run's independent random streams, derived from --seed.
+enum class Stream : uint64_t { Init = 1, Data, Dropout, TrainEstimate, ValEstimate, Sample };
+uint64_t stream_seed(uint64_t seed, Stream stream);
+
+// Human-readable helpers shared by the commands.
+std::string human_count(int64_t n);       // 1234567 -> "1,234,567"
+std::string human_duration(double seconds);  // "3m12s"
+std::string metrics_line(const char* label, const EvalResult& r);  // "loss 1.4821  ppl 4.40  bpc 2.138  acc 56.1%"
+
+}  // namespace lg::charlm
