@@ -51,6 +51,37 @@ static Tensor outside_window_mask(int64_t first_query, int64_t queries, int64_t 
   return mask;
 }
 
+// x cut along `axis` into pieces of `chunk` rows (the last may be shorter), by halving.
+// Why not one slice per piece: the backward of a slice writes a gradient of its input's full
+// shape, so N slices of a T-row tensor cost O(N T) in backward, quadratic in T. Halving
+// recursively makes every level of the tree cost O(T): O(T log N) in all.
+static void split_into_chunks(const Tensor& x, int64_t axis, int64_t chunk, std::vector<Tensor>& pieces) {
+  const int64_t n = x.size(axis), count = (n + chunk - 1) / chunk;
+  if (count <= 1) {
+    pieces.push_back(x);
+    return;
+  }
+  const int64_t left = (count / 2) * chunk;
+  split_into_chunks(slice(x, axis, 0, left), axis, chunk, pieces);
+  split_into_chunks(slice(x, axis, left, n), axis, chunk, pieces);
+}
+
+static std::vector<Tensor> chunks_of(const Tensor& x, int64_t axis, int64_t chunk) {
+  std::vector<Tensor> pieces;
+  split_into_chunks(x, axis, chunk, pieces);
+  return pieces;
+}
+
+// Rows [start, end) along axis 2 of the tensor whose chunks (of `chunk` rows) are `pieces`.
+static Tensor rows_of_chunks(const std::vector<Tensor>& pieces, int64_t chunk, int64_t start, int64_t end) {
+  std::vector<Tensor> parts;
+  for (int64_t i = start / chunk; i * chunk < end; ++i) {
+    const int64_t lo = std::max(start, i * chunk) - i * chunk, hi = std::min(end, (i + 1) * chunk) - i * chunk;
+    parts.push_back(lo == 0 && hi == pieces[i].size(2) ? pieces[i] : slice(pieces[i], 2, lo, hi));
+  }
+  return parts.size() == 1 ? parts[0] : concat(parts, 2);
+}
+
 static void check_inputs(const LatentInputs& in, const char* who) {
   const Tensor* all[] = {&in.queries, &in.keys, &in.rotated_keys, &in.values};
   for (const Tensor* t : all)
@@ -91,28 +122,30 @@ Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t 
   const int64_t d = in.queries.size(3), M = in.latents.size(1);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
 
-  // Write scores of every position at once, A = k l^T / sqrt(d), from un-rotated keys.
-  Tensor write_scores = matmul(in.keys, transpose(expand_batch(in.latents, B), -1, -2)) * scale;  // (B, H, T, M)
-  Tensor write_values = write_scores.detach();  // for the stabiliser only
+  Tensor latents_t = transpose(expand_batch(in.latents, B), -1, -2);    // (B, H, d, M)
+  std::vector<Tensor> queries = chunks_of(in.queries, 2, chunk);         // each (B, H, C, d)
+  std::vector<Tensor> keys = chunks_of(in.keys, 2, chunk);
+  std::vector<Tensor> rotated_keys = chunks_of(in.rotated_keys, 2, chunk);
+  std::vector<Tensor> values = chunks_of(in.values, 2, chunk);
 
   Tensor running_max;  // (B, H, 1, M)  mu, no graph
   Tensor normaliser;   // (B, H, 1, M)  Z
   Tensor key_sum;      // (B, H, M, d)  SK
   Tensor value_sum;    // (B, H, M, d)  SV
   std::vector<Tensor> outputs;
-  for (int64_t c0 = 0; c0 < T; c0 += chunk) {
-    const int64_t c1 = std::min(T, c0 + chunk), C = c1 - c0;
-    const bool first = c0 == 0;  // nothing carried yet
-    Tensor A = slice(write_scores, 2, c0, c1);        // (B, H, C, M)
-    Tensor q = slice(in.queries, 2, c0, c1);          // (B, H, C, d)  R_t q_t
-    Tensor k_rot = slice(in.rotated_keys, 2, c0, c1); // (B, H, C, d)  R_s k_s
-    Tensor v = slice(in.values, 2, c0, c1);           // (B, H, C, d)
+  for (size_t n = 0; n < queries.size(); ++n) {
+    const int64_t c0 = static_cast<int64_t>(n) * chunk, c1 = std::min(T, c0 + chunk), C = c1 - c0;
+    const bool first = n == 0;  // nothing carried yet
+    const Tensor& q = queries[n];                     // (B, H, C, d)  R_t q_t
+    const Tensor& k_rot = rotated_keys[n];            // (B, H, C, d)  R_s k_s
+    const Tensor& v = values[n];                      // (B, H, C, d)
+    Tensor A = matmul(keys[n], latents_t) * scale;    // (B, H, C, M)  a = l . k / sqrt(d), un-rotated k
 
     // New stabiliser mu' = max(mu, max over the chunk); carried sums move from mu to mu'.
     Tensor new_max, rescale, rescale_rows;  // (B, H, 1, M), (B, H, 1, M), (B, H, M, 1)
     {
       NoGradGuard no_grad;
-      Tensor chunk_max = max(slice(write_values, 2, c0, c1), 2, true);
+      Tensor chunk_max = max(A.detach(), 2, true);
       new_max = first ? chunk_max : elementwise_max(running_max, chunk_max);
       if (!first) {
         rescale = exp(running_max - new_max);
@@ -135,8 +168,8 @@ Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t 
     Tensor window_values;   // (B, H, L, d)
     if (window > 0) {
       const int64_t w0 = std::max<int64_t>(0, c0 - window + 1);
-      Tensor k_window = slice(in.rotated_keys, 2, w0, c1);            // (B, H, L, d)
-      window_values = slice(in.values, 2, w0, c1);
+      Tensor k_window = rows_of_chunks(rotated_keys, chunk, w0, c1);   // (B, H, L, d)
+      window_values = rows_of_chunks(values, chunk, w0, c1);
       Tensor qk = matmul(q, transpose(k_window, -1, -2));             // (B, H, C, L)
       qk_chunk = slice(qk, -1, c0 - w0, c1 - w0);
       window_scores = masked_fill(qk * scale, outside_window_mask(c0, C, w0, c1 - w0, window), kNegInf);
