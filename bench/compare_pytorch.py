@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""bench/compare_pytorch.py: training speed of latentgrad against PyTorch on this CPU, side by side in one run.
+
+For each config and attention kind, trains the same model (same shapes, init scheme,
+data, AdamW) for a few steps in each engine at 1 and 2 threads, each in a fresh
+process, and prints the median step time, tokens/s, peak RSS and the ratio of the
+best latentgrad figure to the best PyTorch figure as a Markdown table.
+
+PyTorch is optional (Debian: apt-get install python3-torch); run with /usr/bin/python3.
+Usage: /usr/bin/python3 bench/compare_pytorch.py --data PATH [--bin build/charlm_bench]
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    "baseline": dict(layers=4, heads=4, dim=128, ctx=64, batch=12),
+    "10.7M": dict(layers=6, heads=6, dim=384, ctx=256, batch=64),
+}
+
+
+def torch_worker(args):
+    """Runs inside a fresh process: trains the PyTorch model and prints one JSON line."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torch_model import CharLM
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    data = open(args.data, "rb").read()
+    vocab = sorted(set(data))
+    index = {b: i for i, b in enumerate(vocab)}
+    tokens = torch.tensor([index[b] for b in data], dtype=torch.long)
+    cfg = dict(CONFIGS[args.config], vocab=len(vocab), attn=args.attn, latents=16, window=16,
+               chunk=args.chunk)
+    model = CharLM(cfg)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
+    B, T = cfg["batch"], cfg["ctx"]
+    gen = torch.Generator().manual_seed(args.seed)
+    times = []
+    for step in range(args.warmup + args.steps):
+        starts = torch.randint(0, len(tokens) - T - 1, (B,), generator=gen)
+        x = torch.stack([tokens[s:s + T] for s in starts])
+        y = torch.stack([tokens[s + 1:s + T + 1] for s in starts])
+        t0 = time.perf_counter()
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    print(json.dumps({
+        "step_ms": median * 1e3,
+        "tokens_per_s": B * T / median,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loss": float(loss),
+    }))
+
+
+def run_json(cmd, env):
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="text corpus to draw batches from")
+    ap.add_argument("--bin", default="build/charlm_bench", help="latentgrad's benchmark program")
+    ap.add_argument("--configs", default="baseline,10.7M", help="comma list of: " + ",".join(CONFIGS))
+    ap.add_argument("--attn", default="mha,latent", help="comma list of attention kinds")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per run (median reported)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--chunk", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--worker", choices=["torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--attn-one", dest="attn_one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        args.threads = int(args.threads)
+        args.attn = args.attn_one
+        return torch_worker(args)
+
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        sys.exit("PyTorch is not installed (Debian: apt-get install python3-torch; run with /usr/bin/python3)")
+    if not os.path.exists(args.bin):
+        sys.exit(f"{args.bin} not found: build first (bash scripts/test.sh)")
+
+    print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; PyTorch {torch_version}; "
+          f"{args.steps} timed steps after {args.warmup} warm-up, medians.\n")
+    print("| config | attention | engine | threads | ms/step | tokens/s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    ratios = []
+    for config in args.configs.split(","):
+        for attn in args.attn.split(","):
+            best = {}
+            for engine in ("latentgrad", "pytorch"):
+                for threads in [int(t) for t in args.threads.split(",")]:
+                    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                    if engine == "pytorch":
+                        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "torch", "--data", args.data,
+                               "--config", config, "--attn-one", attn, "--threads", str(threads),
+                               "--steps", str(args.steps), "--warmup", str(args.warmup),
+                               "--chunk", str(args.chunk), "--seed", str(args.seed)]
+                    else:
+                        c = CONFIGS[config]
+                        cmd = [args.bin, "train", "--data", args.data, "--attn", attn, "--threads", str(threads),
+                               "--layers", str(c["layers"]), "--heads", str(c["heads"]), "--dim", str(c["dim"]),
+                               "--ctx", str(c["ctx"]), "--batch", str(c["batch"]), "--steps", str(args.steps),
+                               "--warmup", str(args.warmup), "--chunk", str(args.chunk), "--seed", str(args.seed),
+                               "--json"]
+                    r = run_json(cmd, env)
+                    best[engine] = max(best.get(engine, 0), r["tokens_per_s"])
+                    print(f"| {config} | {attn} | {engine} | {threads} | {r['step_ms']:.1f} | "
+                          f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} |", flush=True)
+            ratios.append((config, attn, best["latentgrad"] / best["pytorch"]))
+    print("\n| config | attention | latentgrad / PyTorch, best thread count each |")
+    print("|---|---|---|")
+    for config, attn, r in ratios:
+        print(f"| {config} | {attn} | {r:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
