@@ -8,7 +8,7 @@ namespace lg::nn {
 class LayerNorm : public Module {
  public:
   explicit LayerNorm(int64_t dim, float eps = 1e-5f);  // gain 1, bias 0: the identity on normalised rows
-  Tensor forward(const Tensor& x) const;              // (..., D) -> (..., D)
+  Tensor forward(const Tensor& x) const;               // (..., D) -> (..., D)
 
   Tensor weight;  // (D,) gain
   Tensor bias;    // (D,)

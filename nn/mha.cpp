@@ -11,10 +11,13 @@
 namespace lg::nn {
 
 CausalSelfAttention::CausalSelfAttention(const AttentionConfig& config, Rng& rng)
-    : dim_(config.dim), heads_(config.heads), head_dim_(config.heads > 0 ? config.dim / config.heads : 0),
+    : dim_(config.dim),
+      heads_(config.heads),
+      head_dim_(config.heads > 0 ? config.dim / config.heads : 0),
       rope_base_(config.rope_base) {
   if (heads_ <= 0 || dim_ % heads_ != 0 || head_dim_ % 2 != 0)
-    throw Error(fmt::format("CausalSelfAttention: dim {} must split into {} heads of even size", dim_, heads_));
+    throw Error(
+        fmt::format("CausalSelfAttention: dim {} must split into {} heads of even size", dim_, heads_));
   float residual_std = 0.02f / std::sqrt(2.0f * static_cast<float>(config.layers));
   qkv = register_module("qkv", std::make_shared<Linear>(dim_, 3 * dim_, config.bias, rng));
   proj = register_module("proj", std::make_shared<Linear>(dim_, dim_, config.bias, rng, residual_std));
@@ -23,10 +26,11 @@ CausalSelfAttention::CausalSelfAttention(const AttentionConfig& config, Rng& rng
 void CausalSelfAttention::project(const Tensor& x, int64_t first_position, Tensor& q, Tensor& k,
                                   Tensor& v) const {
   if (x.dim() != 3 || x.size(2) != dim_)
-    throw Error(fmt::format("CausalSelfAttention: input must be (B, T, {}), got {}", dim_, shape_str(x.shape())));
+    throw Error(
+        fmt::format("CausalSelfAttention: input must be (B, T, {}), got {}", dim_, shape_str(x.shape())));
   int64_t B = x.size(0), T = x.size(1);
   std::vector<Tensor> qkv_parts = split(qkv->forward(x), {dim_, dim_, dim_}, 2);  // 3 x (B, T, D)
-  auto split_heads = [&](const Tensor& t) {                                      // (B, T, D) -> (B, H, T, d)
+  auto split_heads = [&](const Tensor& t) {                                       // (B, T, D) -> (B, H, T, d)
     return permute(reshape(t, {B, T, heads_, head_dim_}), {0, 2, 1, 3});
   };
   q = rope(split_heads(qkv_parts[0]), first_position, rope_base_);  // (B, H, T, d)
@@ -37,7 +41,7 @@ void CausalSelfAttention::project(const Tensor& x, int64_t first_position, Tenso
 Tensor CausalSelfAttention::merge_heads(const Tensor& heads) const {
   int64_t B = heads.size(0), T = heads.size(2);
   Tensor merged = reshape(permute(heads, {0, 2, 1, 3}), {B, T, dim_});  // (B, T, D)
-  return proj->forward(merged);                                          // (B, T, D)
+  return proj->forward(merged);                                         // (B, T, D)
 }
 
 Tensor CausalSelfAttention::forward(const Tensor& x, int64_t first_position) {
@@ -47,7 +51,7 @@ Tensor CausalSelfAttention::forward(const Tensor& x, int64_t first_position) {
   float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
   Tensor scores = matmul(q, transpose(k, 2, 3)) * scale;  // (B, H, T, T); k^T is a view BLAS reads in place
   scores = masked_fill(scores, causal_mask(T), -std::numeric_limits<float>::infinity());
-  Tensor weights = softmax(scores);    // (B, H, T, T), zero above the diagonal
+  Tensor weights = softmax(scores);        // (B, H, T, T), zero above the diagonal
   return merge_heads(matmul(weights, v));  // (B, H, T, d) -> (B, T, D)
 }
 
@@ -83,8 +87,8 @@ Tensor CausalSelfAttention::step(const Tensor& x, AttentionState& state) {
   auto* cache = dynamic_cast<MHAState*>(&state);
   if (!cache) throw Error("CausalSelfAttention::step: state was not made by CausalSelfAttention::make_state");
   if (x.dim() != 3 || x.size(0) != cache->batch || x.size(1) != 1)
-    throw Error(fmt::format("CausalSelfAttention::step: input must be ({}, 1, {}), got {}", cache->batch, dim_,
-                            shape_str(x.shape())));
+    throw Error(fmt::format("CausalSelfAttention::step: input must be ({}, 1, {}), got {}", cache->batch,
+                            dim_, shape_str(x.shape())));
   int64_t t = cache->position;
   Tensor q, k, v;
   project(x, t, q, k, v);  // each (B, H, 1, d)

@@ -28,7 +28,7 @@ class CausalSelfAttention : public Attention {
 
   Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D)
   std::unique_ptr<AttentionState> make_state(int64_t batch) const override;
-  Tensor step(const Tensor& x, AttentionState& state) override;           // (B, 1, D) -> (B, 1, D)
+  Tensor step(const Tensor& x, AttentionState& state) override;  // (B, 1, D) -> (B, 1, D)
 
   std::shared_ptr<Linear> qkv;   // D -> 3D
   std::shared_ptr<Linear> proj;  // D -> D

@@ -10,7 +10,7 @@ namespace lg::nn {
 class RMSNorm : public Module {
  public:
   explicit RMSNorm(int64_t dim, float eps = 1e-5f);  // gain 1: the identity on unit-RMS rows
-  Tensor forward(const Tensor& x) const;            // (..., D) -> (..., D)
+  Tensor forward(const Tensor& x) const;             // (..., D) -> (..., D)
 
   Tensor weight;  // (D,) gain
   float eps;

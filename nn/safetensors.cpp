@@ -176,10 +176,14 @@ class JsonParser {
     for (int i = 0; i < 4; ++i) {
       char c = s_[pos_++];
       code <<= 4;
-      if (c >= '0' && c <= '9') code |= static_cast<uint32_t>(c - '0');
-      else if (c >= 'a' && c <= 'f') code |= static_cast<uint32_t>(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') code |= static_cast<uint32_t>(c - 'A' + 10);
-      else fail("bad hex digit in \\u escape");
+      if (c >= '0' && c <= '9')
+        code |= static_cast<uint32_t>(c - '0');
+      else if (c >= 'a' && c <= 'f')
+        code |= static_cast<uint32_t>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F')
+        code |= static_cast<uint32_t>(c - 'A' + 10);
+      else
+        fail("bad hex digit in \\u escape");
     }
     return code;
   }
@@ -217,14 +221,30 @@ class JsonParser {
       char e = peek();
       ++pos_;
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           uint32_t code = hex4();
           if (code >= 0xD800 && code < 0xDC00) {  // a UTF-16 surrogate pair spells one code point
@@ -238,7 +258,8 @@ class JsonParser {
           append_utf8(out, code);
           break;
         }
-        default: fail(fmt::format("bad escape '\\{}'", e));
+        default:
+          fail(fmt::format("bad escape '\\{}'", e));
       }
     }
   }
@@ -251,10 +272,14 @@ class JsonParser {
 void append_json_string(std::string& out, const std::string& s) {
   out += '"';
   for (char c : s) {
-    if (c == '"') out += "\\\"";
-    else if (c == '\\') out += "\\\\";
-    else if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", static_cast<int>(c));
-    else out += c;
+    if (c == '"')
+      out += "\\\"";
+    else if (c == '\\')
+      out += "\\\\";
+    else if (static_cast<unsigned char>(c) < 0x20)
+      out += fmt::format("\\u{:04x}", static_cast<int>(c));
+    else
+      out += c;
   }
   out += '"';
 }
@@ -274,7 +299,8 @@ static void write_file_atomically(const std::string& path, const std::string& by
     return Error(fmt::format("write_safetensors {}: {} failed: {}", path, what, std::strerror(err)));
   };
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(fmt::format("write_safetensors {}: cannot create {}: {}", path, tmp, std::strerror(errno)));
+  if (fd < 0)
+    throw Error(fmt::format("write_safetensors {}: cannot create {}: {}", path, tmp, std::strerror(errno)));
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
@@ -380,14 +406,19 @@ Entry parse_entry(const std::string& context, const std::string& name, const Jso
   if (info.kind != Json::Kind::Object) throw fail("entry is not a JSON object");
   const Json *dtype = nullptr, *shape = nullptr, *offsets = nullptr;
   for (const auto& [key, v] : info.members) {
-    if (key == "dtype") dtype = &v;
-    else if (key == "shape") shape = &v;
-    else if (key == "data_offsets") offsets = &v;
-    else throw fail(fmt::format("unknown field \"{}\"", key));
+    if (key == "dtype")
+      dtype = &v;
+    else if (key == "shape")
+      shape = &v;
+    else if (key == "data_offsets")
+      offsets = &v;
+    else
+      throw fail(fmt::format("unknown field \"{}\"", key));
   }
   if (!dtype || !shape || !offsets) throw fail("needs the fields dtype, shape and data_offsets");
   if (dtype->kind != Json::Kind::String) throw fail("dtype is not a string");
-  if (dtype->text != "F32") throw fail(fmt::format("unsupported dtype {} (only F32 is supported)", dtype->text));
+  if (dtype->text != "F32")
+    throw fail(fmt::format("unsupported dtype {} (only F32 is supported)", dtype->text));
 
   Entry e;
   e.name = name;
@@ -395,8 +426,7 @@ Entry parse_entry(const std::string& context, const std::string& name, const Jso
   uint64_t numel = 1;
   for (const Json& d : shape->items) {
     uint64_t size = to_u64(d, "shape");
-    if (size > (1ull << 40) || (size && numel > (1ull << 40) / size))
-      throw fail("shape is too large");
+    if (size > (1ull << 40) || (size && numel > (1ull << 40) / size)) throw fail("shape is too large");
     numel *= size;
     e.shape.push_back(static_cast<int64_t>(size));
   }
@@ -422,15 +452,16 @@ std::map<std::string, Tensor> read_safetensors(const std::string& path,
   if (in.bad()) throw Error(fmt::format("{}: read error", context));
 
   if (file.size() < 8)
-    throw Error(fmt::format("{}: file is {} bytes, too short for the 8-byte header length (truncated?)", context,
-                            file.size()));
+    throw Error(fmt::format("{}: file is {} bytes, too short for the 8-byte header length (truncated?)",
+                            context, file.size()));
   uint64_t header_length = 0;
   std::memcpy(&header_length, file.data(), 8);
   uint64_t rest = file.size() - 8;
   if (header_length == 0 || header_length > kMaxHeaderBytes || header_length > rest)
-    throw Error(fmt::format("{}: bad header length {} (the file has {} bytes after the length field; "
-                            "truncated or not a safetensors file?)",
-                            context, header_length, rest));
+    throw Error(
+        fmt::format("{}: bad header length {} (the file has {} bytes after the length field; "
+                    "truncated or not a safetensors file?)",
+                    context, header_length, rest));
 
   Json header = JsonParser(std::string_view(file).substr(8, header_length), context).document();
   if (header.kind != Json::Kind::Object) throw Error(fmt::format("{}: header is not a JSON object", context));
@@ -457,19 +488,21 @@ std::map<std::string, Tensor> read_safetensors(const std::string& path,
   std::vector<const Entry*> by_offset;
   for (const Entry& e : entries) {
     if (e.end > data_size)
-      throw Error(fmt::format("{}: tensor '{}' data_offsets [{}, {}] out of range: the data section has {} bytes "
-                              "(truncated file?)",
-                              context, e.name, e.begin, e.end, data_size));
+      throw Error(
+          fmt::format("{}: tensor '{}' data_offsets [{}, {}] out of range: the data section has {} bytes "
+                      "(truncated file?)",
+                      context, e.name, e.begin, e.end, data_size));
     by_offset.push_back(&e);
   }
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const Entry* a, const Entry* b) { return std::tie(a->begin, a->end) < std::tie(b->begin, b->end); });
+  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) {
+    return std::tie(a->begin, a->end) < std::tie(b->begin, b->end);
+  });
   uint64_t covered = 0;
   const Entry* previous = nullptr;
   for (const Entry* e : by_offset) {
     if (e->begin < covered)
-      throw Error(fmt::format("{}: tensors '{}' and '{}' overlap in the data section", context, previous->name,
-                              e->name));
+      throw Error(fmt::format("{}: tensors '{}' and '{}' overlap in the data section", context,
+                              previous->name, e->name));
     if (e->begin > covered)
       throw Error(fmt::format("{}: {} unused bytes before tensor '{}' in the data section", context,
                               e->begin - covered, e->name));
@@ -477,7 +510,8 @@ std::map<std::string, Tensor> read_safetensors(const std::string& path,
     previous = e;
   }
   if (covered != data_size)
-    throw Error(fmt::format("{}: {} bytes after the last tensor in the data section", context, data_size - covered));
+    throw Error(
+        fmt::format("{}: {} bytes after the last tensor in the data section", context, data_size - covered));
 
   std::map<std::string, Tensor> out;
   for (const Entry& e : entries) {
@@ -492,7 +526,8 @@ std::map<std::string, Tensor> read_safetensors(const std::string& path,
 // Modules
 // ============================================================================
 
-void save_module(const Module& module, const std::string& path, const std::map<std::string, std::string>& metadata) {
+void save_module(const Module& module, const std::string& path,
+                 const std::map<std::string, std::string>& metadata) {
   write_safetensors(path, module.named_parameters(), metadata);
 }
 

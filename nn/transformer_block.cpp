@@ -13,7 +13,7 @@ TransformerBlock::TransformerBlock(const AttentionConfig& cfg, Rng& rng) {
 
 Tensor TransformerBlock::forward(const Tensor& x, int64_t first_position, Rng& dropout_rng) {
   Tensor h = x + dropout->forward(attn->forward(ln1->forward(x), first_position), dropout_rng);  // (B, T, D)
-  return h + dropout->forward(mlp->forward(ln2->forward(h)), dropout_rng);                      // (B, T, D)
+  return h + dropout->forward(mlp->forward(ln2->forward(h)), dropout_rng);                       // (B, T, D)
 }
 
 Tensor TransformerBlock::step(const Tensor& x, AttentionState& state) {

@@ -14,7 +14,8 @@ namespace lg::optim {
 AdamW::AdamW(std::vector<std::pair<std::string, Tensor>> params, AdamWConfig settings) : config(settings) {
   std::set<std::string> names;
   for (auto& [name, p] : params) {
-    if (!names.insert(name).second) throw Error(fmt::format("AdamW: parameter name '{}' appears twice", name));
+    if (!names.insert(name).second)
+      throw Error(fmt::format("AdamW: parameter name '{}' appears twice", name));
     if (!p.is_contiguous()) throw Error(fmt::format("AdamW: parameter '{}' is not contiguous", name));
     slots_.push_back({name, p, Tensor::zeros(p.shape()), Tensor::zeros(p.shape())});
   }

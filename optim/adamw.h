@@ -1,4 +1,4 @@
-// optim/adamw.h: Adam with decoupled weight decay (Loshchilov & Hutter 2019), the optimizer of GPT-2-style training.
+// optim/adamw.h: Adam with decoupled weight decay (Loshchilov & Hutter 2019), as GPT-2-style training uses.
 //
 // With g the gradient and t the step count (from 1), for each parameter p:
 //   m = beta1 m + (1 - beta1) g,    v = beta2 v + (1 - beta2) g^2

@@ -6,10 +6,10 @@
 namespace lg::optim {
 
 struct LrSchedule {
-  float lr = 1e-3f;       // peak, reached at step `warmup`
-  float min_lr = 1e-4f;   // floor, reached at step `total` and held after
-  int64_t warmup = 100;   // steps of linear warmup from 0
-  int64_t total = 5000;   // step at which the cosine ends (total >= warmup)
+  float lr = 1e-3f;      // peak, reached at step `warmup`
+  float min_lr = 1e-4f;  // floor, reached at step `total` and held after
+  int64_t warmup = 100;  // steps of linear warmup from 0
+  int64_t total = 5000;  // step at which the cosine ends (total >= warmup)
 };
 
 // The rate for step (0-based):

@@ -15,8 +15,8 @@ namespace lg::optim {
 
 struct SGDConfig {
   float lr = 0.01f;
-  float momentum = 0.9f;       // 0: plain gradient descent
-  float weight_decay = 0.0f;   // coupled L2, added to the gradient, on every parameter
+  float momentum = 0.9f;      // 0: plain gradient descent
+  float weight_decay = 0.0f;  // coupled L2, added to the gradient, on every parameter
 };
 
 class SGD {

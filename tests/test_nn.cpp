@@ -1,12 +1,12 @@
-// tests/test_nn.cpp: layers: gradient checks over inputs and parameters, RoPE, the KV cache, Module, safetensors.
+// tests/test_nn.cpp: layer gradient checks, RoPE, the KV cache, Module, safetensors.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <unistd.h>
 
 #include "core/ops.h"
 #include "nn/dropout.h"
@@ -102,8 +102,8 @@ TEST_CASE("grad: LayerNorm over input, gain and bias") {
 
 TEST_CASE("grad: RMSNorm over input and gain") {
   nn::RMSNorm rms(6);
-  randomize(rms, 8);                      // gain 1 everywhere would hide a gain gradient mixed up across features
-  Tensor x = random_leaf({2, 3, 6}, 9);   // (B, T, D)
+  randomize(rms, 8);  // gain 1 everywhere would hide a gain gradient mixed up across features
+  Tensor x = random_leaf({2, 3, 6}, 9);  // (B, T, D)
   check_gradients([&] { return rms.forward(x); }, with_parameters({x}, rms));
 }
 
@@ -118,10 +118,12 @@ TEST_CASE("grad: MLP") {
 TEST_CASE("grad: Dropout with a fixed seed") {
   nn::Dropout drop(0.3f);
   Tensor x = random_leaf({4, 6}, 13);
-  check_gradients([&] {
-    Rng rng(77);
-    return drop.forward(x, rng);
-  }, {x});
+  check_gradients(
+      [&] {
+        Rng rng(77);
+        return drop.forward(x, rng);
+      },
+      {x});
 }
 
 TEST_CASE("grad: rope op, contiguous and transposed inputs") {
@@ -146,10 +148,12 @@ TEST_CASE("grad: TransformerBlock with MHA and residual dropout") {
   nn::TransformerBlock block(cfg, rng);
   randomize(block, 20);
   Tensor x = random_leaf({2, 3, 8}, 21);
-  check_gradients([&] {
-    Rng dropout_rng(5);
-    return block.forward(x, 1, dropout_rng);
-  }, with_parameters({x}, block));
+  check_gradients(
+      [&] {
+        Rng dropout_rng(5);
+        return block.forward(x, 1, dropout_rng);
+      },
+      with_parameters({x}, block));
 }
 
 // ============================================================================
@@ -169,8 +173,10 @@ TEST_CASE("Dropout is the identity in eval mode and at p = 0, and leaves the gen
   std::vector<float> dropped = half.forward(x, rng).to_vector(), kept = x.to_vector();
   int zeros = 0;
   for (size_t i = 0; i < dropped.size(); ++i) {
-    if (dropped[i] == 0.0f) ++zeros;
-    else CHECK(dropped[i] == doctest::Approx(2.0f * kept[i]));  // survivors scaled by 1 / (1 - p)
+    if (dropped[i] == 0.0f)
+      ++zeros;
+    else
+      CHECK(dropped[i] == doctest::Approx(2.0f * kept[i]));  // survivors scaled by 1 / (1 - p)
   }
   CHECK(zeros > 0);
   CHECK(zeros < 15);
@@ -217,7 +223,7 @@ TEST_CASE("rope: rotated q_t . k_s depends only on t - s") {
 TEST_CASE("MHA: causal, and step() over positions equals forward(), B = 2") {
   Rng rng(26);
   nn::CausalSelfAttention attn(mha_config(16, 4), rng);
-  randomize(attn, 27, 0.3f);  // peaked attention: a wrong key order or mask would show
+  randomize(attn, 27, 0.3f);    // peaked attention: a wrong key order or mask would show
   const int64_t B = 2, T = 20;  // T > the cache's first capacity, so it grows
   Tensor x = random_leaf({B, T, 16}, 28);
   Tensor parallel = attn.forward(x);  // (B, T, D)
@@ -281,7 +287,8 @@ TEST_CASE("Module: dotted names and parameter count of a TransformerBlock") {
   for (auto& [name, p] : block.named_parameters()) names.push_back(name);
   CHECK(names == std::vector<std::string>{"ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.qkv.bias",
                                           "attn.proj.weight", "attn.proj.bias", "ln2.weight", "ln2.bias",
-                                          "mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight", "mlp.proj.bias"});
+                                          "mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight",
+                                          "mlp.proj.bias"});
   // D = 8: LayerNorms 2 * 2D = 32, qkv 3D*D + 3D = 216, proj D*D + D = 72,
   // fc 4D*D + 4D = 288, mlp proj 4D*D + D = 264.
   CHECK(block.parameter_count() == 32 + 216 + 72 + 288 + 264);
@@ -310,7 +317,8 @@ TEST_CASE("GPT-2 init: std 0.02, residual projections 0.02 / sqrt(2 layers), zer
   CHECK(stddev(state.at("mlp.fc.weight")) == doctest::Approx(0.02).epsilon(0.05));
   CHECK(stddev(state.at("attn.proj.weight")) == doctest::Approx(residual).epsilon(0.05));
   CHECK(stddev(state.at("mlp.proj.weight")) == doctest::Approx(residual).epsilon(0.05));
-  for (const char* name : {"attn.qkv.bias", "attn.proj.bias", "mlp.fc.bias", "mlp.proj.bias", "ln1.bias", "ln2.bias"})
+  for (const char* name :
+       {"attn.qkv.bias", "attn.proj.bias", "mlp.fc.bias", "mlp.proj.bias", "ln1.bias", "ln2.bias"})
     for (float v : state.at(name).to_vector()) CHECK(v == 0.0f);
   for (const char* name : {"ln1.weight", "ln2.weight"})
     for (float v : state.at(name).to_vector()) CHECK(v == 1.0f);
@@ -383,7 +391,8 @@ TEST_CASE("safetensors: round trip of values, shapes, views and metadata") {
   Tensor scalar = Tensor::full({}, 42.0f);
   Tensor empty = Tensor::zeros({0, 4});
   Tensor view = transpose(matrix, 0, 1);  // written in logical order
-  std::map<std::string, std::string> metadata = {{"step", "12"}, {"note", "quote \" backslash \\ newline \n"}};
+  std::map<std::string, std::string> metadata = {{"step", "12"},
+                                                 {"note", "quote \" backslash \\ newline \n"}};
   nn::write_safetensors(path, {{"matrix", matrix}, {"scalar", scalar}, {"empty", empty}, {"view", view}},
                         metadata);
   CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
@@ -467,25 +476,33 @@ TEST_CASE("safetensors: missing, truncated and corrupted files raise lg::Error")
   };
   const std::string eight = float_bytes({1, 2});
   check_header(R"({"a":{"dtype":"F16","shape":[4],"data_offsets":[0,8]}})", eight, "unsupported dtype F16");
-  check_header(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", eight, "span 8 bytes but shape (3,) needs 12");
+  check_header(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", eight,
+               "span 8 bytes but shape (3,) needs 12");
   check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", eight, "end before begin");
   check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", eight, "out of range");
-  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-               float_bytes({1, 2, 3}), "overlap");
-  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
-               float_bytes({1, 2, 3, 4, 5}), "unused bytes");
+  check_header(
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+      float_bytes({1, 2, 3}), "overlap");
+  check_header(
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
+      float_bytes({1, 2, 3, 4, 5}), "unused bytes");
   check_header(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight, "non-negative integers");
   check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8.0]}})", eight, "non-negative integers");
   check_header(R"({"a":{"dtype":"F32","shape":[2]}})", eight, "needs the fields");
-  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
-               eight, "duplicate key");
-  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}} trailing)", eight, "after the top-level value");
+  check_header(
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+      eight, "duplicate key");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}} trailing)", eight,
+               "after the top-level value");
   check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})", eight, "unexpected end of header");
   check_header(R"([1, 2])", "", "header is not a JSON object");
   check_header(R"({"__metadata__":{"k":1}})", "", "is not a string");
 
-  check_error([&] { nn::write_safetensors(bad, {{"a", Tensor::ones({1})}, {"a", Tensor::ones({1})}}); },
-              "appears twice");
+  check_error(
+      [&] {
+        nn::write_safetensors(bad, {{"a", Tensor::ones({1})}, {"a", Tensor::ones({1})}});
+      },
+      "appears twice");
   check_error([&] { nn::write_safetensors(temp_path("no_such_dir/x.safetensors"), {}); }, "cannot create");
 }
 

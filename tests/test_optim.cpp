@@ -1,9 +1,9 @@
-// tests/test_optim.cpp: AdamW and SGD against hand-computed steps, clipping, the schedule, saved optimizer state.
+// tests/test_optim.cpp: AdamW and SGD against hand-computed steps, clipping, schedule, saved state.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
-#include <unistd.h>
 
 #include "core/ops.h"
 #include "nn/linear.h"
@@ -94,7 +94,7 @@ TEST_CASE("AdamW: a parameter without a gradient is left alone") {
 
 TEST_CASE("AdamW drives a small linear regression to near-zero loss") {
   Rng rng(1);
-  Tensor X = randn({64, 3}, rng);                                   // (N, 3)
+  Tensor X = randn({64, 3}, rng);                                    // (N, 3)
   Tensor true_w = Tensor::from_vector({1.5f, -2.0f, 0.5f}, {3, 1});  // (3, 1)
   Tensor y = matmul(X, true_w) + 0.3f;                               // (N, 1)
   nn::Linear model(3, 1, true, rng);
@@ -135,7 +135,7 @@ TEST_CASE("SGD with momentum: hand-computed values") {
   CHECK(p.at({1}) == doctest::Approx(-2.0 - 0.1 * 2.0));
   step();
   step();
-  CHECK(p.at({0}) == doctest::Approx(1.0 - 0.1 * 0.5 * (1 + 1.9 + 2.71)));  // 0.7195
+  CHECK(p.at({0}) == doctest::Approx(1.0 - 0.1 * 0.5 * (1 + 1.9 + 2.71)));   // 0.7195
   CHECK(p.at({1}) == doctest::Approx(-2.0 - 0.1 * 2.0 * (1 + 1.9 + 2.71)));  // -3.122
   auto state = opt.state_tensors();
   REQUIRE(state.size() == 1);
@@ -174,9 +174,10 @@ TEST_CASE("schedule: warmup from 0, cosine to min_lr, min_lr after total") {
   s.total = 110;
   CHECK(optim::lr_at(s, 0) == 0.0f);
   CHECK(optim::lr_at(s, 5) == doctest::Approx(0.5f));
-  CHECK(optim::lr_at(s, 10) == doctest::Approx(1.0f));                          // warmup end: the peak
-  CHECK(optim::lr_at(s, 35) == doctest::Approx(0.1 + 0.45 * (1 + std::sqrt(0.5))));  // a quarter of the cosine
-  CHECK(optim::lr_at(s, 60) == doctest::Approx(0.55f));                         // half way: the mean of lr and min_lr
+  CHECK(optim::lr_at(s, 10) == doctest::Approx(1.0f));  // warmup end: the peak
+  CHECK(optim::lr_at(s, 35) ==
+        doctest::Approx(0.1 + 0.45 * (1 + std::sqrt(0.5))));  // a quarter of the cosine
+  CHECK(optim::lr_at(s, 60) == doctest::Approx(0.55f));       // half way: the mean of lr and min_lr
   CHECK(optim::lr_at(s, 109) > 0.1f);
   CHECK(optim::lr_at(s, 109) < 0.101f);
   CHECK(optim::lr_at(s, 110) == 0.1f);
@@ -240,6 +241,7 @@ TEST_CASE("optimizer state save/load: training continues identically") {
   CHECK_THROWS_AS(opt_wider.load((dir / "optim.safetensors").string()), Error);
   auto state = nn::read_safetensors((dir / "optim.safetensors").string());
   state.erase("v.fc.bias");
-  CHECK_THROWS_WITH_AS(opt_b.load_state(state, 3), "AdamW::load_state: state has no entry 'v.fc.bias'", Error);
+  CHECK_THROWS_WITH_AS(opt_b.load_state(state, 3), "AdamW::load_state: state has no entry 'v.fc.bias'",
+                       Error);
   std::filesystem::remove_all(dir);
 }
