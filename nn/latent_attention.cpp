@@ -1,4 +1,4 @@
-// nn/latent_attention.cpp: the latent attention layer: chunked training path, naive reference, recurrent step.
+// nn/latent_attention.cpp: latent attention: chunked training path, naive reference, recurrent step.
 //
 // Formulas and names follow shared/design/latent-attention.md ("the spec"). Shapes use
 // B batch, H heads, T positions, d = D / H head size, M latents, W window, C chunk length.
@@ -76,7 +76,8 @@ static std::vector<Tensor> chunks_of(const Tensor& x, int64_t axis, int64_t chun
 static Tensor rows_of_chunks(const std::vector<Tensor>& pieces, int64_t chunk, int64_t start, int64_t end) {
   std::vector<Tensor> parts;
   for (int64_t i = start / chunk; i * chunk < end; ++i) {
-    const int64_t lo = std::max(start, i * chunk) - i * chunk, hi = std::min(end, (i + 1) * chunk) - i * chunk;
+    const int64_t lo = std::max(start, i * chunk) - i * chunk,
+                  hi = std::min(end, (i + 1) * chunk) - i * chunk;
     parts.push_back(lo == 0 && hi == pieces[i].size(2) ? pieces[i] : slice(pieces[i], 2, lo, hi));
   }
   return parts.size() == 1 ? parts[0] : concat(parts, 2);
@@ -86,9 +87,10 @@ static void check_inputs(const LatentInputs& in, const char* who) {
   const Tensor* all[] = {&in.queries, &in.keys, &in.rotated_keys, &in.values};
   for (const Tensor* t : all)
     if (t->dim() != 4 || t->shape() != in.queries.shape())
-      throw Error(fmt::format("{}: queries, keys, rotated keys and values must share one (B, H, T, d) "
-                              "shape, got {} and {}",
-                              who, shape_str(in.queries.shape()), shape_str(t->shape())));
+      throw Error(
+          fmt::format("{}: queries, keys, rotated keys and values must share one (B, H, T, d) "
+                      "shape, got {} and {}",
+                      who, shape_str(in.queries.shape()), shape_str(t->shape())));
   if (in.latents.dim() != 3 || in.latents.size(0) != in.queries.size(1) ||
       in.latents.size(2) != in.queries.size(3))
     throw Error(fmt::format("{}: latents must be (H, M, d) for inputs {}, got {}", who,
@@ -122,8 +124,8 @@ Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t 
   const int64_t d = in.queries.size(3), M = in.latents.size(1);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
 
-  Tensor latents_t = transpose(expand_batch(in.latents, B), -1, -2);    // (B, H, d, M)
-  std::vector<Tensor> queries = chunks_of(in.queries, 2, chunk);         // each (B, H, C, d)
+  Tensor latents_t = transpose(expand_batch(in.latents, B), -1, -2);  // (B, H, d, M)
+  std::vector<Tensor> queries = chunks_of(in.queries, 2, chunk);      // each (B, H, C, d)
   std::vector<Tensor> keys = chunks_of(in.keys, 2, chunk);
   std::vector<Tensor> rotated_keys = chunks_of(in.rotated_keys, 2, chunk);
   std::vector<Tensor> values = chunks_of(in.values, 2, chunk);
@@ -135,11 +137,11 @@ Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t 
   std::vector<Tensor> outputs;
   for (size_t n = 0; n < queries.size(); ++n) {
     const int64_t c0 = static_cast<int64_t>(n) * chunk, c1 = std::min(T, c0 + chunk), C = c1 - c0;
-    const bool first = n == 0;  // nothing carried yet
-    const Tensor& q = queries[n];                     // (B, H, C, d)  R_t q_t
-    const Tensor& k_rot = rotated_keys[n];            // (B, H, C, d)  R_s k_s
-    const Tensor& v = values[n];                      // (B, H, C, d)
-    Tensor A = matmul(keys[n], latents_t) * scale;    // (B, H, C, M)  a = l . k / sqrt(d), un-rotated k
+    const bool first = n == 0;                      // nothing carried yet
+    const Tensor& q = queries[n];                   // (B, H, C, d)  R_t q_t
+    const Tensor& k_rot = rotated_keys[n];          // (B, H, C, d)  R_s k_s
+    const Tensor& v = values[n];                    // (B, H, C, d)
+    Tensor A = matmul(keys[n], latents_t) * scale;  // (B, H, C, M)  a = l . k / sqrt(d), un-rotated k
 
     // New stabiliser mu' = max(mu, max over the chunk); carried sums move from mu to mu'.
     Tensor new_max, rescale, rescale_rows;  // (B, H, 1, M), (B, H, 1, M), (B, H, M, 1)
@@ -157,20 +159,20 @@ Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t 
       key_sum = key_sum * rescale_rows;
       value_sum = value_sum * rescale_rows;
     }
-    Tensor E = exp(A - new_max);                                      // (B, H, C, M)
-    Tensor prefix_norm = cumsum(E, 2);                                // (B, H, C, M)  Zc
+    Tensor E = exp(A - new_max);        // (B, H, C, M)
+    Tensor prefix_norm = cumsum(E, 2);  // (B, H, C, M)  Zc
     if (!first) prefix_norm = prefix_norm + normaliser;
-    Tensor future = causal_mask(C);                                   // (C, C) 1 where s > t
+    Tensor future = causal_mask(C);  // (C, C) 1 where s > t
 
     // (R_t q_t) . (R_s k_s) for the chunk's own keys, and for W > 0 also the W - 1 before it.
-    Tensor qk_chunk;        // (B, H, C, C)
-    Tensor window_scores;   // (B, H, C, L) over keys [w0, c1), L = c1 - w0
-    Tensor window_values;   // (B, H, L, d)
+    Tensor qk_chunk;       // (B, H, C, C)
+    Tensor window_scores;  // (B, H, C, L) over keys [w0, c1), L = c1 - w0
+    Tensor window_values;  // (B, H, L, d)
     if (window > 0) {
       const int64_t w0 = std::max<int64_t>(0, c0 - window + 1);
-      Tensor k_window = rows_of_chunks(rotated_keys, chunk, w0, c1);   // (B, H, L, d)
+      Tensor k_window = rows_of_chunks(rotated_keys, chunk, w0, c1);  // (B, H, L, d)
       window_values = rows_of_chunks(values, chunk, w0, c1);
-      Tensor qk = matmul(q, transpose(k_window, -1, -2));             // (B, H, C, L)
+      Tensor qk = matmul(q, transpose(k_window, -1, -2));  // (B, H, C, L)
       qk_chunk = slice(qk, -1, c0 - w0, c1 - w0);
       window_scores = masked_fill(qk * scale, outside_window_mask(c0, C, w0, c1 - w0, window), kNegInf);
     } else {
@@ -180,19 +182,19 @@ Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t 
     // Scores against the latent keys Kl_{t,m} of each position t.
     Tensor numerator = matmul(masked_fill(qk_chunk, future, 0.0f), E);  // (B, H, C, M)
     if (!first) numerator = numerator + matmul(q, transpose(key_sum, -1, -2));
-    Tensor latent_scores = numerator / prefix_norm * scale;              // (B, H, C, M)
+    Tensor latent_scores = numerator / prefix_norm * scale;  // (B, H, C, M)
 
     // One softmax over [latents ; window positions].
     Tensor probs = softmax(window > 0 ? concat({latent_scores, window_scores}, -1) : latent_scores);
-    Tensor latent_probs = window > 0 ? slice(probs, -1, 0, M) : probs;   // (B, H, C, M)
-    Tensor read = latent_probs / prefix_norm;                            // (B, H, C, M)  P'
+    Tensor latent_probs = window > 0 ? slice(probs, -1, 0, M) : probs;                    // (B, H, C, M)
+    Tensor read = latent_probs / prefix_norm;                                             // (B, H, C, M)  P'
     Tensor o = matmul(masked_fill(matmul(read, transpose(E, -1, -2)), future, 0.0f), v);  // (B, H, C, d)
     if (!first) o = o + matmul(read, value_sum);
     if (window > 0) o = o + matmul(slice(probs, -1, M, probs.size(-1)), window_values);
     outputs.push_back(o);
 
-    if (c1 < T) {  // carry the chunk into the sums
-      Tensor E_t = transpose(E, -1, -2);                                 // (B, H, M, C)
+    if (c1 < T) {                         // carry the chunk into the sums
+      Tensor E_t = transpose(E, -1, -2);  // (B, H, M, C)
       key_sum = first ? matmul(E_t, k_rot) : key_sum + matmul(E_t, k_rot);
       value_sum = first ? matmul(E_t, v) : value_sum + matmul(E_t, v);
       normaliser = slice(prefix_norm, 2, C - 1, C);
@@ -278,28 +280,30 @@ LatentAttention::LatentAttention(const AttentionConfig& config, Rng& rng)
     : config_(config), head_dim_(config.heads > 0 ? config.dim / config.heads : 0) {
   const int64_t D = config.dim, H = config.heads;
   if (H < 1 || D % H != 0 || head_dim_ % 2 != 0)
-    throw Error(fmt::format("LatentAttention: dim {} must split into {} heads of even size (RoPE pairs)", D, H));
+    throw Error(
+        fmt::format("LatentAttention: dim {} must split into {} heads of even size (RoPE pairs)", D, H));
   if (config.latents < 1 || config.window < 0 || config.chunk < 1)
     throw Error(fmt::format("LatentAttention: need latents >= 1, window >= 0, chunk >= 1; got {}, {}, {}",
                             config.latents, config.window, config.chunk));
   qkv_ = register_module("qkv", std::make_shared<Linear>(D, 3 * D, config.bias, rng));
   latents_ = register_parameter("latents", randn({config.latents, D}, rng, kLatentInitStd));
-  const float residual_std = 0.02f / std::sqrt(2.0f * static_cast<float>(std::max<int64_t>(config.layers, 1)));
+  const float residual_std =
+      0.02f / std::sqrt(2.0f * static_cast<float>(std::max<int64_t>(config.layers, 1)));
   proj_ = register_module("proj", std::make_shared<Linear>(D, D, config.bias, rng, residual_std));
 }
 
 LatentInputs LatentAttention::project(const Tensor& x, int64_t first_position) const {
   if (x.dim() != 3 || x.size(2) != config_.dim)
-    throw Error(fmt::format("LatentAttention: input must be (B, T, {}), got {}", config_.dim,
-                            shape_str(x.shape())));
+    throw Error(
+        fmt::format("LatentAttention: input must be (B, T, {}), got {}", config_.dim, shape_str(x.shape())));
   const int64_t B = x.size(0), T = x.size(1), H = config_.heads, d = head_dim_;
   // (B, T, 3D) -> (B, T, 3H, d) -> (B, 3H, T, d): rows [0, H) queries, [H, 2H) keys, [2H, 3H) values.
   Tensor qkv = permute(reshape(qkv_->forward(x), {B, T, 3 * H, d}), {0, 2, 1, 3});
   LatentInputs in;
-  Tensor q = slice(qkv, 1, 0, H);                                  // (B, H, T, d)
-  in.keys = contiguous(slice(qkv, 1, H, 2 * H));                  // (B, H, T, d)
-  in.values = contiguous(slice(qkv, 1, 2 * H, 3 * H));            // (B, H, T, d)
-  in.queries = rope(q, first_position, config_.rope_base);         // (B, H, T, d)
+  Tensor q = slice(qkv, 1, 0, H);                           // (B, H, T, d)
+  in.keys = contiguous(slice(qkv, 1, H, 2 * H));            // (B, H, T, d)
+  in.values = contiguous(slice(qkv, 1, 2 * H, 3 * H));      // (B, H, T, d)
+  in.queries = rope(q, first_position, config_.rope_base);  // (B, H, T, d)
   in.rotated_keys = rope(in.keys, first_position, config_.rope_base);
   // The (M, D) bank split across heads: (M, H, d) -> (H, M, d).
   in.latents = contiguous(permute(reshape(latents_, {config_.latents, H, d}), {1, 0, 2}));
@@ -309,7 +313,7 @@ LatentInputs LatentAttention::project(const Tensor& x, int64_t first_position) c
 Tensor LatentAttention::output(const Tensor& o) const {
   const int64_t B = o.size(0), H = o.size(1), T = o.size(2), d = o.size(3);
   Tensor joined = reshape(permute(o, {0, 2, 1, 3}), {B, T, H * d});  // (B, T, D), heads side by side
-  return proj_->forward(joined);                                      // (B, T, D)
+  return proj_->forward(joined);                                     // (B, T, D)
 }
 
 Tensor LatentAttention::forward(const Tensor& x, int64_t first_position) {
@@ -350,13 +354,13 @@ Tensor LatentAttention::step(const Tensor& x, AttentionState& base_state) {
   const int64_t p = state->position;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   // Same projections and rotations as forward(), at the one position p.
-  Tensor qkv = reshape(qkv_->forward(x), {B, 3 * H, 1, d});                 // (B, 3H, 1, d)
-  Tensor q = rope(slice(qkv, 1, 0, H), p, config_.rope_base);                 // (B, H, 1, d)
-  Tensor k = contiguous_copy(slice(qkv, 1, H, 2 * H));                        // (B, H, 1, d)
-  Tensor k_rot = rope(k, p, config_.rope_base);                               // (B, H, 1, d)
-  Tensor v = contiguous_copy(slice(qkv, 1, 2 * H, 3 * H));                    // (B, H, 1, d)
-  Tensor lat = contiguous_copy(latents_);                                     // (M, D)
-  Tensor o = Tensor::empty({B, H, 1, d});                                     // (B, H, 1, d)
+  Tensor qkv = reshape(qkv_->forward(x), {B, 3 * H, 1, d});    // (B, 3H, 1, d)
+  Tensor q = rope(slice(qkv, 1, 0, H), p, config_.rope_base);  // (B, H, 1, d)
+  Tensor k = contiguous_copy(slice(qkv, 1, H, 2 * H));         // (B, H, 1, d)
+  Tensor k_rot = rope(k, p, config_.rope_base);                // (B, H, 1, d)
+  Tensor v = contiguous_copy(slice(qkv, 1, 2 * H, 3 * H));     // (B, H, 1, d)
+  Tensor lat = contiguous_copy(latents_);                      // (M, D)
+  Tensor o = Tensor::empty({B, H, 1, d});                      // (B, H, 1, d)
 
   const int64_t slot = W > 0 ? p % W : 0;
   const int64_t window_start = std::max<int64_t>(0, p - W + 1);  // positions [window_start, p] in the ring
@@ -372,7 +376,8 @@ Tensor LatentAttention::step(const Tensor& x, AttentionState& base_state) {
       float* Z = state->normaliser.data() + bh * M;
       float* SK = state->key_sum.data() + bh * M * d;
       float* SV = state->value_sum.data() + bh * M * d;
-      // Write: a = l_m . k_p / sqrt(d); mu' = max(mu, a); sums *= exp(mu - mu'); add exp(a - mu') (key, value).
+      // Write: a = l_m . k_p / sqrt(d); mu' = max(mu, a); sums *= exp(mu - mu'); add exp(a - mu') (key,
+      // value).
       for (int64_t m = 0; m < M; ++m) {
         const float* l = lat.data() + m * config_.dim + h * d;
         float a = 0;

@@ -63,7 +63,7 @@ class LatentAttention : public Attention {
 
   Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D), chunked
   std::unique_ptr<AttentionState> make_state(int64_t batch) const override;
-  Tensor step(const Tensor& x, AttentionState& state) override;          // (B, 1, D) -> (B, 1, D)
+  Tensor step(const Tensor& x, AttentionState& state) override;  // (B, 1, D) -> (B, 1, D)
 
   // The whole layer with the naive core in place of the chunked one (tests). (B, T, D) -> (B, T, D)
   Tensor forward_naive(const Tensor& x, int64_t first_position = 0);
@@ -83,10 +83,10 @@ class LatentAttention : public Attention {
   Tensor output(const Tensor& o) const;  // (B, H, T, d) -> (B, T, D): heads joined, then "proj"
 
   AttentionConfig config_;
-  int64_t head_dim_;                 // d = D / H
-  std::shared_ptr<Linear> qkv_;      // D -> 3D: [q heads ; k heads ; v heads], each (H, d)
-  std::shared_ptr<Linear> proj_;     // D -> D, std 0.02 / sqrt(2 layers) (GPT-2 residual init)
-  Tensor latents_;                   // (M, D): latent m of head h is latents[m, h d : (h + 1) d]
+  int64_t head_dim_;              // d = D / H
+  std::shared_ptr<Linear> qkv_;   // D -> 3D: [q heads ; k heads ; v heads], each (H, d)
+  std::shared_ptr<Linear> proj_;  // D -> D, std 0.02 / sqrt(2 layers) (GPT-2 residual init)
+  Tensor latents_;                // (M, D): latent m of head h is latents[m, h d : (h + 1) d]
 };
 
 }  // namespace lg::nn

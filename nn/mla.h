@@ -1,4 +1,4 @@
-// nn/mla.h: multi-head latent attention (DeepSeek-V2, arXiv:2405.04434): a small per-token latent is the KV cache.
+// nn/mla.h: DeepSeek-V2 multi-head latent attention (arXiv:2405.04434): a small per-token latent as cache.
 //
 // Per token, with H heads of size d = D / H (spec, last section):
 //   c_t   = W_DKV x_t                      (d_c)        the only content the cache keeps
@@ -43,7 +43,7 @@ struct MLAState : AttentionState {
   std::vector<std::vector<float>> latents;    // [B] each (position, d_c): c_s
   std::vector<std::vector<float>> rope_keys;  // [B] each (position, d_R): R_s k^R_s
   int64_t floats_per_token() const { return latent_dim + rope_dim; }
-  int64_t cached_floats() const;              // everything held, over all sequences and positions
+  int64_t cached_floats() const;  // everything held, over all sequences and positions
 };
 
 class MLA : public Attention {
@@ -53,11 +53,11 @@ class MLA : public Attention {
 
   Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D)
   std::unique_ptr<AttentionState> make_state(int64_t batch) const override;
-  Tensor step(const Tensor& x, AttentionState& state) override;          // (B, 1, D) -> (B, 1, D)
+  Tensor step(const Tensor& x, AttentionState& state) override;  // (B, 1, D) -> (B, 1, D)
 
-  int64_t kv_rank() const { return kv_rank_; }      // d_c
-  int64_t rope_dim() const { return rope_dim_; }    // d_R
-  int64_t head_dim() const { return head_dim_; }    // d
+  int64_t kv_rank() const { return kv_rank_; }    // d_c
+  int64_t rope_dim() const { return rope_dim_; }  // d_R
+  int64_t head_dim() const { return head_dim_; }  // d
 
  private:
   // Query parts of x (B, T, D) at positions first_position + t: q^C (B, H, T, d), q^R (B, H, T, d_R).

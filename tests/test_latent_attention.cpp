@@ -51,8 +51,8 @@ float max_abs_diff(const Tensor& a, const Tensor& b) {
 struct Case {
   int64_t window, chunk;
 };
-const Case kCases[] = {{0, 4}, {0, 5}, {0, 13}, {0, 16}, {0, 1}, {3, 4}, {3, 5}, {3, 13},
-                       {3, 16}, {3, 1}, {6, 4}, {20, 5}};
+const Case kCases[] = {{0, 4}, {0, 5},  {0, 13}, {0, 16}, {0, 1}, {3, 4},
+                       {3, 5}, {3, 13}, {3, 16}, {3, 1},  {6, 4}, {20, 5}};
 constexpr int64_t kT = 13;
 
 std::string name(const Case& c) { return fmt::format("W={} C={}", c.window, c.chunk); }

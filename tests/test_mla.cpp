@@ -1,4 +1,4 @@
-// tests/test_mla.cpp: DeepSeek-V2 MLA: gradients, causality, shift invariance, absorbed step() = forward(), cache size.
+// tests/test_mla.cpp: DeepSeek-V2 MLA: gradients, causality, shift, absorbed step() = forward(), cache size.
 #include <doctest/doctest.h>
 
 #include <cmath>

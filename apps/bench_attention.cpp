@@ -1,0 +1,248 @@
+// apps/bench_attention.cpp: forward+backward and step() times of MHA, MLA and latent attention against T.
+//
+// Training: median over repetitions of forward + backward of one attention layer on (1, T, D).
+// Quadratic attention (MHA, MLA) costs O(T) per token; latent attention O(C + M + W), so its
+// per-token time should stay flat as T grows. Generation: median time of one step() at
+// positions near 100 and near T (latent attention's state does not grow; the caches do).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "nn/attention.h"
+#include "nn/latent_attention.h"
+
+using namespace lg;
+
+namespace {
+
+struct Options {
+  std::vector<int64_t> lengths = {256, 1024, 4096};
+  int64_t dim = 128, heads = 4, latents = 16, chunk = 32, window = 16;
+  int reps = 5, steps = 32, threads = 1;
+  bool generation = true;
+};
+
+void usage() {
+  fmt::print(
+      "usage: bench_attention [options]\n"
+      "Times forward+backward of one attention layer on a (1, T, D) batch for MHA, MLA and latent\n"
+      "attention (W = 0 and W > 0), then the time per generation step() at positions ~100 and ~T.\n"
+      "  --T LIST        comma-separated sequence lengths (default 256,1024,4096)\n"
+      "  --dim D         model width (default 128)\n"
+      "  --heads H       heads (default 4)\n"
+      "  --latents M     latents of latent attention (default 16)\n"
+      "  --window W      window of the windowed latent variant (default 16)\n"
+      "  --chunk C       chunk length of latent attention's training path (default 32)\n"
+      "  --reps N        timed repetitions per cell, the median is printed (default 5)\n"
+      "  --steps N       generation steps timed per position (default 32)\n"
+      "  --threads N     OpenMP/BLAS threads (default 1: per-token scaling is the point, and on a\n"
+      "                  shared machine two threads waiting on each other distort the timings;\n"
+      "                  0 = as OMP_NUM_THREADS says)\n"
+      "  --no-generation skip the step() timings\n"
+      "  --help          this text\n");
+}
+
+std::vector<int64_t> parse_list(const char* text) {
+  std::vector<int64_t> out;
+  std::string s(text);
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t comma = s.find(',', start);
+    if (comma == std::string::npos) comma = s.size();
+    out.push_back(std::stoll(s.substr(start, comma - start)));
+    start = comma + 1;
+  }
+  return out;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        fmt::print(stderr, "bench_attention: {} needs a value\n", a);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    try {
+      if (a == "--help" || a == "-h") {
+        usage();
+        std::exit(0);
+      } else if (a == "--T") {
+        o.lengths = parse_list(value());
+      } else if (a == "--dim") {
+        o.dim = std::stoll(value());
+      } else if (a == "--heads") {
+        o.heads = std::stoll(value());
+      } else if (a == "--latents") {
+        o.latents = std::stoll(value());
+      } else if (a == "--window") {
+        o.window = std::stoll(value());
+      } else if (a == "--chunk") {
+        o.chunk = std::stoll(value());
+      } else if (a == "--reps") {
+        o.reps = std::stoi(value());
+      } else if (a == "--steps") {
+        o.steps = std::stoi(value());
+      } else if (a == "--threads") {
+        o.threads = std::stoi(value());
+      } else if (a == "--no-generation") {
+        o.generation = false;
+      } else {
+        fmt::print(stderr, "bench_attention: unknown option '{}' (see --help)\n", a);
+        std::exit(2);
+      }
+    } catch (const std::logic_error&) {
+      fmt::print(stderr, "bench_attention: bad value for {}\n", a);
+      std::exit(2);
+    }
+  }
+  bool bad = o.lengths.empty() || o.reps < 1 || o.steps < 1 || o.dim < 1 || o.heads < 1;
+  for (int64_t T : o.lengths) bad = bad || T < 1;
+  if (bad) {
+    fmt::print(stderr, "bench_attention: lengths, reps, steps, dim and heads must be positive\n");
+    std::exit(2);
+  }
+  return o;
+}
+
+double now_ms() {
+  using namespace std::chrono;
+  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct Variant {
+  std::string label;
+  nn::AttentionConfig config;
+};
+
+std::vector<Variant> variants(const Options& o) {
+  nn::AttentionConfig base;
+  base.dim = o.dim;
+  base.heads = o.heads;
+  base.layers = 4;
+  base.latents = o.latents;
+  base.chunk = o.chunk;
+  std::vector<Variant> out;
+  nn::AttentionConfig c = base;
+  c.kind = nn::AttentionKind::MHA;
+  out.push_back({"mha", c});
+  c.kind = nn::AttentionKind::MLA;
+  out.push_back({"mla", c});
+  c.kind = nn::AttentionKind::Latent;
+  c.window = 0;
+  out.push_back({"latent W=0", c});
+  c.window = o.window;
+  out.push_back({fmt::format("latent W={}", o.window), c});
+  return out;
+}
+
+// Median ms of forward + backward on (1, T, D).
+double time_train(nn::Attention& layer, int64_t T, int64_t D, int reps) {
+  Rng rng(1);
+  Tensor x = randn({1, T, D}, rng);
+  x.set_requires_grad(true);
+  Tensor grad = randn({1, T, D}, rng);
+  std::vector<double> times;
+  for (int r = 0; r <= reps; ++r) {  // r = 0 warms up (allocator, BLAS threads)
+    layer.zero_grad();
+    x.zero_grad();
+    double t0 = now_ms();
+    Tensor y = layer.forward(x);
+    y.backward(grad);
+    double t1 = now_ms();
+    if (r > 0) times.push_back(t1 - t0);
+  }
+  return median(times);
+}
+
+// Median ms of one step() at positions [from, from + steps), after stepping there.
+struct StepTimes {
+  double near_start = 0, near_end = 0;
+};
+StepTimes time_generation(nn::Attention& layer, int64_t T, int64_t D, int steps) {
+  NoGradGuard no_grad;
+  layer.eval();
+  Rng rng(2);
+  Tensor x = randn({1, 1, D}, rng);
+  auto state = layer.make_state(1);
+  const int64_t early = std::min<int64_t>(100, T), late = std::max<int64_t>(early + steps, T);
+  std::vector<double> a, b;
+  for (int64_t p = 0; p < late + steps; ++p) {
+    double t0 = now_ms();
+    layer.step(x, *state);
+    double dt = now_ms() - t0;
+    if (p >= early && p < early + steps) a.push_back(dt);
+    if (p >= late) b.push_back(dt);
+  }
+  layer.train();
+  return {median(a), median(b)};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o = parse(argc, argv);
+  if (o.threads > 0) set_num_threads(o.threads);
+  std::vector<Variant> kinds = variants(o);
+  fmt::print("attention forward+backward, batch 1, D={}, H={}, M={}, C={}, threads {}, median of {}\n\n",
+             o.dim, o.heads, o.latents, o.chunk, get_num_threads(), o.reps);
+
+  std::string header = fmt::format("{:>12}", "T");
+  for (const Variant& v : kinds) header += fmt::format(" | {:>22}", v.label + " ms (ms/tok)");
+  fmt::print("{}\n{}\n", header, std::string(header.size(), '-'));
+  std::map<std::string, std::vector<double>> per_token;  // label -> ms per token for each T
+  for (int64_t T : o.lengths) {
+    std::string row = fmt::format("{:>12}", T);
+    for (const Variant& v : kinds) {
+      Rng rng(0);
+      auto layer = nn::make_attention(v.config, rng);
+      double ms = time_train(*layer, T, o.dim, o.reps);
+      per_token[v.label].push_back(ms / static_cast<double>(T));
+      row += fmt::format(" | {:>9.2f} ({:>9.5f})", ms, ms / static_cast<double>(T));
+      std::fflush(stdout);
+    }
+    fmt::print("{}\n", row);
+  }
+  if (o.lengths.size() > 1) {
+    std::string row = fmt::format("{:>12}", fmt::format("{}/{}", o.lengths.back(), o.lengths.front()));
+    for (const Variant& v : kinds) {
+      const auto& pt = per_token[v.label];
+      row += fmt::format(" | {:>22}", fmt::format("x{:.2f} per token", pt.back() / pt.front()));
+    }
+    fmt::print("{}\n", row);
+  }
+
+  if (o.generation) {
+    fmt::print("\ngeneration: median ms per step() over {} steps, batch 1\n\n", o.steps);
+    std::string gh = fmt::format("{:>12}", "kind");
+    for (int64_t T : o.lengths) gh += fmt::format(" | {:>24}", fmt::format("T={}: pos ~100 / ~T", T));
+    fmt::print("{}\n{}\n", gh, std::string(gh.size(), '-'));
+    for (const Variant& v : kinds) {
+      std::string row = fmt::format("{:>12}", v.label);
+      for (int64_t T : o.lengths) {
+        Rng rng(0);
+        auto layer = nn::make_attention(v.config, rng);
+        StepTimes st = time_generation(*layer, T, o.dim, o.steps);
+        row += fmt::format(" | {:>11.4f} / {:>10.4f}", st.near_start, st.near_end);
+      }
+      fmt::print("{}\n", row);
+    }
+  }
+  return 0;
+}
