@@ -232,78 +232,12 @@ LoadedModel load_model(const std::string& ckpt) {
 // ============================================================================
 
 int train_command(const std::vector<std::string>& args, Console& console) {
-  static const std::vector<FlagSpec> specs = {
-      {"--data", true},     {"--out", true},       {"--attn", true},         {"--layers", true},
-      {"--heads", true},    {"--dim", true},       {"--ctx", true},          {"--batch", true},
-      {"--latents", true},  {"--window", true},    {"--kv-rank", true},      {"--q-rank", true},
-      {"--rope-dim", true}, {"--dropout", true},   {"--steps", true},        {"--lr", true},
-      {"--min-lr", true},   {"--warmup", true},    {"--weight-decay", true}, {"--grad-clip", true},
-      {"--eval-every", true}, {"--eval-batches", true}, {"--log-every", true}, {"--split", true},
-      {"--seed", true},     {"--threads", true},   {"--resume", false},      {"--json", false}};
-  ParsedFlags f = parse_flags(args, specs, "train");
-  if (f.help) {
+  TrainInvocation call = parse_train_args(args);
+  if (call.help) {
     console.out << train_help();
     return 0;
   }
-  TrainSettings s;
-  s.data = required(f, "--data", "train");
-  s.out = required(f, "--out", "train");
-  auto int_flag = [&](const char* flag, int64_t& field) {
-    if (f.has(flag)) field = to_int(flag, f.get(flag));
-  };
-  auto real_flag = [&](const char* flag, double& field) {
-    if (f.has(flag)) field = to_real(flag, f.get(flag));
-  };
-  if (f.has("--attn")) {
-    try {
-      s.model.attention = nn::parse_attention_kind(f.get("--attn"));
-    } catch (const Error& e) {
-      throw UsageError(fmt::format("--attn: {}", e.what()));
-    }
-  }
-  int_flag("--layers", s.model.layers);
-  int_flag("--heads", s.model.heads);
-  int_flag("--dim", s.model.dim);
-  int_flag("--ctx", s.model.ctx);
-  int_flag("--latents", s.model.latents);
-  int_flag("--window", s.model.window);
-  int_flag("--kv-rank", s.model.kv_rank);
-  int_flag("--q-rank", s.model.q_rank);
-  int_flag("--rope-dim", s.model.rope_dim);
-  double dropout = s.model.dropout;
-  real_flag("--dropout", dropout);
-  s.model.dropout = static_cast<float>(dropout);
-  int_flag("--batch", s.batch);
-  int_flag("--steps", s.steps);
-  real_flag("--lr", s.lr);
-  real_flag("--min-lr", s.min_lr);
-  int_flag("--warmup", s.warmup);
-  real_flag("--weight-decay", s.weight_decay);
-  real_flag("--grad-clip", s.grad_clip);
-  int_flag("--eval-every", s.eval_every);
-  int_flag("--eval-batches", s.eval_batches);
-  int_flag("--log-every", s.log_every);
-  int_flag("--threads", s.threads);
-  if (f.has("--split")) {
-    try {
-      s.split = parse_split(f.get("--split"));
-    } catch (const Error& e) {
-      throw UsageError(e.what());
-    }
-  }
-  if (f.has("--seed")) {
-    int64_t seed = to_int("--seed", f.get("--seed"));
-    if (seed < 0) throw UsageError(fmt::format("--seed must be >= 0, got {}", seed));
-    s.seed = static_cast<uint64_t>(seed);
-  }
-  s.resume = f.has("--resume");
-  s.json = f.has("--json");
-  try {
-    s.validate(false);
-  } catch (const Error& e) {
-    throw UsageError(e.what());
-  }
-  return run_train(s, f.given, console).exit_code;
+  return run_train(call.settings, call.given, console).exit_code;
 }
 
 int eval_command(const std::vector<std::string>& args, Console& console) {
@@ -410,6 +344,81 @@ int sample_command(const std::vector<std::string>& args, Console& console) {
 }
 
 }  // namespace
+
+TrainInvocation parse_train_args(const std::vector<std::string>& args) {
+  static const std::vector<FlagSpec> specs = {
+      {"--data", true},     {"--out", true},       {"--attn", true},         {"--layers", true},
+      {"--heads", true},    {"--dim", true},       {"--ctx", true},          {"--batch", true},
+      {"--latents", true},  {"--window", true},    {"--kv-rank", true},      {"--q-rank", true},
+      {"--rope-dim", true}, {"--dropout", true},   {"--steps", true},        {"--lr", true},
+      {"--min-lr", true},   {"--warmup", true},    {"--weight-decay", true}, {"--grad-clip", true},
+      {"--eval-every", true}, {"--eval-batches", true}, {"--log-every", true}, {"--split", true},
+      {"--seed", true},     {"--threads", true},   {"--resume", false},      {"--json", false}};
+  ParsedFlags f = parse_flags(args, specs, "train");
+  TrainInvocation call;
+  call.help = f.help;
+  if (f.help) return call;
+  TrainSettings& s = call.settings;
+  s.data = required(f, "--data", "train");
+  s.out = required(f, "--out", "train");
+  auto int_flag = [&](const char* flag, int64_t& field) {
+    if (f.has(flag)) field = to_int(flag, f.get(flag));
+  };
+  auto real_flag = [&](const char* flag, double& field) {
+    if (f.has(flag)) field = to_real(flag, f.get(flag));
+  };
+  if (f.has("--attn")) {
+    try {
+      s.model.attention = nn::parse_attention_kind(f.get("--attn"));
+    } catch (const Error& e) {
+      throw UsageError(fmt::format("--attn: {}", e.what()));
+    }
+  }
+  int_flag("--layers", s.model.layers);
+  int_flag("--heads", s.model.heads);
+  int_flag("--dim", s.model.dim);
+  int_flag("--ctx", s.model.ctx);
+  int_flag("--latents", s.model.latents);
+  int_flag("--window", s.model.window);
+  int_flag("--kv-rank", s.model.kv_rank);
+  int_flag("--q-rank", s.model.q_rank);
+  int_flag("--rope-dim", s.model.rope_dim);
+  double dropout = s.model.dropout;
+  real_flag("--dropout", dropout);
+  s.model.dropout = static_cast<float>(dropout);
+  int_flag("--batch", s.batch);
+  int_flag("--steps", s.steps);
+  real_flag("--lr", s.lr);
+  real_flag("--min-lr", s.min_lr);
+  int_flag("--warmup", s.warmup);
+  real_flag("--weight-decay", s.weight_decay);
+  real_flag("--grad-clip", s.grad_clip);
+  int_flag("--eval-every", s.eval_every);
+  int_flag("--eval-batches", s.eval_batches);
+  int_flag("--log-every", s.log_every);
+  int_flag("--threads", s.threads);
+  if (f.has("--split")) {
+    try {
+      s.split = parse_split(f.get("--split"));
+    } catch (const Error& e) {
+      throw UsageError(e.what());
+    }
+  }
+  if (f.has("--seed")) {
+    int64_t seed = to_int("--seed", f.get("--seed"));
+    if (seed < 0) throw UsageError(fmt::format("--seed must be >= 0, got {}", seed));
+    s.seed = static_cast<uint64_t>(seed);
+  }
+  s.resume = f.has("--resume");
+  s.json = f.has("--json");
+  try {
+    s.validate(false);
+  } catch (const Error& e) {
+    throw UsageError(e.what());
+  }
+  call.given = f.given;
+  return call;
+}
 
 // ============================================================================
 // Dispatch

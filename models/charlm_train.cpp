@@ -187,7 +187,8 @@ namespace {
 // One evaluation during training (a line of metrics.jsonl).
 struct EvalPoint {
   int64_t step;
-  double train_loss, val_loss, lr, tokens_per_s, elapsed_s;
+  double train_loss, val_loss, lr, tokens_per_s;
+  double train_seconds;  // time inside training steps up to here, over every run of this --out
   json::Value to_json() const {
     json::Value v = json::Value::object();
     v.set("step", step);
@@ -198,7 +199,7 @@ struct EvalPoint {
     v.set("train_bpc", train_loss / std::log(2.0));
     v.set("lr", lr);
     v.set("tokens_per_s", tokens_per_s);
-    v.set("elapsed_s", elapsed_s);
+    v.set("train_seconds", train_seconds);
     return v;
   }
 };
@@ -215,7 +216,7 @@ std::vector<EvalPoint> read_metrics(const std::string& path, int64_t step) {
     try {
       json::Value v = json::parse(std::string_view(text).substr(start, end - start));
       EvalPoint p{v.at("step").as_int(), v.at("train_loss").as_number(), v.at("val_loss").as_number(),
-                  v.at("lr").as_number(), v.at("tokens_per_s").as_number(), v.at("elapsed_s").as_number()};
+                  v.at("lr").as_number(), v.at("tokens_per_s").as_number(), v.at("train_seconds").as_number()};
       if (p.step <= step) points.push_back(p);
     } catch (const Error&) {
       // a line that does not parse is dropped: the file is a report, rewritten below
@@ -237,7 +238,7 @@ void write_reports(const std::string& out, const std::vector<EvalPoint>& points)
   }
   files::write_file_atomic(out + "/metrics.jsonl", jsonl);
   files::write_file_atomic(out + "/loss.svg", plot::line_chart_svg({train, val}, "charlm: loss during training",
-                                                                   "step", "cross-entropy loss (nats)"));
+                                                                   "step", "cross-entropy loss (nats)", /*x_from_zero=*/true));
 }
 
 std::string shape_text(const Shape& shape) {
@@ -249,7 +250,7 @@ std::string shape_text(const Shape& shape) {
 }  // namespace
 
 TrainResult run_train(TrainSettings settings, const std::set<std::string>& given, Console& console,
-                      const std::function<void(int64_t step)>& after_step) {
+                      const StepHook& after_step) {
   using clock = std::chrono::steady_clock;
   const auto wall_start = clock::now();
   TrainResult result;
@@ -450,7 +451,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
         EvalPoint p{step,
                     estimate_loss(model, train_ids, settings.eval_batches, B, stream_seed(settings.seed, Stream::TrainEstimate)),
                     estimate_loss(model, val_ids, settings.eval_batches, B, stream_seed(settings.seed, Stream::ValEstimate)),
-                    lr, tokens_per_s, train_seconds_before + seconds_since(wall_start)};
+                    lr, tokens_per_s, train_seconds_before + train_seconds};
         if (!std::isfinite(p.train_loss) || !std::isfinite(p.val_loss))
           return fail(fmt::format(
               "evaluation at step {} gave a non-finite loss (train {}, val {}); training stopped. {}", step,
@@ -476,7 +477,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                              p.val_loss / std::log(2.0), improved ? "  [best, saved]" : "  [saved]")
               << std::flush;
       }
-      if (after_step) after_step(step);
+      if (after_step) after_step(step, model);
     }
     end_progress();
     result.tokens_per_s = train_seconds > 0 ? static_cast<double>((step - start_step) * B * T) / train_seconds : 0;

@@ -67,11 +67,12 @@ struct TrainResult {
 };
 
 // Runs `charlm train`. `given` holds the flags given explicitly on the command line (for
-// --resume's checks). after_step(step), if set, runs after each completed step (tests use it
-// to interrupt a run at a chosen step). Errors are reported on console.err and returned as
-// exit code 1; lg::Error escapes only for bugs.
+// --resume's checks). after_step(step, model), if set, runs after each completed step and its
+// evaluation (tests use it to interrupt a run, or to break the weights, at a chosen step).
+// Every error is reported on console.err and returned as exit code 1; nothing is thrown.
+using StepHook = std::function<void(int64_t step, CharLM& model)>;
 TrainResult run_train(TrainSettings settings, const std::set<std::string>& given, Console& console,
-                      const std::function<void(int64_t step)>& after_step = {});
+                      const StepHook& after_step = {});
 
 // Seeds of the run's independent random streams, derived from --seed.
 enum class Stream : uint64_t { Init = 1, Data, Dropout, TrainEstimate, ValEstimate, Sample };

@@ -52,7 +52,8 @@ std::string tick_label(double v, double step) {
 }  // namespace
 
 std::string line_chart_svg(const std::vector<Series>& series, const std::string& title,
-                           const std::string& x_label, const std::string& y_label, int width, int height) {
+                           const std::string& x_label, const std::string& y_label, bool x_from_zero, int width,
+                           int height) {
   // plot area inside margins (pixels)
   const double left = 70, right = 20, top = 40, bottom = 55;
   const double plot_w = width - left - right, plot_h = height - top - bottom;
@@ -64,6 +65,7 @@ std::string line_chart_svg(const std::vector<Series>& series, const std::string&
         xr.add(s.x[i]);
         yr.add(s.y[i]);
       }
+  if (x_from_zero && !xr.empty()) xr.add(0);
   if (xr.empty()) xr = {0, 1};
   if (yr.empty()) yr = {0, 1};
   if (xr.hi - xr.lo < 1e-12) xr = {xr.lo - 1, xr.hi + 1};

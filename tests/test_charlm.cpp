@@ -1,0 +1,499 @@
+// tests/test_charlm.cpp: the char LM and its CLI in-process: learning, exact resume, eval, sampling, every bad input.
+//
+// Needs no external corpus: each test writes a generated, repetitive text to a temporary
+// directory and trains tiny models (1-2 layers, dim 16, ctx 16) for a few dozen steps.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "models/atomic_file.h"
+#include "models/charlm.h"
+#include "models/charlm_checkpoint.h"
+#include "models/charlm_cli.h"
+#include "models/json.h"
+#include "models/svg_plot.h"
+
+using namespace lg;
+using namespace lg::charlm;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh directory under the system temp dir, removed when the test ends.
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name) {
+    path = fs::temp_directory_path() / fmt::format("charlm-test-{}-{}", ::getpid(), name);
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& leaf) const { return (path / leaf).string(); }
+};
+
+// Sentences from a small grammar: enough structure to learn in a few dozen steps.
+std::string generated_text(size_t bytes, uint64_t seed = 7) {
+  const char* subjects[] = {"the cat", "a dog", "my friend", "the king", "our queen"};
+  const char* verbs[] = {"sees", "likes", "finds", "keeps", "calls"};
+  const char* objects[] = {"the ball.", "a red hat.", "the sea.", "my book.", "a small bird."};
+  Rng rng(seed);
+  std::string text;
+  while (text.size() < bytes) {
+    text += subjects[rng.below(5)];
+    text += ' ';
+    text += verbs[rng.below(5)];
+    text += ' ';
+    text += objects[rng.below(5)];
+    text += rng.below(4) == 0 ? '\n' : ' ';
+  }
+  text.resize(bytes);
+  return text;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+struct Run {
+  int code;
+  std::string out, err;
+};
+
+Run cli(const std::vector<std::string>& args) {
+  std::ostringstream out, err;
+  Console console{out, err, false, false};
+  int code = charlm_main(args, console);
+  return {code, out.str(), err.str()};
+}
+
+// A tiny but complete model. `extra` flags replace the defaults' values or are appended.
+std::vector<std::string> tiny_train(const std::string& data, const std::string& out,
+                                    const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> args = {"train",   "--data",  data,    "--out",     out,   "--layers", "1",
+                                   "--heads", "2",       "--dim", "16",        "--ctx", "16",     "--batch",
+                                   "4",       "--latents", "4",   "--window",  "4",   "--eval-batches", "2",
+                                   "--steps", "30",      "--eval-every", "10", "--warmup", "5",  "--lr",
+                                   "3e-3"};
+  for (size_t i = 0; i < extra.size(); ++i) {
+    bool is_switch = extra[i] == "--resume" || extra[i] == "--json";
+    auto it = std::find(args.begin(), args.end(), extra[i]);
+    if (!is_switch && it != args.end()) {
+      *(it + 1) = extra[++i];
+    } else {
+      args.push_back(extra[i]);
+      if (!is_switch) args.push_back(extra[++i]);
+    }
+  }
+  return args;
+}
+
+// Runs `charlm train` with the CLI's own flag parser, plus a hook after each step.
+TrainResult train_with_hook(const std::vector<std::string>& args, const StepHook& hook,
+                            std::string* err_text = nullptr) {
+  TrainInvocation call = parse_train_args(std::vector<std::string>(args.begin() + 1, args.end()));
+  std::ostringstream out, err;
+  Console console{out, err, false, false};
+  TrainResult r = run_train(call.settings, call.given, console, hook);
+  if (err_text) *err_text = err.str();
+  return r;
+}
+
+std::string only_line(const std::string& text) {
+  std::string t = text;
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  return t;
+}
+
+// A bad input: non-zero exit, exactly one line on stderr mentioning `needle`.
+void expect_error(const Run& r, const std::string& needle) {
+  INFO("stderr: " << r.err);
+  CHECK(r.code != 0);
+  std::string line = only_line(r.err);
+  CHECK(line.find('\n') == std::string::npos);
+  CHECK(line.rfind("charlm: error: ", 0) == 0);
+  CHECK(line.find(needle) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("json: round trip, exact doubles and 64-bit words, and errors") {
+  json::Value v = json::Value::object();
+  v.set("loss", 1.2345678901234567);
+  v.set("name", "caf\xc3\xa9 \"q\"\n");
+  json::Value a = json::Value::array();
+  a.push(1);
+  a.push(json::Value());
+  a.push(true);
+  v.set("list", a);
+  v.set("word", json::hex_u64(0xfedcba9876543210ull));
+  for (int indent : {-1, 2}) {
+    json::Value back = json::parse(v.dump(indent));
+    CHECK(back.at("loss").as_number() == 1.2345678901234567);
+    CHECK(back.at("name").as_string() == "caf\xc3\xa9 \"q\"\n");
+    CHECK(back.at("list").size() == 3);
+    CHECK(json::parse_hex_u64(back.at("word").as_string(), "word") == 0xfedcba9876543210ull);
+  }
+  CHECK_THROWS_AS(json::parse("{\"a\": 1"), Error);
+  CHECK_THROWS_AS(json::parse("{\"a\": 1,}"), Error);
+  CHECK_THROWS_AS(json::parse("[1 2]"), Error);
+  CHECK_THROWS_AS(json::parse("nan"), Error);
+  CHECK(json::parse("\"\\u00e9\\ud83d\\ude00\"").as_string() == "\xc3\xa9\xf0\x9f\x98\x80");
+}
+
+TEST_CASE("data: vocabulary from the train split, unknown id, split and batches") {
+  Vocab v = Vocab::from_text("abcab");
+  CHECK(v.size() == 4);
+  CHECK(v.encode("abcz") == std::vector<int32_t>{1, 2, 3, kUnknownId});
+  CHECK(v.count_unknown("zzab") == 2);
+  CHECK(v.byte_of(3) == 'c');
+  SplitFractions f = parse_split("0.8,0.1,0.1");
+  Splits s = split_corpus(std::string(100, 'x'), f);
+  CHECK(s.train.size() == 80);
+  CHECK(s.val.size() == 10);
+  CHECK(s.test.size() == 10);
+  CHECK_THROWS_AS(parse_split("0.5,0.5"), Error);
+  CHECK_THROWS_AS(parse_split("0.9,0.1,0"), Error);
+  CHECK_THROWS_AS(parse_split("0.9,0.2,0.1"), Error);
+  CHECK_THROWS_AS(parse_split("a,b,c"), Error);
+
+  std::vector<int32_t> ids(50);
+  for (int i = 0; i < 50; ++i) ids[i] = i;
+  Rng r1(3), r2(3);
+  std::vector<int32_t> x1, y1, x2, y2;
+  sample_batch(ids, 3, 8, r1, x1, y1);
+  sample_batch(ids, 3, 8, r2, x2, y2);
+  CHECK(x1 == x2);
+  for (size_t i = 0; i < x1.size(); ++i) CHECK(y1[i] == x1[i] + 1);  // targets are the next token
+}
+
+TEST_CASE("svg chart is a complete document with axes, ticks and legend") {
+  plot::Series a{"train loss", "#1f77b4", {10, 20, 30}, {3.0, 2.5, 2.2}};
+  plot::Series b{"val loss", "#d62728", {10, 20, 30}, {3.1, 2.6, std::numeric_limits<double>::quiet_NaN()}};
+  std::string svg = plot::line_chart_svg({a, b}, "t", "step", "loss", true);
+  CHECK(svg.rfind("<svg", 0) == 0);
+  CHECK(svg.find("</svg>") != std::string::npos);
+  CHECK(svg.find(">train loss<") != std::string::npos);
+  CHECK(svg.find(">val loss<") != std::string::npos);
+  CHECK(svg.find(">0<") != std::string::npos);  // x axis starts at step 0
+  CHECK(svg.find("nan") == std::string::npos);
+}
+
+TEST_CASE("model: tied head, parameter names, incremental steps equal the parallel pass") {
+  for (const char* kind : {"latent", "mha", "mla"}) {
+    CAPTURE(kind);
+    ModelConfig c;
+    c.vocab = 11;
+    c.layers = 2;
+    c.heads = 2;
+    c.dim = 16;
+    c.ctx = 12;
+    c.latents = 4;
+    c.window = 3;
+    c.attention = nn::parse_attention_kind(kind);
+    Rng init(1);
+    std::unique_ptr<CharLM> model;
+    try {
+      model = std::make_unique<CharLM>(c, init);
+    } catch (const Error& e) {
+      MESSAGE("skipping " << kind << ": " << e.what());  // a kind not built yet
+      continue;
+    }
+    auto params = model->named_parameters();
+    CHECK(params.front().first == "wte.weight");
+    CHECK(params.back().first == "ln_f.bias");
+    for (auto& [name, t] : params) CHECK(name.find("head") == std::string::npos);  // no separate head
+    model->eval();
+    std::vector<int32_t> ids = {1, 5, 2, 9, 3, 3, 7, 10, 4, 6};
+    Rng unused(0);
+    Tensor logits;
+    {
+      NoGradGuard no_grad;
+      logits = model->forward(ids, 1, 10, unused);  // (1, 10, 11)
+    }
+    CharLM::State state = model->make_state(1);
+    for (int t = 0; t < 10; ++t) {
+      std::vector<float> step_logits = model->step({ids[t]}, state).to_vector();
+      for (int v = 0; v < 11; ++v) CHECK(step_logits[v] == doctest::Approx(logits.at({0, t, v})).epsilon(1e-4));
+    }
+  }
+}
+
+TEST_CASE("training lowers the loss and writes checkpoints, metrics.jsonl and loss.svg") {
+  TempDir dir("learn");
+  write_text(dir / "corpus.txt", generated_text(20000));
+  std::string err;
+  TrainResult r =
+      train_with_hook(tiny_train(dir / "corpus.txt", dir / "run", {"--steps", "60", "--lr", "1e-2"}), {}, &err);
+  INFO(err);
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(r.losses.size() == 60);
+  double first = 0, last = 0;
+  for (int i = 0; i < 5; ++i) first += r.losses[i] / 5;
+  for (int i = 55; i < 60; ++i) last += r.losses[i] / 5;
+  MESSAGE("loss over the first 5 steps " << first << ", last 5 steps " << last << "; test loss " << r.test.loss);
+  CHECK(first > 2.5);  // starts near uniform over the ~25 distinct bytes
+  CHECK(last < first - 0.8);
+  CHECK(r.test.loss < first - 0.8);
+  CHECK(r.test.tokens == 999);  // every byte of the 1000-byte test split after the first
+  CHECK(std::isfinite(r.tokens_per_s));
+
+  CHECK(files::exists(dir / "run/latest/model.safetensors"));
+  CHECK(files::exists(dir / "run/latest/optimizer.safetensors"));
+  CHECK(files::exists(dir / "run/best/checkpoint.json"));
+  std::string metrics = files::read_file(dir / "run/metrics.jsonl");
+  int lines = 0;
+  for (size_t p = 0; (p = metrics.find('\n', p)) != std::string::npos; ++p) ++lines;
+  CHECK(lines == 6);  // steps 10, 20, ..., 60
+  json::Value first_line = json::parse(metrics.substr(0, metrics.find('\n')));
+  CHECK(first_line.at("step").as_int() == 10);
+  CHECK(first_line.contains("val_bpc"));
+  std::string svg = files::read_file(dir / "run/loss.svg");
+  CHECK(svg.find("</svg>") != std::string::npos);
+  for (const auto& entry : fs::directory_iterator(dir.path / "run"))  // no staging or tmp leftovers
+    CHECK(entry.path().filename().string().find("tmp") == std::string::npos);
+}
+
+TEST_CASE("resume after SIGINT continues exactly: bitwise the losses of an uninterrupted run") {
+  install_sigint_handler();
+  for (const char* kind : {"latent", "mha"}) {
+    CAPTURE(kind);
+    TempDir dir(std::string("resume-") + kind);
+    write_text(dir / "corpus.txt", generated_text(12000));
+    std::vector<std::string> extra = {"--attn", kind, "--dropout", "0.1", "--steps", "24", "--eval-every", "8"};
+
+    TrainResult whole = train_with_hook(tiny_train(dir / "corpus.txt", dir / "whole", extra), {});
+    REQUIRE(whole.exit_code == 0);
+    REQUIRE(whole.losses.size() == 24);
+
+    // Interrupted at step 13 (between evaluations) by a real SIGINT, then resumed.
+    std::string err;
+    TrainResult first = train_with_hook(
+        tiny_train(dir / "corpus.txt", dir / "split", extra),
+        [](int64_t step, CharLM&) {
+          if (step == 13) std::raise(SIGINT);
+        },
+        &err);
+    install_sigint_handler();  // the handler resets itself after one signal
+    CHECK(first.exit_code == 130);
+    CHECK(first.last_step == 13);
+    CHECK(err.empty());
+    CHECK(read_checkpoint_meta(dir / "split/latest").step == 13);
+
+    std::vector<std::string> resume_args = tiny_train(dir / "corpus.txt", dir / "split", extra);
+    resume_args.push_back("--resume");
+    TrainResult second = train_with_hook(resume_args, {});
+    REQUIRE(second.exit_code == 0);
+    CHECK(second.first_step == 13);
+    REQUIRE(second.losses.size() == 11);
+    for (size_t i = 0; i < 13; ++i) CHECK(first.losses[i] == whole.losses[i]);
+    for (size_t i = 0; i < 11; ++i) CHECK(second.losses[i] == whole.losses[13 + i]);  // bitwise
+    CHECK(second.test.loss == whole.test.loss);
+    CHECK(files::read_file(dir / "split/metrics.jsonl").size() > 0);
+  }
+}
+
+TEST_CASE("eval of the checkpoint reproduces the test loss reported at the end of training; --json output") {
+  TempDir dir("eval");
+  std::string corpus = generated_text(10000);
+  write_text(dir / "corpus.txt", corpus);
+  Run train = cli(tiny_train(dir / "corpus.txt", dir / "run", {"--json"}));
+  INFO(train.err);
+  REQUIRE(train.code == 0);
+  json::Value summary = json::parse(train.out);  // the only thing on stdout
+  for (const char* key : {"val_loss", "test_loss", "test_ppl", "test_bpc", "tokens_per_s", "params"})
+    CHECK(summary.contains(key));
+  CHECK(summary.at("test_bpc").as_number() == doctest::Approx(summary.at("test_loss").as_number() / std::log(2.0)));
+
+  Splits splits = split_corpus(corpus, SplitFractions{});
+  write_text(dir / "test.txt", std::string(splits.test));
+  Run eval = cli({"eval", "--ckpt", dir / "run", "--data", dir / "test.txt", "--json"});
+  INFO(eval.err);
+  REQUIRE(eval.code == 0);
+  json::Value e = json::parse(eval.out);
+  CHECK(e.at("loss").as_number() == summary.at("test_loss").as_number());
+  CHECK(e.at("tokens").as_int() == static_cast<int64_t>(splits.test.size()) - 1);
+
+  Run human = cli({"eval", "--ckpt", dir / "run/best", "--data", dir / "test.txt"});
+  CHECK(human.code == 0);
+  CHECK(human.out.find("bpc") != std::string::npos);
+}
+
+TEST_CASE("sampling is deterministic for a seed and streams from the prompt") {
+  TempDir dir("sample");
+  write_text(dir / "corpus.txt", generated_text(10000));
+  REQUIRE(cli(tiny_train(dir / "corpus.txt", dir / "run", {"--steps", "20"})).code == 0);
+  auto sample = [&](const std::string& seed) {
+    return cli({"sample", "--ckpt", dir / "run", "--prompt", "the ", "--tokens", "80", "--seed", seed,
+                "--temperature", "1.0", "--top-k", "5"});
+  };
+  Run a = sample("5"), b = sample("5"), c = sample("6");
+  REQUIRE(a.code == 0);
+  CHECK(a.out == b.out);
+  CHECK(a.out != c.out);
+  CHECK(a.out.rfind("the ", 0) == 0);
+  CHECK(a.out.size() == 4 + 80 + 1);
+  // more tokens than ctx: the state is rebuilt from a sliding window
+  Run greedy = cli({"sample", "--ckpt", dir / "run", "--tokens", "50", "--temperature", "0"});
+  CHECK(greedy.code == 0);
+  CHECK(greedy.out.size() == 51);
+}
+
+TEST_CASE("bad input: usage errors name the flag, exit non-zero, leave no files") {
+  TempDir dir("usage");
+  write_text(dir / "corpus.txt", generated_text(5000));
+  const std::string data = dir / "corpus.txt", out = dir / "run";
+  struct Case {
+    std::vector<std::string> extra;
+    std::string needle;
+  };
+  std::vector<Case> cases = {
+      {{"--layers", "-1"}, "--layers must be a positive integer"},
+      {{"--layers", "0"}, "--layers must be a positive integer"},
+      {{"--steps", "abc"}, "--steps: 'abc' is not an integer"},
+      {{"--steps", "1e3"}, "--steps: '1e3' is not an integer"},
+      {{"--lr", "fast"}, "--lr: 'fast' is not a finite number"},
+      {{"--lr", "0"}, "--lr must be a positive number"},
+      {{"--lr", "nan"}, "--lr: 'nan' is not a finite number"},
+      {{"--dim", "30", "--heads", "4"}, "--dim 30 is not divisible by --heads 4"},
+      {{"--dim", "12", "--heads", "4"}, "is odd; RoPE needs an even head size"},
+      {{"--dropout", "1.5"}, "--dropout must be in [0, 1)"},
+      {{"--batch", "0"}, "--batch must be a positive integer"},
+      {{"--split", "0.5,0.5"}, "expected three fractions"},
+      {{"--attn", "sparse"}, "unknown attention kind 'sparse'"},
+      {{"--bogus", "1"}, "unknown flag --bogus"},
+      {{"--ctx"}, "--ctx needs a value"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.needle);
+    std::vector<std::string> args = {"train", "--data", data, "--out", out};
+    args.insert(args.end(), c.extra.begin(), c.extra.end());
+    Run r = cli(args);
+    expect_error(r, c.needle);
+    CHECK(r.code == kExitUsage);
+    CHECK_FALSE(fs::exists(out));
+  }
+  expect_error(cli({"train", "--out", out}), "--data is required");
+  expect_error(cli({"fly"}), "unknown command 'fly'");
+  expect_error(cli({"sample", "--ckpt", out, "--tokens", "-5"}), "--tokens must be a positive integer");
+  expect_error(cli({"sample", "--ckpt", out, "--temperature", "-1"}), "--temperature must be >= 0");
+  for (const char* command : {"train", "eval", "sample"}) {
+    Run help = cli({command, "--help"});
+    CHECK(help.code == 0);
+    CHECK(help.out.find("usage: charlm") == 0);
+  }
+  CHECK(cli({"--help"}).code == 0);
+}
+
+TEST_CASE("bad input: corpus problems and unwritable --out") {
+  TempDir dir("corpus");
+  const std::string out = dir / "run";
+  auto train = [&](const std::string& data, const std::string& out_dir) {
+    return cli(tiny_train(data, out_dir));
+  };
+  expect_error(train(dir / "missing.txt", out), "cannot read");
+  write_text(dir / "empty.txt", "");
+  expect_error(train(dir / "empty.txt", out), "is empty");
+  expect_error(train(dir.path.string(), out), "is a directory");
+  write_text(dir / "short.txt", generated_text(300));  // val split of 15 bytes < ctx + 1
+  expect_error(train(dir / "short.txt", out), "corpus too short");
+  CHECK_FALSE(fs::exists(out));
+  write_text(dir / "corpus.txt", generated_text(5000));
+  write_text(dir / "file", "x");
+  expect_error(train(dir / "corpus.txt", dir / "file/run"), "cannot write to");
+}
+
+TEST_CASE("bad input: missing, truncated, corrupted and incompatible checkpoints; prompt outside the vocabulary") {
+  TempDir dir("ckpt");
+  write_text(dir / "corpus.txt", generated_text(8000));
+  REQUIRE(cli(tiny_train(dir / "corpus.txt", dir / "run", {"--steps", "10"})).code == 0);
+  const std::string good = dir / "run/best";
+  auto eval = [&](const std::string& ckpt) { return cli({"eval", "--ckpt", ckpt, "--data", dir / "corpus.txt"}); };
+  REQUIRE(eval(good).code == 0);
+
+  expect_error(eval(dir / "nothing"), "no checkpoint at");
+  expect_error(cli({"sample", "--ckpt", dir / "nothing"}), "no checkpoint at");
+  expect_error(cli({"sample", "--ckpt", good, "--prompt", "the \xce\xa9"}), "is not in the checkpoint's vocabulary");
+  expect_error(cli({"sample", "--ckpt", good, "--prompt", "Zebra"}), "'Z' (byte 0x5a) at offset 0");
+
+  auto copy_of_good = [&](const std::string& name) {
+    std::string copy = dir / name;
+    fs::copy(good, copy, fs::copy_options::recursive);
+    return copy;
+  };
+  {  // truncated weights
+    std::string c = copy_of_good("truncated");
+    std::string bytes = files::read_file(c + "/model.safetensors");
+    write_text(c + "/model.safetensors", bytes.substr(0, bytes.size() / 2));
+    expect_error(eval(c), "truncated");
+  }
+  {  // one flipped byte in the weights
+    std::string c = copy_of_good("flipped");
+    std::string bytes = files::read_file(c + "/model.safetensors");
+    bytes[bytes.size() - 3] ^= 0x40;
+    write_text(c + "/model.safetensors", bytes);
+    expect_error(eval(c), "corrupted");
+  }
+  {  // checkpoint.json cut short
+    std::string c = copy_of_good("badjson");
+    std::string text = files::read_file(c + "/checkpoint.json");
+    write_text(c + "/checkpoint.json", text.substr(0, text.size() / 3));
+    expect_error(eval(c), "JSON parse error");
+  }
+  {  // a model config that does not match the weights
+    std::string c = copy_of_good("incompatible");
+    std::string text = files::read_file(c + "/checkpoint.json");
+    text.replace(text.find("\"dim\": 16"), 9, "\"dim\": 32");
+    write_text(c + "/checkpoint.json", text);
+    expect_error(eval(c), "has shape");
+  }
+  {  // a future format
+    std::string c = copy_of_good("future");
+    std::string text = files::read_file(c + "/checkpoint.json");
+    text.replace(text.find("\"format_version\": 1"), 19, "\"format_version\": 9");
+    write_text(c + "/checkpoint.json", text);
+    expect_error(eval(c), "format version 9 is not supported");
+  }
+  {  // missing weights
+    std::string c = copy_of_good("noweights");
+    fs::remove(c + "/model.safetensors");
+    expect_error(eval(c), "cannot read");
+  }
+  // resuming: a different corpus, a different architecture, a run that already exists
+  write_text(dir / "other.txt", generated_text(8000, 99));
+  std::vector<std::string> resume = tiny_train(dir / "other.txt", dir / "run", {"--steps", "20", "--resume"});
+  expect_error(cli(resume), "is not the corpus the checkpoint was trained on");
+  expect_error(cli(tiny_train(dir / "corpus.txt", dir / "run", {"--resume", "--dim", "32"})),
+               "--resume: --dim 32 differs from the checkpoint's 16");
+  expect_error(cli(tiny_train(dir / "corpus.txt", dir / "run")), "already holds a training run");
+  expect_error(cli(tiny_train(dir / "corpus.txt", dir / "fresh", {"--resume"})), "--resume: no checkpoint");
+}
+
+TEST_CASE("a non-finite loss stops training, keeps the last good checkpoint and says so") {
+  TempDir dir("nan");
+  write_text(dir / "corpus.txt", generated_text(8000));
+  std::string err;
+  TrainResult r = train_with_hook(
+      tiny_train(dir / "corpus.txt", dir / "run", {"--steps", "30", "--eval-every", "5"}),
+      [](int64_t step, CharLM& model) {
+        if (step == 7) model.ln_f->weight.data()[0] = std::numeric_limits<float>::quiet_NaN();
+      },
+      &err);
+  CHECK(r.exit_code == 1);
+  CHECK(r.last_step == 7);
+  CHECK(err.find("loss is nan at step 8") != std::string::npos);
+  CHECK(err.find("last good checkpoint is " + (dir / "run/latest") + " (step 5)") != std::string::npos);
+  CHECK(read_checkpoint_meta(dir / "run/latest").step == 5);
+  CHECK(cli({"eval", "--ckpt", dir / "run/latest", "--data", dir / "corpus.txt"}).code == 0);
+
+  // Diverging from the first step: nothing was saved, and the message says that too.
+  Run diverged = cli(tiny_train(dir / "corpus.txt", dir / "run2", {"--lr", "1e30", "--grad-clip", "0"}));
+  expect_error(diverged, "training stopped");
+}
