@@ -62,7 +62,7 @@ class BufferPool {
 #endif
     return static_cast<float*>(std::aligned_alloc(64, bytes));
   }
-  void give(float* p, size_t bytes) {
+  void give(float* p, [[maybe_unused]] size_t bytes) {
 #ifndef LG_NO_POOL
     std::lock_guard<std::mutex> lock(mutex_);
     if (cached_ + bytes <= kMaxCachedBytes) {
