@@ -115,6 +115,12 @@ static void check_inputs(const LatentInputs& in, const char* who) {
 //   P' = P / Zc;   O = P' SV + ((P' E^T) masked) V                  (C, d)  = sum_m P Vl_{t,m}
 // which are the definitions of Kl and Vl with the sums split at c0. Every product is a
 // small matmul: O(C (C + M + W) d) per chunk, O(T (C + M + W) d) in all.
+//
+// Range: mu is one max per chunk, so Zc of a position whose own prefix scores all lie far
+// below a later score of its chunk is tiny. "Any stabiliser cancels" holds in exact
+// arithmetic; in float, past a spread of ~40 the backward of a / Zc (which squares Zc)
+// overflows, past ~80 exp underflows to 0 and the forward is 0 / 0. latent_attention_fused
+// keeps one max per position and has no such limit.
 Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t chunk) {
   check_inputs(in, "latent_attention_chunked");
   if (window < 0 || chunk < 1)
@@ -317,7 +323,9 @@ Tensor LatentAttention::output(const Tensor& o) const {
 }
 
 Tensor LatentAttention::forward(const Tensor& x, int64_t first_position) {
-  return output(latent_attention_chunked(project(x, first_position), config_.window, config_.chunk));
+  LatentInputs in = project(x, first_position);
+  return output(core == Core::Fused ? latent_attention_fused(in, config_.window)
+                                    : latent_attention_chunked(in, config_.window, config_.chunk));
 }
 
 Tensor LatentAttention::forward_naive(const Tensor& x, int64_t first_position) {

@@ -9,12 +9,16 @@
 //   o_t        = softmax over [latents m ; positions t-W < s <= t] of (R_t q_t) . key / sqrt(d)
 //                applied to [Vl_{t,m} ; v_s]
 //
-// Three ways to compute it, all here:
+// The spec's three ways to compute it, all here, plus a fused op:
 //   latent_attention_naive    materialises w (M x T x T): the test reference, O(T^2 M d);
-//   latent_attention_chunked  the training path: chunks of C positions carrying running
-//                             sums (mu, Z, SK, SV) from core ops, O(T (C + M + W) d);
+//   latent_attention_chunked  chunks of C positions carrying running sums (mu, Z, SK, SV),
+//                             composed from core ops (autograd gives the backward),
+//                             O(T (C + M + W) d);
 //   LatentAttention::step     the recurrent path for generation: O((M + W) d) per token
-//                             and per head, whatever the position.
+//                             and per head, whatever the position;
+//   latent_attention_fused    the recurrent form over all positions as one op with a
+//                             hand-written backward: forward()'s default (faster, and exact
+//                             for any spread of write scores; see Core below).
 #pragma once
 
 #include <memory>
@@ -37,6 +41,11 @@ struct LatentInputs {
 // The chunked core (spec, "Chunked"), built from differentiable core ops so autograd gives
 // its backward. window W >= 0, chunk C >= 1 (need not divide T). -> o (B, H, T, d).
 Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t chunk);
+
+// The same outputs as one op with a hand-written backward (nn/latent_attention_fused.cpp): the
+// recurrent form run over every position, with a running max per position, so it stays exact
+// for any spread of write scores. O(T (M + W) d) time and saved memory. -> o (B, H, T, d).
+Tensor latent_attention_fused(const LatentInputs& in, int64_t window);
 
 // The same outputs straight from the definition, in double precision plain loops, with the
 // write weights w (M, T, T) materialised per (batch, head). No graph: tests only. -> (B, H, T, d).
@@ -61,7 +70,7 @@ class LatentAttention : public Attention {
   // block's business (nn/transformer_block.h drops the attention output), not this layer's.
   LatentAttention(const AttentionConfig& config, Rng& rng);
 
-  Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D), chunked
+  Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D), `core`
   std::unique_ptr<AttentionState> make_state(int64_t batch) const override;
   Tensor step(const Tensor& x, AttentionState& state) override;  // (B, 1, D) -> (B, 1, D)
 
@@ -71,6 +80,15 @@ class LatentAttention : public Attention {
   LatentInputs project(const Tensor& x, int64_t first_position) const;
 
   const AttentionConfig& config() const { return config_; }
+
+  // Which core forward() runs. Fused: latent_attention_fused, one op with its own backward.
+  // Chunked: latent_attention_chunked, the spec's training algorithm from core ops. Its
+  // stabiliser is one max per chunk, so an early position whose prefix scores lie far below
+  // a later score in the chunk gets a tiny Zc: past a spread of ~40 its backward overflows
+  // (the gradient of a / Zc divides by Zc^2), past ~80 its forward is 0 / 0. Both cores
+  // compute the same function; tests hold them to the naive formula and to each other.
+  enum class Core { Fused, Chunked };
+  Core core = Core::Fused;
 
   // Init of the latent bank: N(0, kLatentInitStd^2). Why not tiny like the weights: with
   // equal latents every latent gets the same gradient (the layer is symmetric in m), so

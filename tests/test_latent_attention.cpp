@@ -1,7 +1,8 @@
 // tests/test_latent_attention.cpp: the five properties of the latent attention spec, for W = 0 and W > 0.
 //
-// (1) causal, (2) chunked = naive formula, (3) shift invariant, (4) step() = forward(),
-// (5) gradients = finite differences; with chunk lengths that do and do not divide T.
+// (1) causal, (2) fast paths = naive formula, (3) shift invariant, (4) step() = forward(),
+// (5) gradients = finite differences; for both cores forward() can run (the fused op and the
+// chunked path composed from core ops), with chunk lengths that do and do not divide T.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
@@ -57,29 +58,37 @@ constexpr int64_t kT = 13;
 
 std::string name(const Case& c) { return fmt::format("W={} C={}", c.window, c.chunk); }
 
+using Core = LatentAttention::Core;
+const Core kCores[] = {Core::Fused, Core::Chunked};
+std::string core_name(Core core) { return core == Core::Fused ? "fused" : "chunked"; }
+
 }  // namespace
 
 TEST_CASE("latent attention (1): causal, outputs up to t ignore inputs after t") {
-  for (const Case& c : kCases) {
-    CAPTURE(name(c));
-    Rng rng(1);
-    LatentAttention layer(small_config(c.window, c.chunk), rng);
-    randomize(layer, 2);
-    NoGradGuard no_grad;
-    Tensor x = randn({2, kT, 8}, rng);  // (B, T, D)
-    Tensor y = layer.forward(x);
-    for (int64_t t : {0, 3, 4, 8, 11}) {
-      Tensor x2 = contiguous_copy(x);
-      Tensor noise = randn({2, kT - t - 1, 8}, rng, 3.0f);
-      for (int64_t b = 0; b < 2; ++b)
-        for (int64_t s = t + 1; s < kT; ++s)
-          for (int64_t i = 0; i < 8; ++i) x2.data()[(b * kT + s) * 8 + i] = noise.at({b, s - t - 1, i});
-      Tensor y2 = layer.forward(x2);
-      // Only rounding may differ: the chunk's stabiliser mu sees the whole chunk.
-      CHECK(max_abs_diff(slice(y, 1, 0, t + 1), slice(y2, 1, 0, t + 1)) < 1e-5f);
-      CHECK(max_abs_diff(slice(y, 1, t + 1, kT), slice(y2, 1, t + 1, kT)) > 1e-3f);  // the future does matter
+  for (Core core : kCores)
+    for (const Case& c : kCases) {
+      CAPTURE(core_name(core));
+      CAPTURE(name(c));
+      Rng rng(1);
+      LatentAttention layer(small_config(c.window, c.chunk), rng);
+      layer.core = core;
+      randomize(layer, 2);
+      NoGradGuard no_grad;
+      Tensor x = randn({2, kT, 8}, rng);  // (B, T, D)
+      Tensor y = layer.forward(x);
+      for (int64_t t : {0, 3, 4, 8, 11}) {
+        Tensor x2 = contiguous_copy(x);
+        Tensor noise = randn({2, kT - t - 1, 8}, rng, 3.0f);
+        for (int64_t b = 0; b < 2; ++b)
+          for (int64_t s = t + 1; s < kT; ++s)
+            for (int64_t i = 0; i < 8; ++i) x2.data()[(b * kT + s) * 8 + i] = noise.at({b, s - t - 1, i});
+        Tensor y2 = layer.forward(x2);
+        // Only rounding may differ: the chunk's stabiliser mu sees the whole chunk.
+        CHECK(max_abs_diff(slice(y, 1, 0, t + 1), slice(y2, 1, 0, t + 1)) < 1e-5f);
+        CHECK(max_abs_diff(slice(y, 1, t + 1, kT), slice(y2, 1, t + 1, kT)) >
+              1e-3f);  // the future does matter
+      }
     }
-  }
 }
 
 TEST_CASE("latent attention (2): the chunked path equals the naive formula") {
@@ -91,69 +100,99 @@ TEST_CASE("latent attention (2): the chunked path equals the naive formula") {
     NoGradGuard no_grad;
     Tensor x = randn({2, kT, 8}, rng);
     for (int64_t p0 : {0, 5}) {
-      Tensor fast = layer.forward(x, p0), naive = layer.forward_naive(x, p0);
-      CHECK(max_abs_diff(fast, naive) < 2e-5f);
+      Tensor naive = layer.forward_naive(x, p0);
+      for (Core core : kCores) {
+        CAPTURE(core_name(core));
+        layer.core = core;
+        CHECK(max_abs_diff(layer.forward(x, p0), naive) < 2e-5f);
+      }
       // and the cores themselves, before the output projection
       nn::LatentInputs in = layer.project(x, p0);
-      CHECK(max_abs_diff(nn::latent_attention_chunked(in, c.window, c.chunk),
-                         nn::latent_attention_naive(in, c.window)) < 2e-5f);
+      Tensor reference = nn::latent_attention_naive(in, c.window);
+      CHECK(max_abs_diff(nn::latent_attention_chunked(in, c.window, c.chunk), reference) < 2e-5f);
+      CHECK(max_abs_diff(nn::latent_attention_fused(in, c.window), reference) < 2e-5f);
     }
   }
 }
 
 TEST_CASE("latent attention (2b): large write scores stay finite and exact") {
-  // Scores of +-30 and more across a chunk: the running max keeps exp() in range.
-  for (const Case& c : {Case{0, 4}, Case{3, 5}}) {
-    CAPTURE(name(c));
-    Rng rng(5);
-    LatentAttention layer(small_config(c.window, c.chunk), rng);
-    randomize(layer, 6);
-    for (auto& [n, p] : layer.named_parameters())
-      if (n == "latents")
-        for (int64_t i = 0; i < p.numel(); ++i) p.data()[i] *= 8.0f;
-    NoGradGuard no_grad;
-    Tensor x = randn({1, kT, 8}, rng, 2.0f);
-    Tensor fast = layer.forward(x), naive = layer.forward_naive(x);
-    for (float v : fast.to_vector()) REQUIRE(std::isfinite(v));
-    CHECK(max_abs_diff(fast, naive) < 1e-4f);
-  }
+  // Latents scaled up by `boost`: write scores of tens (8) to hundreds (100). The chunked
+  // path's stabiliser is one max per chunk: its forward holds while scores within a chunk
+  // spread by less than ~80 (boost 8 here), its backward, which divides by Zc^2, while they
+  // spread by less than ~40 (boost 3). The fused op keeps a max per position: any spread.
+  for (float boost : {3.0f, 8.0f, 100.0f})
+    for (const Case& c : {Case{0, 4}, Case{3, 5}}) {
+      CAPTURE(boost);
+      CAPTURE(name(c));
+      Rng rng(5);
+      LatentAttention layer(small_config(c.window, c.chunk), rng);
+      randomize(layer, 6);
+      for (auto& [n, p] : layer.named_parameters())
+        if (n == "latents")
+          for (int64_t i = 0; i < p.numel(); ++i) p.data()[i] *= boost;
+      Tensor x = lg::testing::random_leaf({1, kT, 8}, 7, 2.0f);
+      Tensor naive = layer.forward_naive(x);
+      for (Core core : kCores) {
+        CAPTURE(core_name(core));
+        const bool chunked = core == Core::Chunked;
+        if (chunked && boost > 8.0f) continue;
+        layer.core = core;
+        layer.zero_grad();
+        x.zero_grad();
+        Tensor y = layer.forward(x);
+        CHECK(max_abs_diff(y, naive) < 1e-4f);
+        if (chunked && boost > 3.0f) continue;
+        sum(y).backward();
+        bool finite = true;
+        for (auto& [n, p] : layer.named_parameters())
+          for (float v : p.grad().to_vector()) finite = finite && std::isfinite(v);
+        for (float v : x.grad().to_vector()) finite = finite && std::isfinite(v);
+        CHECK(finite);
+      }
+    }
 }
 
 TEST_CASE("latent attention (3): shift invariant, positions p0.. give the outputs of 0..") {
-  for (const Case& c : kCases) {
-    CAPTURE(name(c));
-    Rng rng(7);
-    LatentAttention layer(small_config(c.window, c.chunk), rng);
-    randomize(layer, 8);
-    NoGradGuard no_grad;
-    Tensor x = randn({2, kT, 8}, rng);
-    Tensor y0 = layer.forward(x, 0);
-    for (int64_t p0 : {1, 17, 1000}) {
-      CAPTURE(p0);
-      // RoPE angles of large positions are rounded to float: a little more slack than rounding.
-      CHECK(max_abs_diff(layer.forward(x, p0), y0) < 5e-5f);
+  for (Core core : kCores)
+    for (const Case& c : kCases) {
+      CAPTURE(core_name(core));
+      CAPTURE(name(c));
+      Rng rng(7);
+      LatentAttention layer(small_config(c.window, c.chunk), rng);
+      layer.core = core;
+      randomize(layer, 8);
+      NoGradGuard no_grad;
+      Tensor x = randn({2, kT, 8}, rng);
+      Tensor y0 = layer.forward(x, 0);
+      for (int64_t p0 : {1, 17, 1000}) {
+        CAPTURE(p0);
+        // RoPE angles of large positions are rounded to float: a little more slack than rounding.
+        CHECK(max_abs_diff(layer.forward(x, p0), y0) < 5e-5f);
+      }
     }
-  }
 }
 
 TEST_CASE("latent attention (4): step() token by token equals forward()") {
-  for (const Case& c : kCases) {
-    CAPTURE(name(c));
-    Rng rng(9);
-    LatentAttention layer(small_config(c.window, c.chunk), rng);
-    randomize(layer, 10);
-    NoGradGuard no_grad;
-    Tensor x = randn({2, kT, 8}, rng);  // B = 2
-    Tensor y = layer.forward(x);
-    auto state = layer.make_state(2);
-    for (int64_t t = 0; t < kT; ++t) {
-      CAPTURE(t);
-      Tensor yt = layer.step(contiguous_copy(slice(x, 1, t, t + 1)), *state);
-      CHECK(yt.shape() == Shape{2, 1, 8});
-      CHECK(max_abs_diff(yt, slice(y, 1, t, t + 1)) < 2e-5f);
+  for (Core core : kCores)
+    for (const Case& c : kCases) {
+      CAPTURE(core_name(core));
+      CAPTURE(name(c));
+      Rng rng(9);
+      LatentAttention layer(small_config(c.window, c.chunk), rng);
+      layer.core = core;
+      randomize(layer, 10);
+      NoGradGuard no_grad;
+      Tensor x = randn({2, kT, 8}, rng);  // B = 2
+      Tensor y = layer.forward(x);
+      auto state = layer.make_state(2);
+      for (int64_t t = 0; t < kT; ++t) {
+        CAPTURE(t);
+        Tensor yt = layer.step(contiguous_copy(slice(x, 1, t, t + 1)), *state);
+        CHECK(yt.shape() == Shape{2, 1, 8});
+        CHECK(max_abs_diff(yt, slice(y, 1, t, t + 1)) < 2e-5f);
+      }
+      CHECK(state->position == kT);
     }
-    CHECK(state->position == kT);
-  }
 }
 
 TEST_CASE("latent attention (4b): step() from a prompt processed by forward(x, first_position) positions") {
@@ -177,16 +216,53 @@ TEST_CASE("latent attention (4b): step() from a prompt processed by forward(x, f
 
 TEST_CASE("latent attention (5): gradients match finite differences for the input and every parameter") {
   const Case grad_cases[] = {{0, 3}, {0, 7}, {0, 1}, {2, 3}, {2, 7}, {4, 2}};
-  for (const Case& c : grad_cases) {
+  for (Core core : kCores)
+    for (const Case& c : grad_cases) {
+      if (core == Core::Fused && c.chunk != 3) continue;  // the fused op has no chunks
+      CAPTURE(core_name(core));
+      CAPTURE(name(c));
+      Rng rng(13);
+      LatentAttention layer(small_config(c.window, c.chunk), rng);
+      layer.core = core;
+      randomize(layer, 14);
+      Tensor x = lg::testing::random_leaf({2, 7, 8}, 15);  // (B, T, D), tiny: T = 7
+      std::vector<Tensor> wrt = {x};
+      for (auto& [n, p] : layer.named_parameters()) wrt.push_back(p);
+      CHECK(wrt.size() == 6);  // x, qkv.weight, qkv.bias, latents, proj.weight, proj.bias
+      lg::testing::check_gradients([&] { return layer.forward(x, 3); }, wrt);
+    }
+}
+
+TEST_CASE(
+    "latent attention (5b): the fused op's hand-written backward equals autograd through the chunked path") {
+  // Finite differences check to ~1e-3; the two analytic gradients agree to rounding. Longer
+  // sequence than (5) so the fused op's backward scan crosses many positions.
+  for (const Case& c : {Case{0, 4}, Case{3, 5}, Case{20, 16}}) {
     CAPTURE(name(c));
-    Rng rng(13);
+    Rng rng(17);
     LatentAttention layer(small_config(c.window, c.chunk), rng);
-    randomize(layer, 14);
-    Tensor x = lg::testing::random_leaf({2, 7, 8}, 15);  // (B, T, D), tiny: T = 7
-    std::vector<Tensor> wrt = {x};
-    for (auto& [n, p] : layer.named_parameters()) wrt.push_back(p);
-    CHECK(wrt.size() == 6);  // x, qkv.weight, qkv.bias, latents, proj.weight, proj.bias
-    lg::testing::check_gradients([&] { return layer.forward(x, 3); }, wrt);
+    randomize(layer, 18);
+    Tensor x = lg::testing::random_leaf({2, 29, 8}, 19);
+    Rng wrng(20);
+    Tensor weights = randn({2, 29, 8}, wrng);
+    std::vector<std::vector<float>> grads[2];
+    for (int i = 0; i < 2; ++i) {
+      layer.core = kCores[i];
+      layer.zero_grad();
+      x.zero_grad();
+      sum(mul(layer.forward(x, 2), weights)).backward();
+      grads[i].push_back(x.grad().to_vector());
+      for (auto& [n, p] : layer.named_parameters()) grads[i].push_back(p.grad().to_vector());
+    }
+    for (size_t k = 0; k < grads[0].size(); ++k) {
+      CAPTURE(k);
+      float worst = 0, largest = 0;
+      for (size_t j = 0; j < grads[0][k].size(); ++j) {
+        worst = std::max(worst, std::abs(grads[0][k][j] - grads[1][k][j]));
+        largest = std::max(largest, std::abs(grads[1][k][j]));
+      }
+      CHECK(worst <= 1e-4f * std::max(1.0f, largest));
+    }
   }
 }
 
