@@ -42,6 +42,10 @@ void ModelConfig::validate() const {
     non_negative("--q-rank", q_rank);
     non_negative("--rope-dim", rope_dim);
     if (rope_dim % 2 != 0) throw Error(fmt::format("--rope-dim {} is odd; RoPE needs an even size", rope_dim));
+    const int64_t head = dim / heads;
+    if (rope_dim == 0 && (head / 2) % 2 != 0)
+      throw Error(fmt::format("--attn mla: the default --rope-dim (head size / 2 = {}) is odd; give an even --rope-dim",
+                              head / 2));
   }
 }
 

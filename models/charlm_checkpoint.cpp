@@ -86,11 +86,10 @@ void save_checkpoint(const std::string& dir, const CheckpointMeta& meta, const C
 static bool has_meta(const std::string& dir) { return files::exists(dir + "/" + kMetaFile); }
 
 std::string resolve_checkpoint_dir(const std::string& path) {
-  if (has_meta(path)) return path;
-  if (has_meta(path + "/best")) return path + "/best";
-  if (has_meta(path + "/latest")) return path + "/latest";
   // replace_dir's fallback leaves only DIR.old for an instant; a crash there leaves it behind
-  if (has_meta(path + ".old")) return path + ".old";
+  for (const std::string& dir : {path, path + "/best", path + "/latest", path + ".old", path + "/best.old",
+                                 path + "/latest.old"})
+    if (has_meta(dir)) return dir;
   if (!files::exists(path)) throw Error(fmt::format("no checkpoint at {}: no such file or directory", path));
   throw Error(fmt::format("no checkpoint at {}: expected {}/{} (or a run directory with best/ or latest/)", path,
                           path, kMetaFile));
