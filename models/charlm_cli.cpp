@@ -68,9 +68,9 @@ optimization (AdamW, beta1 0.9, beta2 0.99; warmup then cosine decay to --min-lr
   --weight-decay X      decoupled decay of weight matrices            [0.1]
   --grad-clip X         max global gradient norm (0 = off)            [1.0]
 evaluation and logging:
-  --eval-every N        estimate train/val loss and save every N steps [250]
+  --eval-every N        estimate train/val loss, save; every N steps  [250]
   --eval-batches N      batches per estimate                          [20]
-  --log-every N         progress line every N steps when not a terminal [10]
+  --log-every N         progress line every N steps (not a terminal)  [10]
   --seed N              seed of initialisation, batches and dropout   [1337]
   --threads N           OpenMP/BLAS threads (0 = OMP_NUM_THREADS)     [0]
 
@@ -99,13 +99,15 @@ std::string sample_help() {
   return R"(usage: charlm sample --ckpt DIR [flags]
 
 Generates text, printing each character as it is produced. Each new character costs one
-incremental step per layer (attention state carried along, nothing recomputed).
+incremental step per layer (attention state carried along, nothing recomputed). The model
+was trained on windows of ctx characters: when the state reaches ctx positions it is
+rebuilt from the last ctx/2 characters, so every position stays in the trained range.
 
   --ckpt DIR            a checkpoint directory, or a run directory (uses its best/)
   --prompt STR          text to start from; every byte must be in the vocabulary
                         (empty: start after a newline)                ['']
   --tokens N            characters to generate                        [500]
-  --temperature T       softmax temperature; 0 = always the most likely [0.8]
+  --temperature T       softmax temperature; 0 = the most likely     [0.8]
   --top-k K             sample among the K most likely (0 = all)      [0]
   --seed S              sampling seed                                 [1337]
   --threads N           OpenMP/BLAS threads (0 = OMP_NUM_THREADS)     [0]

@@ -472,9 +472,11 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
         latest_saved = true;
         latest_step = step;
         end_progress();
-        human << fmt::format("step {} eval: train loss {:.4f} (bpc {:.3f})  val loss {:.4f} (ppl {:.3f}, bpc {:.3f}){}\n",
-                             step, p.train_loss, p.train_loss / std::log(2.0), p.val_loss, std::exp(p.val_loss),
-                             p.val_loss / std::log(2.0), improved ? "  [best, saved]" : "  [saved]")
+        human << fmt::format(
+                     "step {} eval: train loss {:.4f} (ppl {:.3f}, bpc {:.3f})  val loss {:.4f} (ppl {:.3f}, bpc "
+                     "{:.3f}){}\n",
+                     step, p.train_loss, std::exp(p.train_loss), p.train_loss / std::log(2.0), p.val_loss,
+                     std::exp(p.val_loss), p.val_loss / std::log(2.0), improved ? "  [best, saved]" : "  [saved]")
               << std::flush;
       }
       if (after_step) after_step(step, model);

@@ -419,6 +419,8 @@ TEST_CASE("bad input: missing, truncated, corrupted and incompatible checkpoints
   REQUIRE(eval(good).code == 0);
 
   expect_error(eval(dir / "nothing"), "no checkpoint at");
+  write_text(dir / "one.txt", "t");
+  expect_error(cli({"eval", "--ckpt", good, "--data", dir / "one.txt"}), "evaluation needs at least 2");
   expect_error(cli({"sample", "--ckpt", dir / "nothing"}), "no checkpoint at");
   expect_error(cli({"sample", "--ckpt", good, "--prompt", "the \xce\xa9"}), "is not in the checkpoint's vocabulary");
   expect_error(cli({"sample", "--ckpt", good, "--prompt", "Zebra"}), "'Z' (byte 0x5a) at offset 0");
