@@ -86,6 +86,7 @@ void forward_head(const Dims& n, const HeadRows& h) {
       Z[m] = Z[m] * rescale + e;
       const float inv_z = 1.0f / Z[m];
       float *sk = SK.data() + m * d, *sv = SV.data() + m * d;
+#pragma omp simd
       for (int64_t i = 0; i < d; ++i) {
         sk[i] = sk[i] * rescale + e * krt[i];
         sv[i] = sv[i] * rescale + e * vt[i];
@@ -156,6 +157,7 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
       // c_t = X . Kl + Y . Vl = dsigma_m (q_t . Kl_m / sqrt(d)) + P_m (dO_t . Vl_m)
       const float c = x_scale * dot(qt, Kl + m * d, d) + y_scale * dot(got, Vl + m * d, d);
       float *rx = RX.data() + m * d, *ry = RY.data() + m * d;
+#pragma omp simd
       for (int64_t i = 0; i < d; ++i) {
         rx[i] = decay * rx[i] + x_scale * qt[i];
         ry[i] = decay * ry[i] + y_scale * got[i];
