@@ -11,7 +11,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -129,27 +128,36 @@ double median(std::vector<double> v) {
 struct Variant {
   std::string label;
   nn::AttentionConfig config;
+  bool chunked_core = false;  // latent attention: the composed chunked path instead of the fused op
+  bool generation = true;     // step() is the same for both latent cores: time it once
 };
 
 std::vector<Variant> variants(const Options& o) {
-  nn::AttentionConfig base;
-  base.dim = o.dim;
-  base.heads = o.heads;
-  base.layers = 4;
-  base.latents = o.latents;
-  base.chunk = o.chunk;
+  nn::AttentionConfig c;
+  c.dim = o.dim;
+  c.heads = o.heads;
+  c.layers = 4;
+  c.latents = o.latents;
+  c.chunk = o.chunk;
   std::vector<Variant> out;
-  nn::AttentionConfig c = base;
   c.kind = nn::AttentionKind::MHA;
   out.push_back({"mha", c});
   c.kind = nn::AttentionKind::MLA;
   out.push_back({"mla", c});
   c.kind = nn::AttentionKind::Latent;
-  c.window = 0;
-  out.push_back({"latent W=0", c});
-  c.window = o.window;
-  out.push_back({fmt::format("latent W={}", o.window), c});
+  for (int64_t w : {int64_t{0}, o.window}) {
+    c.window = w;
+    out.push_back({fmt::format("latent W={}", w), c});
+    out.push_back({fmt::format("latent W={} chunked", w), c, true, false});
+  }
   return out;
+}
+
+std::shared_ptr<nn::Attention> build(const Variant& v) {
+  Rng rng(0);
+  auto layer = nn::make_attention(v.config, rng);
+  if (v.chunked_core) dynamic_cast<nn::LatentAttention&>(*layer).core = nn::LatentAttention::Core::Chunked;
+  return layer;
 }
 
 // Median ms of forward + backward on (1, T, D).
@@ -203,45 +211,41 @@ int main(int argc, char** argv) {
   fmt::print("attention forward+backward, batch 1, D={}, H={}, M={}, C={}, threads {}, median of {}\n\n",
              o.dim, o.heads, o.latents, o.chunk, get_num_threads(), o.reps);
 
-  std::string header = fmt::format("{:>12}", "T");
-  for (const Variant& v : kinds) header += fmt::format(" | {:>22}", v.label + " ms (ms/tok)");
+  // One row per kind, one column per T, then the growth of the per-token time.
+  std::string header = fmt::format("{:<20}", "kind");
+  for (int64_t T : o.lengths) header += fmt::format(" | {:>21}", fmt::format("T={} ms (ms/token)", T));
+  if (o.lengths.size() > 1)
+    header += fmt::format(" | {:>13}", fmt::format("{}/{}", o.lengths.back(), o.lengths.front()));
   fmt::print("{}\n{}\n", header, std::string(header.size(), '-'));
-  std::map<std::string, std::vector<double>> per_token;  // label -> ms per token for each T
-  for (int64_t T : o.lengths) {
-    std::string row = fmt::format("{:>12}", T);
-    for (const Variant& v : kinds) {
-      Rng rng(0);
-      auto layer = nn::make_attention(v.config, rng);
+  for (const Variant& v : kinds) {
+    std::string row = fmt::format("{:<20}", v.label);
+    std::vector<double> per_token;
+    for (int64_t T : o.lengths) {
+      auto layer = build(v);
       double ms = time_train(*layer, T, o.dim, o.reps);
-      per_token[v.label].push_back(ms / static_cast<double>(T));
-      row += fmt::format(" | {:>9.2f} ({:>9.5f})", ms, ms / static_cast<double>(T));
-      std::fflush(stdout);
+      per_token.push_back(ms / static_cast<double>(T));
+      row += fmt::format(" | {:>9.2f} ({:>9.5f})", ms, per_token.back());
     }
+    if (per_token.size() > 1) row += fmt::format(" | {:>12.2f}x", per_token.back() / per_token.front());
     fmt::print("{}\n", row);
-  }
-  if (o.lengths.size() > 1) {
-    std::string row = fmt::format("{:>12}", fmt::format("{}/{}", o.lengths.back(), o.lengths.front()));
-    for (const Variant& v : kinds) {
-      const auto& pt = per_token[v.label];
-      row += fmt::format(" | {:>22}", fmt::format("x{:.2f} per token", pt.back() / pt.front()));
-    }
-    fmt::print("{}\n", row);
+    std::fflush(stdout);
   }
 
   if (o.generation) {
     fmt::print("\ngeneration: median ms per step() over {} steps, batch 1\n\n", o.steps);
-    std::string gh = fmt::format("{:>12}", "kind");
-    for (int64_t T : o.lengths) gh += fmt::format(" | {:>24}", fmt::format("T={}: pos ~100 / ~T", T));
+    std::string gh = fmt::format("{:<20}", "kind");
+    for (int64_t T : o.lengths) gh += fmt::format(" | {:>21}", fmt::format("T={}: pos ~100 / ~T", T));
     fmt::print("{}\n{}\n", gh, std::string(gh.size(), '-'));
     for (const Variant& v : kinds) {
-      std::string row = fmt::format("{:>12}", v.label);
+      if (!v.generation) continue;
+      std::string row = fmt::format("{:<20}", v.label);
       for (int64_t T : o.lengths) {
-        Rng rng(0);
-        auto layer = nn::make_attention(v.config, rng);
+        auto layer = build(v);
         StepTimes st = time_generation(*layer, T, o.dim, o.steps);
-        row += fmt::format(" | {:>11.4f} / {:>10.4f}", st.near_start, st.near_end);
+        row += fmt::format(" | {:>9.4f} / {:>9.4f}", st.near_start, st.near_end);
       }
       fmt::print("{}\n", row);
+      std::fflush(stdout);
     }
   }
   return 0;
