@@ -98,7 +98,7 @@ static void check_inputs(const LatentInputs& in, const char* who) {
 }
 
 // ============================================================================
-// Chunked core (spec, "Chunked"): the training path
+// Chunked core (spec, "Chunked"): the training algorithm, composed from core ops
 // ============================================================================
 //
 // Positions are processed in chunks [c0, c1). Before a chunk, the carried state holds, per

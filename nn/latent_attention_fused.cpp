@@ -124,13 +124,13 @@ void forward_head(const Dims& n, const HeadRows& h) {
 void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq, float* dk, float* dkr,
                    float* dv, float* dl) {
   const int64_t T = n.T, d = n.d, M = n.M, W = n.W;
-  std::vector<float> RX(M * d, 0.0f), RY(M * d, 0.0f), Rc(M, 0.0f), dsigma(M + W);
+  std::vector<float> RX(M * d, 0.0f), RY(M * d, 0.0f), Rc(M, 0.0f), dP(M), dsigma(M + W);
   for (int64_t t = T - 1; t >= 0; --t) {
     const float *Kl = h.Kl + t * M * d, *Vl = h.Vl + t * M * d, *P = h.P + t * (M + W);
     const float *qt = h.q + t * d, *got = go + t * d;
     // Read at t: softmax backward, then the query's and the window's gradients.
     float p_dp = 0.0f;
-    for (int64_t m = 0; m < M; ++m) p_dp += P[m] * (dsigma[m] = dot(got, Vl + m * d, d));
+    for (int64_t m = 0; m < M; ++m) p_dp += P[m] * (dsigma[m] = dP[m] = dot(got, Vl + m * d, d));
     for (int64_t j = 0; j < W; ++j) {
       const int64_t s = t - W + 1 + j;
       dsigma[M + j] = s >= 0 ? dot(got, h.v + s * d, d) : 0.0f;
@@ -154,8 +154,8 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
       const float inv_z = 1.0f / h.Z[t * M + m];
       const float x_scale = dsigma[m] * n.scale * inv_z,
                   y_scale = P[m] * inv_z;  // X / Z = x_scale q_t, Y / Z
-      // c_t = X . Kl + Y . Vl = dsigma_m (q_t . Kl_m / sqrt(d)) + P_m (dO_t . Vl_m)
-      const float c = x_scale * dot(qt, Kl + m * d, d) + y_scale * dot(got, Vl + m * d, d);
+      // c_t / Z = (X . Kl + Y . Vl) / Z, with Y . Vl = P_m (dO_t . Vl_m) = P_m dP_m
+      const float c = x_scale * dot(qt, Kl + m * d, d) + y_scale * dP[m];
       float *rx = RX.data() + m * d, *ry = RY.data() + m * d;
 #pragma omp simd
       for (int64_t i = 0; i < d; ++i) {
