@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
   }
   std::ios::sync_with_stdio(false);
   lg::charlm::install_sigint_handler();
-  lg::charlm::Console console{std::cout, std::cerr, ::isatty(STDOUT_FILENO) == 1, ::isatty(STDERR_FILENO) == 1};
+  lg::charlm::Console console{std::cout, std::cerr, ::isatty(STDOUT_FILENO) == 1,
+                              ::isatty(STDERR_FILENO) == 1};
   std::vector<std::string> args(argv + 1, argv + argc);
   return lg::charlm::charlm_main(args, console);
 }

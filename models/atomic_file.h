@@ -23,7 +23,7 @@ void ensure_writable_dir(const std::string& dir);
 // Afterwards `staged` no longer exists.
 void replace_dir(const std::string& staged, const std::string& target);
 
-void remove_tree(const std::string& path);   // rm -rf; silent when missing
+void remove_tree(const std::string& path);  // rm -rf; silent when missing
 bool exists(const std::string& path);
 void fsync_dir(const std::string& dir);
 

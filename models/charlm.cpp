@@ -23,16 +23,18 @@ void ModelConfig::validate() const {
   auto non_negative = [](const char* flag, int64_t v) {
     if (v < 0) throw Error(fmt::format("{} must be >= 0, got {}", flag, v));
   };
-  if (vocab < 2) throw Error(fmt::format("vocabulary of {} ids is too small (needs at least one byte)", vocab));
+  if (vocab < 2)
+    throw Error(fmt::format("vocabulary of {} ids is too small (needs at least one byte)", vocab));
   positive("--layers", layers);
   positive("--heads", heads);
   positive("--dim", dim);
   positive("--ctx", ctx);
   if (dim % heads != 0) throw Error(fmt::format("--dim {} is not divisible by --heads {}", dim, heads));
   if ((dim / heads) % 2 != 0)
-    throw Error(fmt::format("head size --dim / --heads = {} / {} = {} is odd; RoPE needs an even head size", dim,
-                            heads, dim / heads));
-  if (!(dropout >= 0.0f && dropout < 1.0f)) throw Error(fmt::format("--dropout must be in [0, 1), got {}", dropout));
+    throw Error(fmt::format("head size --dim / --heads = {} / {} = {} is odd; RoPE needs an even head size",
+                            dim, heads, dim / heads));
+  if (!(dropout >= 0.0f && dropout < 1.0f))
+    throw Error(fmt::format("--dropout must be in [0, 1), got {}", dropout));
   if (attention == nn::AttentionKind::Latent) {
     positive("--latents", latents);
     non_negative("--window", window);
@@ -41,11 +43,13 @@ void ModelConfig::validate() const {
     non_negative("--kv-rank", kv_rank);
     non_negative("--q-rank", q_rank);
     non_negative("--rope-dim", rope_dim);
-    if (rope_dim % 2 != 0) throw Error(fmt::format("--rope-dim {} is odd; RoPE needs an even size", rope_dim));
+    if (rope_dim % 2 != 0)
+      throw Error(fmt::format("--rope-dim {} is odd; RoPE needs an even size", rope_dim));
     const int64_t head = dim / heads;
     if (rope_dim == 0 && (head / 2) % 2 != 0)
-      throw Error(fmt::format("--attn mla: the default --rope-dim (head size / 2 = {}) is odd; give an even --rope-dim",
-                              head / 2));
+      throw Error(fmt::format(
+          "--attn mla: the default --rope-dim (head size / 2 = {}) is odd; give an even --rope-dim",
+          head / 2));
   }
 }
 
@@ -121,10 +125,10 @@ CharLM::CharLM(const ModelConfig& config, Rng& init_rng) : config_(config) {
 Tensor CharLM::forward(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng) {
   if (T < 1 || T > config_.ctx)
     throw Error(fmt::format("CharLM::forward: T = {} must be in [1, ctx = {}]", T, config_.ctx));
-  Tensor h = wte->forward(ids, {B, T});                          // (B, T, D)
+  Tensor h = wte->forward(ids, {B, T});                              // (B, T, D)
   for (auto& block : blocks) h = block->forward(h, 0, dropout_rng);  // (B, T, D)
-  h = ln_f->forward(h);                                          // (B, T, D)
-  return matmul(h, transpose(wte->weight, 0, 1));                // (B, T, V): tied head, W^T as a view
+  h = ln_f->forward(h);                                              // (B, T, D)
+  return matmul(h, transpose(wte->weight, 0, 1));                    // (B, T, V): tied head, W^T as a view
 }
 
 Tensor CharLM::loss(const Tensor& logits, const std::vector<int32_t>& targets) {

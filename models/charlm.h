@@ -63,9 +63,9 @@ class CharLM : public nn::Module {
 
   const ModelConfig& config() const { return config_; }
 
-  std::shared_ptr<nn::Embedding> wte;                     // "wte": weight (V, D), also the output head
+  std::shared_ptr<nn::Embedding> wte;                         // "wte": weight (V, D), also the output head
   std::vector<std::shared_ptr<nn::TransformerBlock>> blocks;  // "blocks.0" .. "blocks.{L-1}"
-  std::shared_ptr<nn::LayerNorm> ln_f;                    // "ln_f"
+  std::shared_ptr<nn::LayerNorm> ln_f;                        // "ln_f"
 
  private:
   ModelConfig config_;
@@ -74,13 +74,13 @@ class CharLM : public nn::Module {
 // ---- evaluation ---------------------------------------------------------------------------
 
 struct EvalResult {
-  double loss = 0;        // mean cross-entropy (nats) over every predicted token
-  int64_t tokens = 0;     // predictions made
-  int64_t correct = 0;    // argmax == target
-  int64_t unknown = 0;    // targets outside the vocabulary (id 0)
+  double loss = 0;      // mean cross-entropy (nats) over every predicted token
+  int64_t tokens = 0;   // predictions made
+  int64_t correct = 0;  // argmax == target
+  int64_t unknown = 0;  // targets outside the vocabulary (id 0)
   double seconds = 0;
   double ppl() const;
-  double bpc() const;     // bits per character (byte): loss / ln 2
+  double bpc() const;  // bits per character (byte): loss / ln 2
   double accuracy() const;
 };
 

@@ -45,7 +45,8 @@ void save_checkpoint(const std::string& dir, const CheckpointMeta& meta, const C
   files::ensure_writable_dir(staging);
   try {
     json::Value config = meta.model.to_json();
-    nn::save_module(model, staging + "/" + kModelFile, {{"format", "latentgrad-charlm"}, {"config", config.dump()}});
+    nn::save_module(model, staging + "/" + kModelFile,
+                    {{"format", "latentgrad-charlm"}, {"config", config.dump()}});
     if (optimizer) optimizer->save(staging + "/" + kOptimizerFile);
 
     json::Value j = json::Value::object();
@@ -67,7 +68,8 @@ void save_checkpoint(const std::string& dir, const CheckpointMeta& meta, const C
     rng.set("data", rng_json(meta.data_rng));
     rng.set("dropout", rng_json(meta.dropout_rng));
     j.set("rng", rng);
-    j.set("best_val_loss", std::isfinite(meta.best_val_loss) ? json::Value(meta.best_val_loss) : json::Value());
+    j.set("best_val_loss",
+          std::isfinite(meta.best_val_loss) ? json::Value(meta.best_val_loss) : json::Value());
     j.set("best_step", meta.best_step);
     j.set("train_seconds", meta.train_seconds);
     json::Value file_list = json::Value::object();
@@ -87,12 +89,12 @@ static bool has_meta(const std::string& dir) { return files::exists(dir + "/" + 
 
 std::string resolve_checkpoint_dir(const std::string& path) {
   // replace_dir's fallback leaves only DIR.old for an instant; a crash there leaves it behind
-  for (const std::string& dir : {path, path + "/best", path + "/latest", path + ".old", path + "/best.old",
-                                 path + "/latest.old"})
+  for (const std::string& dir :
+       {path, path + "/best", path + "/latest", path + ".old", path + "/best.old", path + "/latest.old"})
     if (has_meta(dir)) return dir;
   if (!files::exists(path)) throw Error(fmt::format("no checkpoint at {}: no such file or directory", path));
-  throw Error(fmt::format("no checkpoint at {}: expected {}/{} (or a run directory with best/ or latest/)", path,
-                          path, kMetaFile));
+  throw Error(fmt::format("no checkpoint at {}: expected {}/{} (or a run directory with best/ or latest/)",
+                          path, path, kMetaFile));
 }
 
 CheckpointMeta read_checkpoint_meta(const std::string& dir) {
@@ -117,7 +119,8 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
     }
     m.vocab = Vocab::from_bytes(std::move(bytes));
     if (m.vocab.size() != m.model.vocab)
-      throw Error(fmt::format("vocab has {} ids but the model config says {}", m.vocab.size(), m.model.vocab));
+      throw Error(
+          fmt::format("vocab has {} ids but the model config says {}", m.vocab.size(), m.model.vocab));
     m.model.validate();
     m.training = j.at("training");
     const json::Value& corpus = j.at("corpus");
@@ -127,7 +130,8 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
     m.data_rng = rng_from_json(j.at("rng").at("data"), "rng.data");
     m.dropout_rng = rng_from_json(j.at("rng").at("dropout"), "rng.dropout");
     const json::Value& best = j.at("best_val_loss");
-    m.best_val_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.as_number("best_val_loss");
+    m.best_val_loss =
+        best.is_null() ? std::numeric_limits<double>::infinity() : best.as_number("best_val_loss");
     m.best_step = j.at("best_step").as_int("best_step");
     m.train_seconds = j.at("train_seconds").as_number("train_seconds");
     // The tensor files must be the ones this metadata was written with.

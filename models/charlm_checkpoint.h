@@ -1,4 +1,5 @@
-// models/charlm_checkpoint.h: the char LM's checkpoint directory: weights, optimizer, and everything to resume exactly.
+// models/charlm_checkpoint.h: the char LM's checkpoint directory: weights, optimizer, and everything to
+// resume exactly.
 //
 // A checkpoint is a directory holding three files:
 //   model.safetensors      every parameter under its module path ("wte.weight", "blocks.0.ln1.weight", ...)
@@ -40,9 +41,9 @@ struct CheckpointMeta {
   int64_t step = 0;                    // optimizer steps completed
   std::array<uint64_t, 4> data_rng{};  // batch sampling, as it stands after `step` steps
   std::array<uint64_t, 4> dropout_rng{};
-  double best_val_loss = 0;            // lowest estimated val loss so far (inf before any evaluation)
+  double best_val_loss = 0;  // lowest estimated val loss so far (inf before any evaluation)
   int64_t best_step = -1;
-  double train_seconds = 0;            // time spent in training steps so far
+  double train_seconds = 0;  // time spent in training steps so far
 };
 
 // Writes the checkpoint directory `dir` (see above). `optimizer` may be null (no optimizer file).

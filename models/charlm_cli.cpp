@@ -160,8 +160,10 @@ ParsedFlags parse_flags(const std::vector<std::string>& args, const std::vector<
       if (arg == s.name) spec = &s;
     if (!spec) {
       if (arg.rfind("-", 0) != 0)
-        throw UsageError(fmt::format("charlm {}: unexpected argument '{}' (see charlm {} --help)", command, arg, command));
-      throw UsageError(fmt::format("charlm {}: unknown flag {} (see charlm {} --help)", command, arg, command));
+        throw UsageError(
+            fmt::format("charlm {}: unexpected argument '{}' (see charlm {} --help)", command, arg, command));
+      throw UsageError(
+          fmt::format("charlm {}: unknown flag {} (see charlm {} --help)", command, arg, command));
     }
     if (parsed.given.count(arg)) throw UsageError(fmt::format("charlm {}: {} given twice", command, arg));
     if (spec->takes_value && !inline_value) {
@@ -199,7 +201,8 @@ double to_real(const std::string& flag, const std::string& text) {
 }
 
 const std::string& required(const ParsedFlags& f, const std::string& flag, const std::string& command) {
-  if (!f.has(flag)) throw UsageError(fmt::format("charlm {}: {} is required (see charlm {} --help)", command, flag, command));
+  if (!f.has(flag))
+    throw UsageError(fmt::format("charlm {}: {} is required (see charlm {} --help)", command, flag, command));
   if (f.get(flag).empty()) throw UsageError(fmt::format("charlm {}: {} is empty", command, flag));
   return f.get(flag);
 }
@@ -243,8 +246,8 @@ int train_command(const std::vector<std::string>& args, Console& console) {
 }
 
 int eval_command(const std::vector<std::string>& args, Console& console) {
-  ParsedFlags f = parse_flags(args, {{"--ckpt", true}, {"--data", true}, {"--json", false}, {"--threads", true}},
-                              "eval");
+  ParsedFlags f =
+      parse_flags(args, {{"--ckpt", true}, {"--data", true}, {"--json", false}, {"--threads", true}}, "eval");
   if (f.help) {
     console.out << eval_help();
     return 0;
@@ -257,15 +260,17 @@ int eval_command(const std::vector<std::string>& args, Console& console) {
 
   LoadedModel m = load_model(ckpt);
   const std::string text = read_corpus(data);
-  if (text.size() < 2) throw Error(fmt::format("{} has {} byte; evaluation needs at least 2", data, text.size()));
+  if (text.size() < 2)
+    throw Error(fmt::format("{} has {} byte; evaluation needs at least 2", data, text.size()));
   const std::vector<int32_t> ids = m.meta.vocab.encode(text);
   const int64_t unknown = m.meta.vocab.count_unknown(text);
   EvalResult r = evaluate_tokens(*m.model, ids, 16);
-  human << fmt::format("charlm eval: {} (step {}, {} attention, {} parameters) on {} ({} bytes, {} outside the "
-                       "vocabulary)\n",
-                       m.dir, m.meta.step, nn::attention_kind_name(m.meta.model.attention),
-                       human_count(m.model->parameter_count()), data, human_count(static_cast<int64_t>(text.size())),
-                       human_count(unknown));
+  human << fmt::format(
+      "charlm eval: {} (step {}, {} attention, {} parameters) on {} ({} bytes, {} outside the "
+      "vocabulary)\n",
+      m.dir, m.meta.step, nn::attention_kind_name(m.meta.model.attention),
+      human_count(m.model->parameter_count()), data, human_count(static_cast<int64_t>(text.size())),
+      human_count(unknown));
   human << "  " << metrics_line("eval", r) << "\n";
   human << fmt::format("  {:.1f} s, {} tokens/s\n", r.seconds,
                        human_count(std::llround(static_cast<double>(r.tokens) / std::max(r.seconds, 1e-9))));
@@ -323,9 +328,10 @@ int sample_command(const std::vector<std::string>& args, Console& console) {
   for (size_t i = 0; i < prompt.size(); ++i) {
     uint8_t b = static_cast<uint8_t>(prompt[i]);
     if (vocab.id_of(b) == kUnknownId)
-      throw Error(fmt::format("--prompt: {} at offset {} is not in the checkpoint's vocabulary ({} bytes seen in "
-                              "training)",
-                              byte_description(b), i, vocab.size() - 1));
+      throw Error(
+          fmt::format("--prompt: {} at offset {} is not in the checkpoint's vocabulary ({} bytes seen in "
+                      "training)",
+                      byte_description(b), i, vocab.size() - 1));
   }
   Generator gen(*m.model);
   if (prompt.empty()) {
@@ -349,13 +355,13 @@ int sample_command(const std::vector<std::string>& args, Console& console) {
 
 TrainInvocation parse_train_args(const std::vector<std::string>& args) {
   static const std::vector<FlagSpec> specs = {
-      {"--data", true},     {"--out", true},       {"--attn", true},         {"--layers", true},
-      {"--heads", true},    {"--dim", true},       {"--ctx", true},          {"--batch", true},
-      {"--latents", true},  {"--window", true},    {"--kv-rank", true},      {"--q-rank", true},
-      {"--rope-dim", true}, {"--dropout", true},   {"--steps", true},        {"--lr", true},
-      {"--min-lr", true},   {"--warmup", true},    {"--weight-decay", true}, {"--grad-clip", true},
-      {"--eval-every", true}, {"--eval-batches", true}, {"--log-every", true}, {"--split", true},
-      {"--seed", true},     {"--threads", true},   {"--resume", false},      {"--json", false}};
+      {"--data", true},       {"--out", true},          {"--attn", true},         {"--layers", true},
+      {"--heads", true},      {"--dim", true},          {"--ctx", true},          {"--batch", true},
+      {"--latents", true},    {"--window", true},       {"--kv-rank", true},      {"--q-rank", true},
+      {"--rope-dim", true},   {"--dropout", true},      {"--steps", true},        {"--lr", true},
+      {"--min-lr", true},     {"--warmup", true},       {"--weight-decay", true}, {"--grad-clip", true},
+      {"--eval-every", true}, {"--eval-batches", true}, {"--log-every", true},    {"--split", true},
+      {"--seed", true},       {"--threads", true},      {"--resume", false},      {"--json", false}};
   ParsedFlags f = parse_flags(args, specs, "train");
   TrainInvocation call;
   call.help = f.help;
@@ -441,7 +447,8 @@ int charlm_main(const std::vector<std::string>& args, Console& console) {
     if (command == "train") return train_command(rest, console);
     if (command == "eval") return eval_command(rest, console);
     if (command == "sample") return sample_command(rest, console);
-    throw UsageError(fmt::format("unknown command '{}' (expected train, eval or sample; see charlm --help)", command));
+    throw UsageError(
+        fmt::format("unknown command '{}' (expected train, eval or sample; see charlm --help)", command));
   } catch (const UsageError& e) {
     console.err << "charlm: error: " << e.what() << std::endl;
     return kExitUsage;

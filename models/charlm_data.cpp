@@ -91,9 +91,10 @@ void check_split_lengths(const Splits& splits, int64_t corpus_bytes, int64_t ctx
       {"train", splits.train}, {"val", splits.val}, {"test", splits.test}};
   for (auto& [name, part] : parts)
     if (static_cast<int64_t>(part.size()) < ctx + 1)
-      throw Error(fmt::format("corpus too short: {} bytes give a {} split of {} bytes, which needs at least "
-                              "ctx + 1 = {} (use a longer text, a smaller --ctx or another --split)",
-                              corpus_bytes, name, part.size(), ctx + 1));
+      throw Error(
+          fmt::format("corpus too short: {} bytes give a {} split of {} bytes, which needs at least "
+                      "ctx + 1 = {} (use a longer text, a smaller --ctx or another --split)",
+                      corpus_bytes, name, part.size(), ctx + 1));
 }
 
 void sample_batch(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& rng, std::vector<int32_t>& x,

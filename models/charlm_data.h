@@ -23,10 +23,10 @@ inline constexpr int32_t kUnknownId = 0;
 struct Vocab {
   std::vector<uint8_t> bytes;  // bytes[id - 1] is the byte of id (ids 1..size()-1), ascending
 
-  static Vocab from_text(std::string_view train_text);       // the distinct bytes of the text
-  static Vocab from_bytes(std::vector<uint8_t> bytes);       // throws lg::Error unless ascending, distinct
+  static Vocab from_text(std::string_view train_text);  // the distinct bytes of the text
+  static Vocab from_bytes(std::vector<uint8_t> bytes);  // throws lg::Error unless ascending, distinct
   int64_t size() const { return static_cast<int64_t>(bytes.size()) + 1; }  // V, including unknown
-  int32_t id_of(uint8_t byte) const { return id_of_[byte]; }  // kUnknownId when absent
+  int32_t id_of(uint8_t byte) const { return id_of_[byte]; }               // kUnknownId when absent
   uint8_t byte_of(int32_t id) const { return bytes.at(static_cast<size_t>(id - 1)); }  // id >= 1
   std::vector<int32_t> encode(std::string_view text) const;
   int64_t count_unknown(std::string_view text) const;

@@ -1,4 +1,5 @@
-// models/charlm_train.cpp: the training run: setup and checks, the step loop, evaluations, checkpoints, reports.
+// models/charlm_train.cpp: the training run: setup and checks, the step loop, evaluations, checkpoints,
+// reports.
 #include "models/charlm_train.h"
 
 #include <fmt/format.h>
@@ -35,7 +36,8 @@ void TrainSettings::validate(bool vocab_known) const {
     if (v <= 0) throw Error(fmt::format("{} must be a positive integer, got {}", flag, v));
   };
   auto positive_real = [](const char* flag, double v) {
-    if (!(v > 0) || !std::isfinite(v)) throw Error(fmt::format("{} must be a positive number, got {}", flag, v));
+    if (!(v > 0) || !std::isfinite(v))
+      throw Error(fmt::format("{} must be a positive number, got {}", flag, v));
   };
   positive("--batch", batch);
   positive("--steps", steps);
@@ -43,7 +45,8 @@ void TrainSettings::validate(bool vocab_known) const {
   positive("--eval-batches", eval_batches);
   positive("--log-every", log_every);
   positive_real("--lr", lr);
-  if (!(min_lr >= 0) || !std::isfinite(min_lr)) throw Error(fmt::format("--min-lr must be >= 0, got {}", min_lr));
+  if (!(min_lr >= 0) || !std::isfinite(min_lr))
+    throw Error(fmt::format("--min-lr must be >= 0, got {}", min_lr));
   if (min_lr > lr) throw Error(fmt::format("--min-lr {} is above --lr {}", min_lr, lr));
   if (warmup < 0) throw Error(fmt::format("--warmup must be >= 0, got {}", warmup));
   if (!(weight_decay >= 0) || !std::isfinite(weight_decay))
@@ -215,8 +218,9 @@ std::vector<EvalPoint> read_metrics(const std::string& path, int64_t step) {
     if (end == std::string::npos) end = text.size();
     try {
       json::Value v = json::parse(std::string_view(text).substr(start, end - start));
-      EvalPoint p{v.at("step").as_int(), v.at("train_loss").as_number(), v.at("val_loss").as_number(),
-                  v.at("lr").as_number(), v.at("tokens_per_s").as_number(), v.at("train_seconds").as_number()};
+      EvalPoint p{
+          v.at("step").as_int(),  v.at("train_loss").as_number(),   v.at("val_loss").as_number(),
+          v.at("lr").as_number(), v.at("tokens_per_s").as_number(), v.at("train_seconds").as_number()};
       if (p.step <= step) points.push_back(p);
     } catch (const Error&) {
       // a line that does not parse is dropped: the file is a report, rewritten below
@@ -237,8 +241,9 @@ void write_reports(const std::string& out, const std::vector<EvalPoint>& points)
     val.y.push_back(p.val_loss);
   }
   files::write_file_atomic(out + "/metrics.jsonl", jsonl);
-  files::write_file_atomic(out + "/loss.svg", plot::line_chart_svg({train, val}, "charlm: loss during training",
-                                                                   "step", "cross-entropy loss (nats)", /*x_from_zero=*/true));
+  files::write_file_atomic(out + "/loss.svg",
+                           plot::line_chart_svg({train, val}, "charlm: loss during training", "step",
+                                                "cross-entropy loss (nats)", /*x_from_zero=*/true));
 }
 
 std::string shape_text(const Shape& shape) {
@@ -274,7 +279,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const std::string latest_dir = settings.out + "/latest", best_dir = settings.out + "/best";
     CheckpointMeta resumed;
     if (settings.resume) {
-      if (!files::exists(latest_dir + "/checkpoint.json") && !files::exists(latest_dir + ".old/checkpoint.json"))
+      if (!files::exists(latest_dir + "/checkpoint.json") &&
+          !files::exists(latest_dir + ".old/checkpoint.json"))
         return fail(fmt::format("--resume: no checkpoint at {}/checkpoint.json", latest_dir));
       std::string dir = resolve_checkpoint_dir(latest_dir);
       resumed = read_checkpoint_meta(dir);
@@ -284,9 +290,10 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
         if (resume_may_override(flag)) continue;
         std::string key = flag.substr(2);
         if (given_json.at(key).dump() != saved_json.at(key).dump())
-          return fail(fmt::format("--resume: {} {} differs from the checkpoint's {} (only --steps, --eval-every, "
-                                  "--eval-batches, --log-every and --threads may change when resuming)",
-                                  flag, given_json.at(key).dump(), saved_json.at(key).dump()));
+          return fail(
+              fmt::format("--resume: {} {} differs from the checkpoint's {} (only --steps, --eval-every, "
+                          "--eval-batches, --log-every and --threads may change when resuming)",
+                          flag, given_json.at(key).dump(), saved_json.at(key).dump()));
       }
       saved.data = settings.data;
       saved.out = settings.out;
@@ -308,15 +315,18 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const Splits splits = split_corpus(corpus, settings.split);
     check_split_lengths(splits, static_cast<int64_t>(corpus.size()), settings.model.ctx);
     CorpusInfo corpus_info{settings.data, static_cast<int64_t>(corpus.size()), files::fnv1a64(corpus)};
-    if (settings.resume && (corpus_info.bytes != resumed.corpus.bytes || corpus_info.fnv1a != resumed.corpus.fnv1a))
-      return fail(fmt::format("--resume: {} ({} bytes) is not the corpus the checkpoint was trained on ({}, {} bytes)",
-                              settings.data, corpus_info.bytes, resumed.corpus.path, resumed.corpus.bytes));
+    if (settings.resume &&
+        (corpus_info.bytes != resumed.corpus.bytes || corpus_info.fnv1a != resumed.corpus.fnv1a))
+      return fail(fmt::format(
+          "--resume: {} ({} bytes) is not the corpus the checkpoint was trained on ({}, {} bytes)",
+          settings.data, corpus_info.bytes, resumed.corpus.path, resumed.corpus.bytes));
     const Vocab vocab = settings.resume ? resumed.vocab : Vocab::from_text(splits.train);
     settings.model.vocab = vocab.size();
     settings.validate(true);
     if (!settings.resume && (files::exists(latest_dir) || files::exists(best_dir)))
-      return fail(fmt::format("{} already holds a training run; pass --resume to continue it or choose another --out",
-                              settings.out));
+      return fail(
+          fmt::format("{} already holds a training run; pass --resume to continue it or choose another --out",
+                      settings.out));
 
     set_num_threads(static_cast<int>(settings.threads));
     const std::vector<int32_t> train_ids = vocab.encode(splits.train);
@@ -345,8 +355,9 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       load_checkpoint_weights(dir, model);
       load_checkpoint_optimizer(dir, optimizer);
       if (optimizer.step_count() != resumed.step)
-        return fail(fmt::format("checkpoint {} is unusable: optimizer state is at step {}, checkpoint.json at {}",
-                                dir, optimizer.step_count(), resumed.step));
+        return fail(
+            fmt::format("checkpoint {} is unusable: optimizer state is at step {}, checkpoint.json at {}",
+                        dir, optimizer.step_count(), resumed.step));
       step = resumed.step;
       data_rng.set_state(resumed.data_rng);
       dropout_rng.set_state(resumed.dropout_rng);
@@ -366,17 +377,19 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                          human_count(static_cast<int64_t>(splits.train.size())),
                          human_count(static_cast<int64_t>(splits.val.size())),
                          human_count(static_cast<int64_t>(splits.test.size())));
-    human << fmt::format("  {:<14}{} ids: {} distinct bytes of the train split + id 0 for unknown bytes "
-                         "(val has {}, test has {})\n",
-                         "vocab", vocab.size(), vocab.size() - 1, vocab.count_unknown(splits.val),
-                         vocab.count_unknown(splits.test));
+    human << fmt::format(
+        "  {:<14}{} ids: {} distinct bytes of the train split + id 0 for unknown bytes "
+        "(val has {}, test has {})\n",
+        "vocab", vocab.size(), vocab.size() - 1, vocab.count_unknown(splits.val),
+        vocab.count_unknown(splits.test));
     const json::Value settings_json = settings.to_json();
     for (const auto& [key, value] : settings_json.items())
       human << fmt::format("  {:<14}{}\n", key, value.is_string() ? value.as_string() : value.dump());
     human << fmt::format("  {:<14}{}\n", "threads used", get_num_threads());
     human << "parameters (the output head reuses wte.weight):\n";
     for (const auto& [name, tensor] : model.named_parameters())
-      human << fmt::format("  {:<34}{:<14}{:>10}\n", name, shape_text(tensor.shape()), human_count(tensor.numel()));
+      human << fmt::format("  {:<34}{:<14}{:>10}\n", name, shape_text(tensor.shape()),
+                           human_count(tensor.numel()));
     human << fmt::format("  {:<48}{:>10}\n", "total", human_count(result.params));
     human.flush();
 
@@ -411,13 +424,14 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       optimizer.config.lr = lr;
       sample_batch(train_ids, B, T, data_rng, x, y);
       Tensor logits = model.forward(x, B, T, dropout_rng);  // (B, T, V)
-      Tensor loss = CharLM::loss(logits, y);                 // ()
+      Tensor loss = CharLM::loss(logits, y);                // ()
       const float loss_value = loss.item();
       optimizer.zero_grad();
       loss.backward();
-      const float grad_norm = settings.grad_clip > 0
-                                  ? optim::clip_grad_norm(model.parameters(), static_cast<float>(settings.grad_clip))
-                                  : optim::clip_grad_norm(model.parameters(), std::numeric_limits<float>::infinity());
+      const float grad_norm =
+          settings.grad_clip > 0
+              ? optim::clip_grad_norm(model.parameters(), static_cast<float>(settings.grad_clip))
+              : optim::clip_grad_norm(model.parameters(), std::numeric_limits<float>::infinity());
       if (!std::isfinite(loss_value) || !std::isfinite(grad_norm)) {
         std::string what = !std::isfinite(loss_value) ? fmt::format("loss is {}", loss_value)
                                                       : fmt::format("gradient norm is {}", grad_norm);
@@ -449,9 +463,13 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
 
       if (step % settings.eval_every == 0 || step == settings.steps) {
         EvalPoint p{step,
-                    estimate_loss(model, train_ids, settings.eval_batches, B, stream_seed(settings.seed, Stream::TrainEstimate)),
-                    estimate_loss(model, val_ids, settings.eval_batches, B, stream_seed(settings.seed, Stream::ValEstimate)),
-                    lr, tokens_per_s, train_seconds_before + train_seconds};
+                    estimate_loss(model, train_ids, settings.eval_batches, B,
+                                  stream_seed(settings.seed, Stream::TrainEstimate)),
+                    estimate_loss(model, val_ids, settings.eval_batches, B,
+                                  stream_seed(settings.seed, Stream::ValEstimate)),
+                    lr,
+                    tokens_per_s,
+                    train_seconds_before + train_seconds};
         if (!std::isfinite(p.train_loss) || !std::isfinite(p.val_loss))
           return fail(fmt::format(
               "evaluation at step {} gave a non-finite loss (train {}, val {}); training stopped. {}", step,
@@ -473,16 +491,19 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
         latest_step = step;
         end_progress();
         human << fmt::format(
-                     "step {} eval: train loss {:.4f} (ppl {:.3f}, bpc {:.3f})  val loss {:.4f} (ppl {:.3f}, bpc "
+                     "step {} eval: train loss {:.4f} (ppl {:.3f}, bpc {:.3f})  val loss {:.4f} (ppl {:.3f}, "
+                     "bpc "
                      "{:.3f}){}\n",
                      step, p.train_loss, std::exp(p.train_loss), p.train_loss / std::log(2.0), p.val_loss,
-                     std::exp(p.val_loss), p.val_loss / std::log(2.0), improved ? "  [best, saved]" : "  [saved]")
+                     std::exp(p.val_loss), p.val_loss / std::log(2.0),
+                     improved ? "  [best, saved]" : "  [saved]")
               << std::flush;
       }
       if (after_step) after_step(step, model);
     }
     end_progress();
-    result.tokens_per_s = train_seconds > 0 ? static_cast<double>((step - start_step) * B * T) / train_seconds : 0;
+    result.tokens_per_s =
+        train_seconds > 0 ? static_cast<double>((step - start_step) * B * T) / train_seconds : 0;
 
     if (stop_requested()) {
       if (!latest_saved || latest_step != step) {

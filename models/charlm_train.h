@@ -1,4 +1,5 @@
-// models/charlm_train.h: the `charlm train` run: settings, the training loop, evaluations, checkpoints, reports.
+// models/charlm_train.h: the `charlm train` run: settings, the training loop, evaluations, checkpoints,
+// reports.
 #pragma once
 
 #include <cstdint>
@@ -57,11 +58,11 @@ void clear_stop();
 void install_sigint_handler();  // first SIGINT calls request_stop(); a second one kills as usual
 
 struct TrainResult {
-  int exit_code = 0;           // 0 done, 1 error, 130 interrupted (checkpoint saved)
-  int64_t first_step = 0;      // step the run started from (0, or the resumed step)
-  int64_t last_step = 0;       // steps completed when it returned
-  std::vector<float> losses;   // training loss of each step run here: losses[i] is step first_step + i + 1
-  EvalResult val, test;        // every-token evaluations at the end (best checkpoint)
+  int exit_code = 0;          // 0 done, 1 error, 130 interrupted (checkpoint saved)
+  int64_t first_step = 0;     // step the run started from (0, or the resumed step)
+  int64_t last_step = 0;      // steps completed when it returned
+  std::vector<float> losses;  // training loss of each step run here: losses[i] is step first_step + i + 1
+  EvalResult val, test;       // every-token evaluations at the end (best checkpoint)
   double tokens_per_s = 0;
   int64_t params = 0;
 };
@@ -79,8 +80,9 @@ enum class Stream : uint64_t { Init = 1, Data, Dropout, TrainEstimate, ValEstima
 uint64_t stream_seed(uint64_t seed, Stream stream);
 
 // Human-readable helpers shared by the commands.
-std::string human_count(int64_t n);       // 1234567 -> "1,234,567"
+std::string human_count(int64_t n);          // 1234567 -> "1,234,567"
 std::string human_duration(double seconds);  // "3m12s"
-std::string metrics_line(const char* label, const EvalResult& r);  // "loss 1.4821  ppl 4.40  bpc 2.138  acc 56.1%"
+std::string metrics_line(const char* label,
+                         const EvalResult& r);  // "loss 1.4821  ppl 4.40  bpc 2.138  acc 56.1%"
 
 }  // namespace lg::charlm

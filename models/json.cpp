@@ -12,12 +12,18 @@ namespace lg::json {
 
 static const char* type_name(Value::Type t) {
   switch (t) {
-    case Value::Type::Null: return "null";
-    case Value::Type::Bool: return "a boolean";
-    case Value::Type::Number: return "a number";
-    case Value::Type::String: return "a string";
-    case Value::Type::Array: return "an array";
-    case Value::Type::Object: return "an object";
+    case Value::Type::Null:
+      return "null";
+    case Value::Type::Bool:
+      return "a boolean";
+    case Value::Type::Number:
+      return "a number";
+    case Value::Type::String:
+      return "a string";
+    case Value::Type::Array:
+      return "an array";
+    case Value::Type::Object:
+      return "an object";
   }
   return "?";
 }
@@ -93,16 +99,32 @@ static void dump_string(std::string& out, const std::string& s) {
   out += '"';
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
-        if (c < 0x20) out += fmt::format("\\u{:04x}", c);
-        else out += static_cast<char>(c);  // UTF-8 passes through
+        if (c < 0x20)
+          out += fmt::format("\\u{:04x}", c);
+        else
+          out += static_cast<char>(c);  // UTF-8 passes through
     }
   }
   out += '"';
@@ -115,21 +137,31 @@ void Value::dump_to(std::string& out, int indent, int depth) const {
     out.append(static_cast<size_t>(indent * d), ' ');
   };
   switch (type_) {
-    case Type::Null: out += "null"; break;
-    case Type::Bool: out += bool_ ? "true" : "false"; break;
+    case Type::Null:
+      out += "null";
+      break;
+    case Type::Bool:
+      out += bool_ ? "true" : "false";
+      break;
     case Type::Number:
       // JSON has no NaN or infinity; null is what JavaScript's JSON.stringify writes for them.
-      if (!std::isfinite(number_)) out += "null";
-      else out += fmt::format("{}", number_);  // shortest round-trip form
+      if (!std::isfinite(number_))
+        out += "null";
+      else
+        out += fmt::format("{}", number_);  // shortest round-trip form
       break;
-    case Type::String: dump_string(out, string_); break;
+    case Type::String:
+      dump_string(out, string_);
+      break;
     case Type::Array:
       out += '[';
       for (size_t i = 0; i < array_.size(); ++i) {
         if (i) out += ',';
         // arrays of scalars (vocabularies, shapes) stay on one line; objects get their own lines
-        if (indent >= 0 && array_[i].type_ == Type::Object) newline(depth + 1);
-        else if (i && indent >= 0) out += ' ';
+        if (indent >= 0 && array_[i].type_ == Type::Object)
+          newline(depth + 1);
+        else if (i && indent >= 0)
+          out += ' ';
         array_[i].dump_to(out, indent, depth + 1);
       }
       out += ']';
@@ -197,9 +229,18 @@ class Parser {
     if (c == '{') return object(depth);
     if (c == '[') return array(depth);
     if (c == '"') return Value(string());
-    if (c == 't') { literal("true"); return Value(true); }
-    if (c == 'f') { literal("false"); return Value(false); }
-    if (c == 'n') { literal("null"); return Value(); }
+    if (c == 't') {
+      literal("true");
+      return Value(true);
+    }
+    if (c == 'f') {
+      literal("false");
+      return Value(false);
+    }
+    if (c == 'n') {
+      literal("null");
+      return Value();
+    }
     if (c == '-' || (c >= '0' && c <= '9')) return Value(number());
     fail(fmt::format("unexpected character '{}'", c));
   }
@@ -207,7 +248,10 @@ class Parser {
   Value object(int depth) {
     Value obj = Value::object();
     expect('{');
-    if (peek() == '}') { ++i_; return obj; }
+    if (peek() == '}') {
+      ++i_;
+      return obj;
+    }
     for (;;) {
       if (peek() != '"') fail("expected a string key");
       std::string key = string();
@@ -216,20 +260,29 @@ class Parser {
       char c = peek();
       ++i_;
       if (c == '}') return obj;
-      if (c != ',') { --i_; fail("expected ',' or '}'"); }
+      if (c != ',') {
+        --i_;
+        fail("expected ',' or '}'");
+      }
     }
   }
 
   Value array(int depth) {
     Value arr = Value::array();
     expect('[');
-    if (peek() == ']') { ++i_; return arr; }
+    if (peek() == ']') {
+      ++i_;
+      return arr;
+    }
     for (;;) {
       arr.push(value(depth + 1));
       char c = peek();
       ++i_;
       if (c == ']') return arr;
-      if (c != ',') { --i_; fail("expected ',' or ']'"); }
+      if (c != ',') {
+        --i_;
+        fail("expected ',' or ']'");
+      }
     }
   }
 
@@ -242,7 +295,10 @@ class Parser {
     };
     if (s_[i_] == '-') ++i_;
     digits();
-    if (i_ < s_.size() && s_[i_] == '.') { ++i_; digits(); }
+    if (i_ < s_.size() && s_[i_] == '.') {
+      ++i_;
+      digits();
+    }
     if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
       ++i_;
       if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
@@ -258,16 +314,21 @@ class Parser {
     for (int k = 0; k < 4; ++k) {
       char c = s_[i_++];
       v <<= 4;
-      if (c >= '0' && c <= '9') v |= c - '0';
-      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-      else fail("bad hex digit in \\u escape");
+      if (c >= '0' && c <= '9')
+        v |= c - '0';
+      else if (c >= 'a' && c <= 'f')
+        v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F')
+        v |= c - 'A' + 10;
+      else
+        fail("bad hex digit in \\u escape");
     }
     return v;
   }
 
   static void append_utf8(std::string& out, unsigned cp) {
-    if (cp < 0x80) out += static_cast<char>(cp);
+    if (cp < 0x80)
+      out += static_cast<char>(cp);
     else if (cp < 0x800) {
       out += static_cast<char>(0xC0 | (cp >> 6));
       out += static_cast<char>(0x80 | (cp & 0x3F));
@@ -291,18 +352,37 @@ class Parser {
       char c = s_[i_++];
       if (c == '"') return out;
       if (static_cast<unsigned char>(c) < 0x20) fail("control character in string");
-      if (c != '\\') { out += c; continue; }
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
       if (i_ >= s_.size()) fail("unterminated escape");
       char e = s_[i_++];
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           unsigned cp = hex4();
           if (cp >= 0xD800 && cp < 0xDC00) {  // surrogate pair
@@ -315,7 +395,8 @@ class Parser {
           append_utf8(out, cp);
           break;
         }
-        default: fail("unknown escape");
+        default:
+          fail("unknown escape");
       }
     }
   }
@@ -337,9 +418,12 @@ uint64_t parse_hex_u64(const std::string& s, std::string_view what) {
   for (size_t k = 2; k < s.size(); ++k) {
     char c = s[k];
     v <<= 4;
-    if (c >= '0' && c <= '9') v |= static_cast<uint64_t>(c - '0');
-    else if (c >= 'a' && c <= 'f') v |= static_cast<uint64_t>(c - 'a' + 10);
-    else throw Error(fmt::format("{}: bad hex digit in '{}'", what, s));
+    if (c >= '0' && c <= '9')
+      v |= static_cast<uint64_t>(c - '0');
+    else if (c >= 'a' && c <= 'f')
+      v |= static_cast<uint64_t>(c - 'a' + 10);
+    else
+      throw Error(fmt::format("{}: bad hex digit in '{}'", what, s));
   }
   return v;
 }

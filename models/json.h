@@ -25,8 +25,16 @@ class Value {
   Value(int64_t x) : Value(static_cast<double>(x)) {}
   Value(const char* s) : type_(Type::String), string_(s) {}
   Value(std::string s) : type_(Type::String), string_(std::move(s)) {}
-  static Value array() { Value v; v.type_ = Type::Array; return v; }
-  static Value object() { Value v; v.type_ = Type::Object; return v; }
+  static Value array() {
+    Value v;
+    v.type_ = Type::Array;
+    return v;
+  }
+  static Value object() {
+    Value v;
+    v.type_ = Type::Object;
+    return v;
+  }
 
   Type type() const { return type_; }
   bool is_null() const { return type_ == Type::Null; }

@@ -34,11 +34,16 @@ double nice_step(double lo, double hi, int target) {
 std::string escape(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else if (c == '"') out += "&quot;";
-    else out += c;
+    if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else if (c == '&')
+      out += "&amp;";
+    else if (c == '"')
+      out += "&quot;";
+    else
+      out += c;
   }
   return out;
 }
@@ -52,8 +57,8 @@ std::string tick_label(double v, double step) {
 }  // namespace
 
 std::string line_chart_svg(const std::vector<Series>& series, const std::string& title,
-                           const std::string& x_label, const std::string& y_label, bool x_from_zero, int width,
-                           int height) {
+                           const std::string& x_label, const std::string& y_label, bool x_from_zero,
+                           int width, int height) {
   // plot area inside margins (pixels)
   const double left = 70, right = 20, top = 40, bottom = 55;
   const double plot_w = width - left - right, plot_h = height - top - bottom;
@@ -129,7 +134,8 @@ std::string line_chart_svg(const std::vector<Series>& series, const std::string&
   for (size_t i = 0; i < series.size(); ++i) {
     double y = ly + 20.0 * static_cast<double>(i) + 5;
     svg += fmt::format(
-        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"{3}\" stroke-width=\"2\"/>"
+        "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" stroke=\"{3}\" "
+        "stroke-width=\"2\"/>"
         "<text x=\"{4:.1f}\" y=\"{5:.1f}\">{6}</text>\n",
         lx, y, lx + 24, series[i].color, lx + 32, y + 4, escape(series[i].name));
   }

@@ -8,8 +8,8 @@ namespace lg::plot {
 
 struct Series {
   std::string name;
-  std::string color;            // any SVG colour, e.g. "#1f77b4"
-  std::vector<double> x, y;     // same length; non-finite points are skipped
+  std::string color;         // any SVG colour, e.g. "#1f77b4"
+  std::vector<double> x, y;  // same length; non-finite points are skipped
 };
 
 // A complete standalone SVG document (width x height pixels) with the series as polylines

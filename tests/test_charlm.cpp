@@ -1,4 +1,5 @@
-// tests/test_charlm.cpp: the char LM and its CLI in-process: learning, exact resume, eval, sampling, every bad input.
+// tests/test_charlm.cpp: the char LM and its CLI in-process: learning, exact resume, eval, sampling, every
+// bad input.
 //
 // Needs no external corpus: each test writes a generated, repetitive text to a temporary
 // directory and trains tiny models (1-2 layers, dim 16, ctx 16) for a few dozen steps.
@@ -77,11 +78,10 @@ Run cli(const std::vector<std::string>& args) {
 // A tiny but complete model. `extra` flags replace the defaults' values or are appended.
 std::vector<std::string> tiny_train(const std::string& data, const std::string& out,
                                     const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> args = {"train",   "--data",  data,    "--out",     out,   "--layers", "1",
-                                   "--heads", "2",       "--dim", "16",        "--ctx", "16",     "--batch",
-                                   "4",       "--latents", "4",   "--window",  "4",   "--eval-batches", "2",
-                                   "--steps", "30",      "--eval-every", "10", "--warmup", "5",  "--lr",
-                                   "3e-3"};
+  std::vector<std::string> args = {
+      "train", "--data",  data, "--out",        out,  "--layers",  "1", "--heads",  "2",   "--dim",
+      "16",    "--ctx",   "16", "--batch",      "4",  "--latents", "4", "--window", "4",   "--eval-batches",
+      "2",     "--steps", "30", "--eval-every", "10", "--warmup",  "5", "--lr",     "3e-3"};
   for (size_t i = 0; i < extra.size(); ++i) {
     bool is_switch = extra[i] == "--resume" || extra[i] == "--json";
     auto it = std::find(args.begin(), args.end(), extra[i]);
@@ -221,7 +221,8 @@ TEST_CASE("model: tied head, parameter names, incremental steps equal the parall
     CharLM::State state = model->make_state(1);
     for (int t = 0; t < 10; ++t) {
       std::vector<float> step_logits = model->step({ids[t]}, state).to_vector();
-      for (int v = 0; v < 11; ++v) CHECK(step_logits[v] == doctest::Approx(logits.at({0, t, v})).epsilon(1e-4));
+      for (int v = 0; v < 11; ++v)
+        CHECK(step_logits[v] == doctest::Approx(logits.at({0, t, v})).epsilon(1e-4));
     }
   }
 }
@@ -230,15 +231,16 @@ TEST_CASE("training lowers the loss and writes checkpoints, metrics.jsonl and lo
   TempDir dir("learn");
   write_text(dir / "corpus.txt", generated_text(20000));
   std::string err;
-  TrainResult r =
-      train_with_hook(tiny_train(dir / "corpus.txt", dir / "run", {"--steps", "60", "--lr", "1e-2"}), {}, &err);
+  TrainResult r = train_with_hook(
+      tiny_train(dir / "corpus.txt", dir / "run", {"--steps", "60", "--lr", "1e-2"}), {}, &err);
   INFO(err);
   REQUIRE(r.exit_code == 0);
   REQUIRE(r.losses.size() == 60);
   double first = 0, last = 0;
   for (int i = 0; i < 5; ++i) first += r.losses[i] / 5;
   for (int i = 55; i < 60; ++i) last += r.losses[i] / 5;
-  MESSAGE("loss over the first 5 steps " << first << ", last 5 steps " << last << "; test loss " << r.test.loss);
+  MESSAGE("loss over the first 5 steps " << first << ", last 5 steps " << last << "; test loss "
+                                         << r.test.loss);
   CHECK(first > 2.5);  // starts near uniform over the ~25 distinct bytes
   CHECK(last < first - 0.8);
   CHECK(r.test.loss < first - 0.8);
@@ -267,7 +269,8 @@ TEST_CASE("resume after SIGINT continues exactly: bitwise the losses of an unint
     CAPTURE(kind);
     TempDir dir(std::string("resume-") + kind);
     write_text(dir / "corpus.txt", generated_text(12000));
-    std::vector<std::string> extra = {"--attn", kind, "--dropout", "0.1", "--steps", "24", "--eval-every", "8"};
+    std::vector<std::string> extra = {"--attn",  kind, "--dropout",    "0.1",
+                                      "--steps", "24", "--eval-every", "8"};
 
     TrainResult whole = train_with_hook(tiny_train(dir / "corpus.txt", dir / "whole", extra), {});
     REQUIRE(whole.exit_code == 0);
@@ -310,7 +313,8 @@ TEST_CASE("eval of the checkpoint reproduces the test loss reported at the end o
   json::Value summary = json::parse(train.out);  // the only thing on stdout
   for (const char* key : {"val_loss", "test_loss", "test_ppl", "test_bpc", "tokens_per_s", "params"})
     CHECK(summary.contains(key));
-  CHECK(summary.at("test_bpc").as_number() == doctest::Approx(summary.at("test_loss").as_number() / std::log(2.0)));
+  CHECK(summary.at("test_bpc").as_number() ==
+        doctest::Approx(summary.at("test_loss").as_number() / std::log(2.0)));
 
   Splits splits = split_corpus(corpus, SplitFractions{});
   write_text(dir / "test.txt", std::string(splits.test));
@@ -410,19 +414,23 @@ TEST_CASE("bad input: corpus problems and unwritable --out") {
   expect_error(train(dir / "corpus.txt", dir / "file/run"), "cannot write to");
 }
 
-TEST_CASE("bad input: missing, truncated, corrupted and incompatible checkpoints; prompt outside the vocabulary") {
+TEST_CASE(
+    "bad input: missing, truncated, corrupted and incompatible checkpoints; prompt outside the vocabulary") {
   TempDir dir("ckpt");
   write_text(dir / "corpus.txt", generated_text(8000));
   REQUIRE(cli(tiny_train(dir / "corpus.txt", dir / "run", {"--steps", "10"})).code == 0);
   const std::string good = dir / "run/best";
-  auto eval = [&](const std::string& ckpt) { return cli({"eval", "--ckpt", ckpt, "--data", dir / "corpus.txt"}); };
+  auto eval = [&](const std::string& ckpt) {
+    return cli({"eval", "--ckpt", ckpt, "--data", dir / "corpus.txt"});
+  };
   REQUIRE(eval(good).code == 0);
 
   expect_error(eval(dir / "nothing"), "no checkpoint at");
   write_text(dir / "one.txt", "t");
   expect_error(cli({"eval", "--ckpt", good, "--data", dir / "one.txt"}), "evaluation needs at least 2");
   expect_error(cli({"sample", "--ckpt", dir / "nothing"}), "no checkpoint at");
-  expect_error(cli({"sample", "--ckpt", good, "--prompt", "the \xce\xa9"}), "is not in the checkpoint's vocabulary");
+  expect_error(cli({"sample", "--ckpt", good, "--prompt", "the \xce\xa9"}),
+               "is not in the checkpoint's vocabulary");
   expect_error(cli({"sample", "--ckpt", good, "--prompt", "Zebra"}), "'Z' (byte 0x5a) at offset 0");
 
   auto copy_of_good = [&](const std::string& name) {
