@@ -32,18 +32,20 @@ void usage() {
   fmt::print(
       "usage: bench_attention [options]\n"
       "Times forward+backward of one attention layer on a (1, T, D) batch for MHA, MLA and latent\n"
-      "attention (W = 0 and W > 0), then the time per generation step() at positions ~100 and ~T.\n"
+      "attention (W = 0 and W > 0; fused and chunked cores), then the time per generation step()\n"
+      "at positions ~100 and ~T.\n"
       "  --T LIST        comma-separated sequence lengths (default 256,1024,4096)\n"
       "  --dim D         model width (default 128)\n"
       "  --heads H       heads (default 4)\n"
       "  --latents M     latents of latent attention (default 16)\n"
       "  --window W      window of the windowed latent variant (default 16)\n"
-      "  --chunk C       chunk length of latent attention's training path (default 32)\n"
+      "  --chunk C       chunk length of latent attention's chunked core (default 32)\n"
       "  --reps N        timed repetitions per cell, the median is printed (default 5)\n"
       "  --steps N       generation steps timed per position (default 32)\n"
       "  --threads N     OpenMP/BLAS threads (default 1: per-token scaling is the point, and on a\n"
       "                  shared machine two threads waiting on each other distort the timings;\n"
-      "                  0 = as OMP_NUM_THREADS says)\n"
+      "                  0 = as OMP_NUM_THREADS says; with more than one, OMP_WAIT_POLICY=passive\n"
+      "                  keeps OpenMP's idle threads from starving OpenBLAS's)\n"
       "  --no-generation skip the step() timings\n"
       "  --help          this text\n");
 }
@@ -204,8 +206,19 @@ StepTimes time_generation(nn::Attention& layer, int64_t T, int64_t D, int steps)
 
 }  // namespace
 
+static int run(const Options& o);
+
 int main(int argc, char** argv) {
   Options o = parse(argc, argv);
+  try {
+    return run(o);
+  } catch (const lg::Error& e) {
+    fmt::print(stderr, "bench_attention: {}\n", e.what());
+    return 1;
+  }
+}
+
+static int run(const Options& o) {
   if (o.threads > 0) set_num_threads(o.threads);
   std::vector<Variant> kinds = variants(o);
   fmt::print("attention forward+backward, batch 1, D={}, H={}, M={}, C={}, threads {}, median of {}\n\n",
