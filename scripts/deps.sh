@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/deps.sh: installs the Debian packages the build needs (as root), or prints the command to run.
 set -euo pipefail
-packages=(g++ cmake make libopenblas-dev libfmt-dev doctest-dev)
+# libopenblas-openmp-dev: OpenBLAS on the same OpenMP threads as our kernels (see CMakeLists.txt)
+packages=(g++ cmake make libopenblas-dev libopenblas-openmp-dev libfmt-dev doctest-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
