@@ -44,15 +44,20 @@ Tensor CausalSelfAttention::merge_heads(const Tensor& heads) const {
   return proj->forward(merged);                                         // (B, T, D)
 }
 
+Tensor causal_attention_composed(const Tensor& q, const Tensor& k, const Tensor& v) {
+  const int64_t T = q.size(2);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
+  Tensor scores = matmul(q, transpose(k, 2, 3)) * scale;  // (B, H, T, T); k^T is a view BLAS reads in place
+  scores = masked_fill(scores, causal_mask(T), -std::numeric_limits<float>::infinity());
+  Tensor weights = softmax(scores);  // (B, H, T, T), zero above the diagonal
+  return matmul(weights, v);         // (B, H, T, d)
+}
+
 Tensor CausalSelfAttention::forward(const Tensor& x, int64_t first_position) {
   Tensor q, k, v;
   project(x, first_position, q, k, v);
-  int64_t T = x.size(1);
-  float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
-  Tensor scores = matmul(q, transpose(k, 2, 3)) * scale;  // (B, H, T, T); k^T is a view BLAS reads in place
-  scores = masked_fill(scores, causal_mask(T), -std::numeric_limits<float>::infinity());
-  Tensor weights = softmax(scores);        // (B, H, T, T), zero above the diagonal
-  return merge_heads(matmul(weights, v));  // (B, H, T, d) -> (B, T, D)
+  return merge_heads(core == Core::Fused ? causal_attention_fused(q, k, v)
+                                         : causal_attention_composed(q, k, v));  // (B, T, D)
 }
 
 std::unique_ptr<AttentionState> CausalSelfAttention::make_state(int64_t batch) const {

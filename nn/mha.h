@@ -22,6 +22,14 @@ struct MHAState : AttentionState {
   Tensor values;  // (B, H, capacity, d)
 };
 
+// The attention core: per head softmax_{s <= t}(q_t . k_s / sqrt(d)) v_s. q, k, v (B, H, T, d),
+// any strides with unit stride along d; -> (B, H, T, d).
+// Fused: one op, its backward hand-written (nn/causal_attention_fused.cpp); saves one
+// log-sum-exp per row instead of the (B, H, T, T) probabilities.
+Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v);
+// Composed: matmul, masked_fill, softmax, matmul; autograd gives the backward (the reference).
+Tensor causal_attention_composed(const Tensor& q, const Tensor& k, const Tensor& v);
+
 class CausalSelfAttention : public Attention {
  public:
   CausalSelfAttention(const AttentionConfig& config, Rng& rng);
@@ -32,6 +40,10 @@ class CausalSelfAttention : public Attention {
 
   std::shared_ptr<Linear> qkv;   // D -> 3D
   std::shared_ptr<Linear> proj;  // D -> D
+
+  // Which core forward() runs; both compute the same function (tests hold them together).
+  enum class Core { Fused, Composed };
+  Core core = Core::Fused;
 
  private:
   // (B, T, 3D) -> q, k, v each (B, H, T, d), with q and k rotated for positions first_position + t.

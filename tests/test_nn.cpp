@@ -141,6 +141,47 @@ TEST_CASE("grad: CausalSelfAttention over input and every parameter") {
   check_gradients([&] { return attn.forward(x, 2); }, with_parameters({x}, attn));
 }
 
+TEST_CASE("grad: causal_attention_fused on strided q, k, v (head views of one qkv tensor)") {
+  // Like the layer: q, k, v are (B, H, T, d) views of one (B, T, 3, H, d) tensor, unit stride along d.
+  Tensor qkv = random_leaf({2, 5, 3, 2, 4}, 60);
+  auto head = [&](int64_t i) { return permute(reshape(slice(qkv, 2, i, i + 1), {2, 5, 2, 4}), {0, 2, 1, 3}); };
+  check_gradients([&] { return nn::causal_attention_fused(head(0), head(1), head(2)); }, {qkv});
+  Tensor q = random_leaf({1, 3, 7, 4}, 61, 2.0f), k = random_leaf({1, 3, 7, 4}, 62, 2.0f);
+  Tensor v = random_leaf({1, 3, 7, 4}, 63);
+  check_gradients([&] { return nn::causal_attention_fused(q, k, v); }, {q, k, v});
+}
+
+TEST_CASE("causal_attention_fused equals the composed path: values and every gradient") {
+  for (int64_t T : {1, 3, 17, 64}) {
+    CAPTURE(T);
+    const Shape shape{2, 3, T, 8};
+    Tensor q = random_leaf(shape, 70, 3.0f), k = random_leaf(shape, 71, 3.0f);  // peaked rows
+    Tensor v = random_leaf(shape, 72), r = random_leaf(shape, 73);
+    Tensor fused = nn::causal_attention_fused(q, k, v);
+    sum(fused * r).backward();
+    std::vector<Tensor> fused_grads{q.grad(), k.grad(), v.grad()};
+    for (Tensor* t : {&q, &k, &v}) t->zero_grad();
+    Tensor composed = nn::causal_attention_composed(q, k, v);
+    sum(composed * r).backward();
+    CHECK(max_abs_diff(fused, composed) < 1e-5f);
+    CHECK(max_abs_diff(fused_grads[0], q.grad()) < 1e-4f);
+    CHECK(max_abs_diff(fused_grads[1], k.grad()) < 1e-4f);
+    CHECK(max_abs_diff(fused_grads[2], v.grad()) < 1e-4f);
+  }
+  check_error([&] { nn::causal_attention_fused(Tensor::zeros({2, 3, 4}), Tensor::zeros({2, 3, 4}),
+                                                Tensor::zeros({2, 3, 4})); },
+              "(B, H, T, d)");
+}
+
+TEST_CASE("grad: CausalSelfAttention with the composed core (the reference path)") {
+  Rng rng(16);
+  nn::CausalSelfAttention attn(mha_config(8, 2), rng);
+  attn.core = nn::CausalSelfAttention::Core::Composed;
+  randomize(attn, 17);
+  Tensor x = random_leaf({2, 4, 8}, 18);
+  check_gradients([&] { return attn.forward(x, 2); }, with_parameters({x}, attn));
+}
+
 TEST_CASE("grad: TransformerBlock with MHA and residual dropout") {
   nn::AttentionConfig cfg = mha_config(8, 2);
   cfg.dropout = 0.2f;
