@@ -26,13 +26,14 @@
 //   dkr_s += e_s RX_s,   dv_s += e_s RY_s,
 //   da_s   = e_s (kr_s . RX_s + v_s . RY_s - Rc_s)      (softmax rule: w (g - sum w g))
 //   dk_s  += da_s l_m / sqrt(d),   dl_m += da_s k_s / sqrt(d).
-// Time and memory O(T (M + W) d) per head; forward saves mu, Z, Kl, Vl and P per position.
+// Time and memory O(T (M + W) d) per head; forward saves mu, Z, e, Kl, Vl and P per position.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "core/fastmath.h"
 #include "nn/latent_attention.h"
 
 namespace lg::nn {
@@ -64,12 +65,15 @@ struct HeadRows {
   const float* l;               // (M, d)
   float* o;                     // (T, d)
   float *mu, *Z;                // (T, M)        saved: running max, normaliser (>= 1)
+  float* E;                     // (T, M)        saved: e_t = exp(a_t - mu_t) <= 1
   float *Kl, *Vl;               // (T, M, d)     saved: latent keys and values
   float* P;                     // (T, M + W)    saved: probabilities, window slot j <-> s = t - W + 1 + j
 };
 
+// kD > 0 fixes the head size at compile time (the common 32 and 64): the d-long loops unroll.
+template <int64_t kD>
 void forward_head(const Dims& n, const HeadRows& h) {
-  const int64_t T = n.T, d = n.d, M = n.M, W = n.W;
+  const int64_t T = n.T, d = kD > 0 ? kD : n.d, M = n.M, W = n.W;
   std::vector<float> mu(M, kNegInf), Z(M, 0.0f), SK(M * d, 0.0f), SV(M * d, 0.0f);
   std::vector<float> Kl_scratch(M * d), Vl_scratch(M * d), P_scratch(M + W);
   for (int64_t t = 0; t < T; ++t) {
@@ -81,7 +85,7 @@ void forward_head(const Dims& n, const HeadRows& h) {
     for (int64_t m = 0; m < M; ++m) {
       const float a = dot(h.l + m * d, kt, d) * n.scale;
       const float new_mu = std::max(mu[m], a);
-      const float rescale = std::exp(mu[m] - new_mu), e = std::exp(a - new_mu);
+      const float rescale = fast_exp(mu[m] - new_mu), e = fast_exp(a - new_mu);
       mu[m] = new_mu;
       Z[m] = Z[m] * rescale + e;
       const float inv_z = 1.0f / Z[m];
@@ -96,6 +100,7 @@ void forward_head(const Dims& n, const HeadRows& h) {
       if (h.mu) {
         h.mu[t * M + m] = mu[m];
         h.Z[t * M + m] = Z[m];
+        h.E[t * M + m] = e;
       }
     }
     // Read: one softmax over [latents ; window positions t - W < s <= t].
@@ -107,7 +112,7 @@ void forward_head(const Dims& n, const HeadRows& h) {
       mx = std::max(mx, P[M + j]);
     }
     float z = 0.0f;
-    for (int64_t j = 0; j < M + W; ++j) z += (P[j] = std::exp(P[j] - mx));
+    for (int64_t j = 0; j < M + W; ++j) z += (P[j] = fast_exp(P[j] - mx));
     const float inv = 1.0f / z;
     float* ot = h.o + t * d;
     std::fill_n(ot, d, 0.0f);
@@ -121,9 +126,10 @@ void forward_head(const Dims& n, const HeadRows& h) {
 }
 
 // Gradients of one (batch, head); dq, dk, dkr, dv (T, d) and dl (M, d) are zeroed by the caller.
+template <int64_t kD>
 void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq, float* dk, float* dkr,
                    float* dv, float* dl) {
-  const int64_t T = n.T, d = n.d, M = n.M, W = n.W;
+  const int64_t T = n.T, d = kD > 0 ? kD : n.d, M = n.M, W = n.W;
   std::vector<float> RX(M * d, 0.0f), RY(M * d, 0.0f), Rc(M, 0.0f), dP(M), dsigma(M + W);
   for (int64_t t = T - 1; t >= 0; --t) {
     const float *Kl = h.Kl + t * M * d, *Vl = h.Vl + t * M * d, *P = h.P + t * (M + W);
@@ -150,7 +156,7 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
     const float *kt = h.k + t * d, *krt = h.kr + t * d, *vt = h.v + t * d;
     for (int64_t m = 0; m < M; ++m) {
       const float mu = h.mu[t * M + m];
-      const float decay = t + 1 < T ? std::exp(mu - h.mu[(t + 1) * M + m]) : 0.0f;
+      const float decay = t + 1 < T ? fast_exp(mu - h.mu[(t + 1) * M + m]) : 0.0f;
       const float inv_z = 1.0f / h.Z[t * M + m];
       const float x_scale = dsigma[m] * n.scale * inv_z,
                   y_scale = P[m] * inv_z;  // X / Z = x_scale q_t, Y / Z
@@ -164,7 +170,7 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
       }
       Rc[m] = decay * Rc[m] + c;
       const float* lm = h.l + m * d;
-      const float e = std::exp(dot(lm, kt, d) * n.scale - mu);
+      const float e = h.E[t * M + m];
       axpy(e, rx, dkr + t * d, d);
       axpy(e, ry, dv + t * d, d);
       const float da = e * (dot(krt, rx, d) + dot(vt, ry, d) - Rc[m]);
@@ -202,10 +208,11 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
   for (const Tensor* t : {&in.queries, &in.keys, &in.rotated_keys, &in.values, &in.latents})
     any_grad = any_grad || t->requires_grad();
   const bool save = grad_enabled() && any_grad;
-  Tensor mu, Z, Kl, Vl, P;  // (B, H, T, M), (B, H, T, M), (B, H, T, M, d) x 2, (B, H, T, M + W)
+  Tensor mu, Z, E, Kl, Vl, P;  // (B, H, T, M) x 3, (B, H, T, M, d) x 2, (B, H, T, M + W)
   if (save) {
     mu = Tensor::empty({B, H, T, M});
     Z = Tensor::empty({B, H, T, M});
+    E = Tensor::empty({B, H, T, M});
     Kl = Tensor::empty({B, H, T, M, d});
     Vl = Tensor::empty({B, H, T, M, d});
     P = Tensor::empty({B, H, T, M + W});
@@ -224,10 +231,12 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
                nullptr,
                nullptr,
                nullptr,
+               nullptr,
                nullptr};
     if (save) {
       r.mu = mu.data() + bh * T * M;
       r.Z = Z.data() + bh * T * M;
+      r.E = E.data() + bh * T * M;
       r.Kl = Kl.data() + bh * T * M * d;
       r.Vl = Vl.data() + bh * T * M * d;
       r.P = P.data() + bh * T * (M + W);
@@ -238,7 +247,7 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
   for (int64_t bh = 0; bh < B * H; ++bh) {
     HeadRows r = rows(bh);
     r.o = out.data() + bh * T * d;
-    forward_head(dims, r);
+    (d == 32 ? forward_head<32> : d == 64 ? forward_head<64> : forward_head<0>)(dims, r);
   }
   if (!save) return out;
 
@@ -252,7 +261,9 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
 #pragma omp parallel for schedule(static) if (B * H > 1 && T * M * d > 4096)
                        for (int64_t bh = 0; bh < B * H; ++bh) {
                          const int64_t at = bh * T * d;
-                         backward_head(dims, rows(bh), go.data() + at, dq.data() + at, dk.data() + at,
+                         (d == 32   ? backward_head<32>
+                          : d == 64 ? backward_head<64>
+                                    : backward_head<0>)(dims, rows(bh), go.data() + at, dq.data() + at, dk.data() + at,
                                        dkr.data() + at, dv.data() + at, dl_rows.data() + bh * M * d);
                        }
                        accumulate_grad(in.queries, dq);
