@@ -11,8 +11,8 @@
 // Backward (softmax rule, D_t = sum_s P_ts dP_ts = dO_t . o_t):
 //   dP_ts = dO_t . v_s,   dS_ts = P_ts (dP_ts - D_t),
 //   dq_t = scale sum_s dS_ts k_s,   dk_s += scale dS_ts q_t,   dv_s += P_ts dO_t.
-// Scores of a row are computed against a transposed copy of the head's keys, K^T (d, T), so
-// the inner loop runs over s with unit stride and needs no horizontal sums.
+// Scores are computed 4 rows x 16 keys at a time against a transposed copy of the head's keys,
+// K^T (d, T), accumulating over d in registers (a small sgemm micro-kernel, no horizontal sums).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -42,15 +42,30 @@ HeadView head_view(const Tensor& x, int64_t bh, int64_t H) {
 // x with unit stride along its last axis (a copy only when it has not).
 Tensor unit_last_stride(const Tensor& x) { return x.strides()[3] == 1 ? x : contiguous_copy(x); }
 
-// out (n) = scale * sum_i a_i rows_i, rows_i = mat + i * ld (i < d): a row of scores from K^T.
-inline void row_scores(const float* a, const float* mat, int64_t ld, int64_t d, int64_t n, float scale,
-                       float* out) {
-  std::fill_n(out, n, 0.0f);
-  for (int64_t i = 0; i < d; ++i) {
-    const float ai = a[i] * scale;
-    const float* r = mat + i * ld;
+constexpr int64_t kRows = 4, kLanes = 16;  // a block of scores: 4 rows x 16 keys, in registers
+
+inline int64_t padded(int64_t T) { return (T + kLanes - 1) / kLanes * kLanes; }
+
+// out[r][s] = scale a_r . x_s for rows r < R (R <= kRows, a_r = rows.row(first + r)) and keys s < n,
+// from xt = X^T (d, Tp). Each 4 x 16 block sums over d in registers: one load of xt per 4 FMAs.
+template <int64_t kD>
+void block_scores(const HeadView& rows, int64_t first, int64_t R, const float* xt, int64_t Tp,
+                  int64_t d_runtime, int64_t n, float scale, float* out) {
+  const int64_t d = kD > 0 ? kD : d_runtime;
+  const float* a[kRows];
+  for (int64_t r = 0; r < kRows; ++r) a[r] = rows.row(first + std::min(r, R - 1));
+  for (int64_t s0 = 0; s0 < n; s0 += kLanes) {
+    float acc[kRows][kLanes] = {};
+    for (int64_t i = 0; i < d; ++i) {
+      const float* x = xt + i * Tp + s0;
+      for (int64_t r = 0; r < kRows; ++r) {
+        const float ar = a[r][i];
 #pragma omp simd
-    for (int64_t s = 0; s < n; ++s) out[s] += ai * r[s];
+        for (int64_t l = 0; l < kLanes; ++l) acc[r][l] += ar * x[l];
+      }
+    }
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t l = 0; l < kLanes; ++l) out[r * Tp + s0 + l] = acc[r][l] * scale;
   }
 }
 
@@ -59,11 +74,76 @@ inline void axpy(float alpha, const float* x, float* y, int64_t n) {  // y += al
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// K^T (d, T) of one head: scores of row t against every key with unit stride.
+// X^T (d, Tp) of one head's rows, Tp = T rounded up to whole blocks (the padding is never read
+// as a score: rows use keys s <= t < T only).
 void transpose_head(const HeadView& x, int64_t T, int64_t d, float* xt) {
+  const int64_t Tp = padded(T);
   for (int64_t s = 0; s < T; ++s) {
     const float* r = x.row(s);
-    for (int64_t i = 0; i < d; ++i) xt[i * T + s] = r[i];
+    for (int64_t i = 0; i < d; ++i) xt[i * Tp + s] = r[i];
+  }
+}
+
+// One (batch, head). kD > 0 fixes the head size at compile time (32 and 64): the d-long loops unroll.
+template <int64_t kD>
+void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, int64_t T, int64_t d_runtime,
+                  float scale, float* o, int64_t o_row_stride, float* lse, float* kt, float* p) {
+  const int64_t d = kD > 0 ? kD : d_runtime;
+  const int64_t Tp = padded(T);
+  transpose_head(kh, T, d, kt);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t n = t + 1, r = t % kRows;
+    if (r == 0) block_scores<kD>(qh, t, std::min(kRows, T - t), kt, Tp, d, std::min(T, t + kRows), scale, p);
+    float* pr = p + r * Tp;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < n; ++s) mx = std::max(mx, pr[s]);
+    float z = 0.0f;
+#pragma omp simd reduction(+ : z)
+    for (int64_t s = 0; s < n; ++s) z += (pr[s] = fast_exp(pr[s] - mx));
+    const float inv = 1.0f / z;
+    float acc[kD > 0 ? kD : 1];
+    float* ot = o + t * o_row_stride;
+    float* dst = kD > 0 ? acc : ot;
+    std::fill_n(dst, d, 0.0f);
+    for (int64_t s = 0; s < n; ++s) axpy(pr[s] * inv, vh.row(s), dst, d);
+    if (kD > 0) std::copy_n(acc, d, ot);
+    lse[t] = mx + std::log(z);
+  }
+}
+
+template <int64_t kD>
+void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, const HeadView& gh,
+                   const HeadView& oh, const float* lse, int64_t T, int64_t d_runtime, float scale, float* dq,
+                   float* dk, float* dv, float* kt, float* vt, float* p_block, float* dp_block) {
+  const int64_t d = kD > 0 ? kD : d_runtime;
+  const int64_t Tp = padded(T);
+  transpose_head(kh, T, d, kt);
+  transpose_head(vh, T, d, vt);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t n = t + 1, r = t % kRows;
+    const float *qt = qh.row(t), *got = gh.row(t), *ot = oh.row(t);
+    if (r == 0) {
+      const int64_t R = std::min(kRows, T - t), cols = std::min(T, t + kRows);
+      block_scores<kD>(qh, t, R, kt, Tp, d, cols, scale, p_block);
+      block_scores<kD>(gh, t, R, vt, Tp, d, cols, 1.0f, dp_block);
+    }
+    float *p = p_block + r * Tp, *dp = dp_block + r * Tp;
+    const float lse_t = lse[t];
+#pragma omp simd
+    for (int64_t s = 0; s < n; ++s) p[s] = fast_exp(p[s] - lse_t);
+    float D = 0.0f;
+#pragma omp simd reduction(+ : D)
+    for (int64_t i = 0; i < d; ++i) D += got[i] * ot[i];
+    float acc[kD > 0 ? kD : 1];
+    float* dqt = kD > 0 ? acc : dq + t * d;
+    std::fill_n(dqt, d, 0.0f);
+    for (int64_t s = 0; s < n; ++s) {
+      const float ds = p[s] * (dp[s] - D) * scale;
+      axpy(ds, kh.row(s), dqt, d);
+      axpy(ds, qt, dk + s * d, d);
+      axpy(p[s], got, dv + s * d, d);
+    }
+    if (kD > 0) std::copy_n(acc, d, dq + t * d);
   }
 }
 
@@ -85,27 +165,13 @@ Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v)
   const bool parallel = B * H > 1 && T * T * d > 8192;
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> kt(d * T), p(T);
+    std::vector<float> kt(d * padded(T)), p(kRows * padded(T));  // K^T (d, Tp), scores (4, Tp)
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
-      const HeadView qh = head_view(qc, bh, H), kh = head_view(kc, bh, H), vh = head_view(vc, bh, H);
-      transpose_head(kh, T, d, kt.data());
       float* o = out.data() + (bh / H) * out.strides()[0] + (bh % H) * out.strides()[1];
-      float* lse_h = lse.data() + bh * T;
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t n = t + 1;
-        row_scores(qh.row(t), kt.data(), T, d, n, scale, p.data());
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t s = 0; s < n; ++s) mx = std::max(mx, p[s]);
-        float z = 0.0f;
-#pragma omp simd reduction(+ : z)
-        for (int64_t s = 0; s < n; ++s) z += (p[s] = fast_exp(p[s] - mx));
-        const float inv = 1.0f / z;
-        float* ot = o + t * out.strides()[2];
-        std::fill_n(ot, d, 0.0f);
-        for (int64_t s = 0; s < n; ++s) axpy(p[s] * inv, vh.row(s), ot, d);
-        lse_h[t] = mx + std::log(z);
-      }
+      (d == 32 ? forward_head<32> : d == 64 ? forward_head<64> : forward_head<0>)(
+          head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), T, d, scale, o,
+          out.strides()[2], lse.data() + bh * T, kt.data(), p.data());
     }
   }
 
@@ -117,35 +183,13 @@ Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v)
     const bool parallel = B * H > 1 && T * T * d > 8192;
 #pragma omp parallel if (parallel)
     {
-      std::vector<float> kt(d * T), vt(d * T), p(T), dp(T);
+      std::vector<float> kt(d * padded(T)), vt(d * padded(T)), p(kRows * padded(T)), dp(kRows * padded(T));
 #pragma omp for schedule(static)
       for (int64_t bh = 0; bh < B * H; ++bh) {
-        const HeadView qh = head_view(qc, bh, H), kh = head_view(kc, bh, H), vh = head_view(vc, bh, H);
-        const HeadView gh = head_view(go, bh, H), oh = head_view(out_saved, bh, H);
-        transpose_head(kh, T, d, kt.data());
-        transpose_head(vh, T, d, vt.data());
-        const float* lse_h = lse.data() + bh * T;
-        float *dq_h = dq.data() + bh * T * d, *dk_h = dk.data() + bh * T * d, *dv_h = dv.data() + bh * T * d;
-        for (int64_t t = 0; t < T; ++t) {
-          const int64_t n = t + 1;
-          const float *qt = qh.row(t), *got = gh.row(t), *ot = oh.row(t);
-          row_scores(qt, kt.data(), T, d, n, scale, p.data());
-          const float lse_t = lse_h[t];
-#pragma omp simd
-          for (int64_t s = 0; s < n; ++s) p[s] = fast_exp(p[s] - lse_t);
-          row_scores(got, vt.data(), T, d, n, 1.0f, dp.data());
-          float D = 0.0f;
-#pragma omp simd reduction(+ : D)
-          for (int64_t i = 0; i < d; ++i) D += got[i] * ot[i];
-          float* dqt = dq_h + t * d;
-          std::fill_n(dqt, d, 0.0f);
-          for (int64_t s = 0; s < n; ++s) {
-            const float ds = p[s] * (dp[s] - D) * scale;
-            axpy(ds, kh.row(s), dqt, d);
-            axpy(ds, qt, dk_h + s * d, d);
-            axpy(p[s], got, dv_h + s * d, d);
-          }
-        }
+        (d == 32 ? backward_head<32> : d == 64 ? backward_head<64> : backward_head<0>)(
+            head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), head_view(go, bh, H),
+            head_view(out_saved, bh, H), lse.data() + bh * T, T, d, scale, dq.data() + bh * T * d,
+            dk.data() + bh * T * d, dv.data() + bh * T * d, kt.data(), vt.data(), p.data(), dp.data());
       }
     }
     accumulate_grad(q, dq);
