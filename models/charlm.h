@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "models/json.h"
+#include "core/json.h"
 #include "nn/attention.h"
 #include "nn/embedding.h"
 #include "nn/layer_norm.h"

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <limits>
 
-#include "models/atomic_file.h"
+#include "core/files.h"
 #include "nn/safetensors.h"
 
 namespace lg::charlm {

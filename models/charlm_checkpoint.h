@@ -16,9 +16,9 @@
 #include <cstdint>
 #include <string>
 
+#include "core/json.h"
 #include "models/charlm.h"
 #include "models/charlm_data.h"
-#include "models/json.h"
 #include "optim/adamw.h"
 
 namespace lg::charlm {

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 
-#include "models/atomic_file.h"
+#include "core/files.h"
 
 namespace lg::charlm {
 

@@ -11,7 +11,7 @@
 #include <limits>
 #include <ostream>
 
-#include "models/atomic_file.h"
+#include "core/files.h"
 #include "models/charlm_checkpoint.h"
 #include "models/svg_plot.h"
 #include "optim/adamw.h"

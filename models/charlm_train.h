@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "core/json.h"
 #include "models/charlm.h"
 #include "models/charlm_data.h"
-#include "models/json.h"
 
 namespace lg::charlm {
 

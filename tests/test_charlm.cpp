@@ -15,11 +15,11 @@
 #include <limits>
 #include <sstream>
 
-#include "models/atomic_file.h"
+#include "core/files.h"
+#include "core/json.h"
 #include "models/charlm.h"
 #include "models/charlm_checkpoint.h"
 #include "models/charlm_cli.h"
-#include "models/json.h"
 #include "models/svg_plot.h"
 
 using namespace lg;

@@ -1,4 +1,4 @@
-// models/atomic_file.h: whole-file reads, crash-safe writes (tmp + fsync + rename) and content hashes.
+// core/files.h: whole-file reads, crash-safe writes (tmp + fsync + rename) and content hashes.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
-// models/atomic_file.cpp: POSIX implementations of the crash-safe file helpers.
-#include "models/atomic_file.h"
+// core/files.cpp: POSIX implementations of the whole-file and crash-safe file helpers.
+#include "core/files.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>

@@ -1,5 +1,5 @@
-// models/json.cpp: the JSON parser (recursive descent over a string_view) and writer.
-#include "models/json.h"
+// core/json.cpp: the JSON parser (recursive descent over a string_view) and writer.
+#include "core/json.h"
 
 #include <fmt/format.h>
 

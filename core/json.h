@@ -1,4 +1,4 @@
-// models/json.h: a small JSON value with a strict parser and a writer, for checkpoints and metrics files.
+// core/json.h: a small JSON value, a strict parser and a writer, for checkpoints, metrics and safetensors.
 //
 // Numbers are doubles (printed in the shortest form that reads back to the same double),
 // so integers are exact up to 2^53; 64-bit words (RNG states) are stored as hex strings.
