@@ -3,10 +3,10 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
-
-#include "core/tensor.h"
+#include <set>
 
 namespace lg::json {
 
@@ -47,6 +47,19 @@ int64_t Value::as_int(std::string_view what) const {
   if (x != std::floor(x) || std::fabs(x) > 9007199254740992.0)
     throw Error(fmt::format("{} must be an integer, found {}", what, x));
   return static_cast<int64_t>(x);
+}
+
+uint64_t Value::as_uint64(std::string_view what) const {
+  double x = as_number(what);
+  std::string literal = string_.empty() ? fmt::format("{}", x) : string_;
+  uint64_t v = 0;
+  const char* end = literal.data() + literal.size();
+  auto [stop, error] = std::from_chars(literal.data(), end, v);  // digits only: no sign, '.' or 'e'
+  if (error == std::errc::result_out_of_range)
+    throw Error(fmt::format("{} {} does not fit in 64 bits", what, literal));
+  if (error != std::errc() || stop != end)
+    throw Error(fmt::format("{} must be a non-negative integer, found {}", what, literal));
+  return v;
 }
 
 const std::string& Value::as_string(std::string_view what) const {
@@ -189,8 +202,12 @@ std::string Value::dump(int indent) const {
 
 // ---- parser ---------------------------------------------------------------------------
 
-namespace {
+ParseError::ParseError(size_t byte, std::string reason)
+    : Error(fmt::format("JSON parse error at byte {}: {}", byte, reason)),
+      byte_(byte),
+      reason_(std::move(reason)) {}
 
+// A friend of Value, so not in an anonymous namespace.
 class Parser {
  public:
   explicit Parser(std::string_view text) : s_(text) {}
@@ -198,14 +215,12 @@ class Parser {
   Value document() {
     Value v = value(0);
     skip_space();
-    if (i_ != s_.size()) fail("unexpected text after the value");
+    if (i_ != s_.size()) fail("unexpected text after the top-level value");
     return v;
   }
 
  private:
-  [[noreturn]] void fail(std::string_view why) const {
-    throw Error(fmt::format("JSON parse error at byte {}: {}", i_, why));
-  }
+  [[noreturn]] void fail(std::string why) const { throw ParseError(i_, std::move(why)); }
   void skip_space() {
     while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\r' || s_[i_] == '\t')) ++i_;
   }
@@ -241,12 +256,13 @@ class Parser {
       literal("null");
       return Value();
     }
-    if (c == '-' || (c >= '0' && c <= '9')) return Value(number());
+    if (c == '-' || (c >= '0' && c <= '9')) return number();
     fail(fmt::format("unexpected character '{}'", c));
   }
 
   Value object(int depth) {
     Value obj = Value::object();
+    std::set<std::string> keys;  // Value::set() would search linearly, and replace a duplicate silently
     expect('{');
     if (peek() == '}') {
       ++i_;
@@ -254,9 +270,14 @@ class Parser {
     }
     for (;;) {
       if (peek() != '"') fail("expected a string key");
+      size_t key_start = i_;
       std::string key = string();
+      if (!keys.insert(key).second) {
+        i_ = key_start;
+        fail(fmt::format("duplicate key \"{}\"", key));
+      }
       expect(':');
-      obj.set(key, value(depth + 1));
+      obj.object_.emplace_back(std::move(key), value(depth + 1));
       char c = peek();
       ++i_;
       if (c == '}') return obj;
@@ -286,15 +307,21 @@ class Parser {
     }
   }
 
-  double number() {
+  Value number() {
     size_t start = i_;
+    auto is_digit = [&] { return i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9'; };
     auto digits = [&] {
       size_t d0 = i_;
-      while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+      while (is_digit()) ++i_;
       if (i_ == d0) fail("expected a digit");
     };
     if (s_[i_] == '-') ++i_;
-    digits();
+    if (i_ < s_.size() && s_[i_] == '0') {
+      ++i_;
+      if (is_digit()) fail("leading zero in a number");
+    } else {
+      digits();
+    }
     if (i_ < s_.size() && s_[i_] == '.') {
       ++i_;
       digits();
@@ -304,8 +331,10 @@ class Parser {
       if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
       digits();
     }
-    std::string text(s_.substr(start, i_ - start));
-    return std::strtod(text.c_str(), nullptr);
+    std::string literal(s_.substr(start, i_ - start));
+    Value v(std::strtod(literal.c_str(), nullptr));
+    v.string_ = std::move(literal);  // for as_uint64(): "8" and "8.0" are the same double
+    return v;
   }
 
   unsigned hex4() {
@@ -391,6 +420,8 @@ class Parser {
             unsigned lo = hex4();
             if (lo < 0xDC00 || lo >= 0xE000) fail("bad low surrogate in \\u escape");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          } else if (cp >= 0xDC00 && cp < 0xE000) {
+            fail("lone surrogate in \\u escape");
           }
           append_utf8(out, cp);
           break;
@@ -404,8 +435,6 @@ class Parser {
   std::string_view s_;
   size_t i_ = 0;
 };
-
-}  // namespace
 
 Value parse(std::string_view text) { return Parser(text).document(); }
 

@@ -12,7 +12,11 @@
 #include <utility>
 #include <vector>
 
+#include "core/tensor.h"  // lg::Error
+
 namespace lg::json {
+
+class Parser;
 
 class Value {
  public:
@@ -47,6 +51,10 @@ class Value {
   bool as_bool(std::string_view what = "value") const;
   double as_number(std::string_view what = "value") const;
   int64_t as_int(std::string_view what = "value") const;  // must be integral
+  // A size or byte offset from another program's file: must be written as plain digits (no sign,
+  // fraction or exponent) and is exact up to 2^64 - 1. A number built in code is judged by how
+  // dump() writes it.
+  uint64_t as_uint64(std::string_view what = "value") const;
   const std::string& as_string(std::string_view what = "value") const;
   const std::vector<Value>& as_array(std::string_view what = "value") const;
 
@@ -64,17 +72,31 @@ class Value {
   std::string dump(int indent = -1) const;
 
  private:
+  friend class Parser;  // appends keys it has checked to be unique; keeps number literals
   void dump_to(std::string& out, int indent, int depth) const;
   Type type_ = Type::Null;
   bool bool_ = false;
   double number_ = 0.0;
-  std::string string_;
+  std::string string_;  // String: the text; Number from parse(): the literal as written
   std::vector<Value> array_;
   std::vector<std::pair<std::string, Value>> object_;
 };
 
-// Parses one JSON document (RFC 8259; no comments, no trailing commas, no NaN). Throws lg::Error
-// "JSON parse error at byte N: ..." on any malformed or truncated input.
+// What parse() throws. The message is "JSON parse error at byte N: reason"; a format that embeds
+// JSON (the safetensors header) rewords it from byte() and reason().
+class ParseError : public Error {
+ public:
+  ParseError(size_t byte, std::string reason);
+  size_t byte() const { return byte_; }
+  const std::string& reason() const { return reason_; }
+
+ private:
+  size_t byte_;
+  std::string reason_;
+};
+
+// Parses one JSON document (RFC 8259; no comments, no trailing commas, no NaN, no leading zeros,
+// no duplicate keys, no unpaired surrogates). Throws ParseError on any malformed or truncated input.
 Value parse(std::string_view text);
 
 // 64-bit words as 16-digit hex strings ("0x..."), exactly.

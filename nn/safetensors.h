@@ -20,9 +20,10 @@
 
 namespace lg::nn {
 
-// Writes the tensors in the given order (names must be unique and non-empty). Atomic: the
-// bytes go to path + ".tmp", are fsynced, and the file is renamed over `path`, so a crash
-// leaves either the old file or the complete new one. Throws lg::Error on any I/O failure.
+// Writes the tensors in the given order (names must be unique and non-empty). Atomic
+// (lg::files::write_file_atomic): the bytes go to a temporary file beside `path`, are fsynced,
+// and the file is renamed over `path`, so a crash leaves either the old file or the complete new
+// one. Throws lg::Error on any I/O failure.
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

@@ -148,6 +148,39 @@ TEST_CASE("json: round trip, exact doubles and 64-bit words, and errors") {
   CHECK(json::parse("\"\\u00e9\\ud83d\\ude00\"").as_string() == "\xc3\xa9\xf0\x9f\x98\x80");
 }
 
+TEST_CASE("json: the strict checks nn/safetensors relies on") {
+  auto parse_error = [](std::string_view text) {
+    try {
+      json::parse(text);
+    } catch (const json::ParseError& e) {
+      CHECK(std::string(e.what()) == fmt::format("JSON parse error at byte {}: {}", e.byte(), e.reason()));
+      return fmt::format("{}: {}", e.byte(), e.reason());
+    }
+    return std::string("(no ParseError thrown)");
+  };
+  CHECK(parse_error(R"({"a": 1, "a": 2})") == R"(9: duplicate key "a")");
+  CHECK(parse_error(R"({"a": {"b": 1, "b": 1}})") == R"(15: duplicate key "b")");
+  CHECK(parse_error("[1, 02]") == "5: leading zero in a number");
+  CHECK(parse_error("-01") == "2: leading zero in a number");
+  CHECK(parse_error(R"("\udc00")") == "7: lone surrogate in \\u escape");
+  CHECK(parse_error("{} x") == "3: unexpected text after the top-level value");
+  CHECK(parse_error("[1,") == "3: unexpected end of input");
+  CHECK(json::parse(R"({"a": 1, "b": {"a": 2}})").at("b").at("a").as_int() == 2);  // same key, other objects
+  CHECK(json::parse("[0, -0.5, 10]").size() == 3);
+
+  // as_uint64: plain digits, exact over 64 bits; "8.0", "-2" and "1e3" are other spellings, refused.
+  json::Value v = json::parse("[8, 18446744073709551615, 18446744073709551616, 8.0, -2, 1e3]");
+  const auto& items = v.as_array();
+  CHECK(items[0].as_uint64() == 8u);
+  CHECK(items[1].as_uint64() == 18446744073709551615ull);
+  CHECK_THROWS_WITH_AS(items[2].as_uint64("size"), "size 18446744073709551616 does not fit in 64 bits", Error);
+  CHECK_THROWS_WITH_AS(items[3].as_uint64("size"), "size must be a non-negative integer, found 8.0", Error);
+  CHECK_THROWS_WITH_AS(items[4].as_uint64("size"), "size must be a non-negative integer, found -2", Error);
+  CHECK_THROWS_WITH_AS(items[5].as_uint64("size"), "size must be a non-negative integer, found 1e3", Error);
+  CHECK(json::Value(int64_t{1} << 40).as_uint64() == (uint64_t{1} << 40));  // built in code: as dump() writes it
+  CHECK_THROWS_AS(json::Value(0.5).as_uint64(), Error);
+}
+
 TEST_CASE("data: vocabulary from the train split, unknown id, split and batches") {
   Vocab v = Vocab::from_text("abcab");
   CHECK(v.size() == 4);

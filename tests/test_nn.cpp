@@ -438,7 +438,7 @@ TEST_CASE("safetensors: round trip of values, shapes, views and metadata") {
                                                  {"note", "quote \" backslash \\ newline \n"}};
   nn::write_safetensors(path, {{"matrix", matrix}, {"scalar", scalar}, {"empty", empty}, {"view", view}},
                         metadata);
-  CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
+  CHECK_FALSE(std::filesystem::exists(path + ".tmp." + std::to_string(::getpid())));  // renamed into place
 
   std::map<std::string, std::string> got_metadata;
   auto got = nn::read_safetensors(path, &got_metadata);
@@ -490,7 +490,8 @@ TEST_CASE("safetensors: missing, truncated and corrupted files raise lg::Error")
   const std::string bytes = read_bytes(good);
   auto read_bad = [&] { nn::read_safetensors(bad); };
 
-  check_error([&] { nn::read_safetensors(temp_path("does_not_exist.safetensors")); }, "cannot open");
+  const std::string missing = temp_path("does_not_exist.safetensors");
+  check_error([&] { nn::read_safetensors(missing); }, "cannot read " + missing);
   write_bytes(bad, bytes.substr(0, 5));
   check_error(read_bad, "too short");
   write_bytes(bad, bytes.substr(0, 30));  // cut inside the header
@@ -529,15 +530,22 @@ TEST_CASE("safetensors: missing, truncated and corrupted files raise lg::Error")
   check_header(
       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
       float_bytes({1, 2, 3, 4, 5}), "unused bytes");
-  check_header(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight, "non-negative integers");
-  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8.0]}})", eight, "non-negative integers");
+  check_header(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight,
+               "tensor 'a': shape[0] must be a non-negative integer, found -2");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8.0]}})", eight,
+               "tensor 'a': data_offsets[1] must be a non-negative integer, found 8.0");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,08]}})", eight, "leading zero");
+  check_header(R"({"a":{"dtype":"F32","shape":[18446744073709551616],"data_offsets":[0,8]}})", eight,
+               "does not fit in 64 bits");
   check_header(R"({"a":{"dtype":"F32","shape":[2]}})", eight, "needs the fields");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"strides":[1]}})", eight,
+               "tensor 'a': unknown field \"strides\"");
   check_header(
       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
       eight, "duplicate key");
   check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}} trailing)", eight,
                "after the top-level value");
-  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})", eight, "unexpected end of header");
+  check_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})", eight, "unexpected end of input");
   check_header(R"([1, 2])", "", "header is not a JSON object");
   check_header(R"({"__metadata__":{"k":1}})", "", "is not a string");
 
@@ -546,7 +554,8 @@ TEST_CASE("safetensors: missing, truncated and corrupted files raise lg::Error")
         nn::write_safetensors(bad, {{"a", Tensor::ones({1})}, {"a", Tensor::ones({1})}});
       },
       "appears twice");
-  check_error([&] { nn::write_safetensors(temp_path("no_such_dir/x.safetensors"), {}); }, "cannot create");
+  const std::string unwritable = temp_path("no_such_dir/x.safetensors");
+  check_error([&] { nn::write_safetensors(unwritable, {}); }, "cannot write " + unwritable);
 }
 
 TEST_CASE("save_module / load_module") {
