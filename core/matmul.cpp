@@ -167,4 +167,51 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   });
 }
 
+// y = x W^T + b as one op: the bias is written into y first and the product added onto it
+// (beta = 1), and the backward takes db as column sums of the gradient directly, instead of
+// a broadcast add and its sum_to. x (..., in) folds into (N, in) rows.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (x.dim() < 1 || weight.dim() != 2 || x.size(-1) != weight.size(1) ||
+      (bias.defined() && bias.shape() != Shape{weight.size(0)}))
+    throw Error(fmt::format("linear: input {} does not fit weight {} and bias {}", shape_str(x.shape()),
+                            shape_str(weight.shape()), bias.defined() ? shape_str(bias.shape()) : "none"));
+  int64_t in = weight.size(1), out_features = weight.size(0);
+  int64_t N = x.numel() / std::max<int64_t>(in, 1);
+  Tensor xc = x.is_contiguous() ? x : contiguous_copy(x);        // (N, in)
+  Tensor w = weight.is_contiguous() ? weight : contiguous_copy(weight);  // (out, in)
+  Shape out_shape = x.shape();
+  out_shape.back() = out_features;
+  Tensor y = Tensor::empty(out_shape);                           // (N, out)
+  if (bias.defined()) {
+    Tensor b = bias.is_contiguous() ? bias : contiguous_copy(bias);
+    const float* pb = b.data();
+    float* py = y.data();
+#pragma omp parallel for schedule(static) if (N * out_features > (1 << 15))
+    for (int64_t r = 0; r < N; ++r) std::copy_n(pb, out_features, py + r * out_features);
+  }
+  sgemm(false, true, N, out_features, in, xc.data(), in, w.data(), in, bias.defined() ? 1.0f : 0.0f, y.data(),
+        out_features);
+  return attach_node(y, "linear", {x, weight, bias}, [x, xc, weight, w, bias, N, in, out_features](const Tensor& g) {
+    Tensor gc = g.is_contiguous() ? g : contiguous_copy(g);     // (N, out)
+    if (x.requires_grad()) {
+      Tensor gx = Tensor::empty(x.shape());                     // dx = g W
+      sgemm(false, false, N, in, out_features, gc.data(), out_features, w.data(), in, 0.0f, gx.data(), in);
+      accumulate_grad(x, std::move(gx));
+    }
+    if (weight.requires_grad()) {
+      Tensor gw = Tensor::empty(weight.shape());                // dW = g^T x
+      sgemm(true, false, out_features, in, N, gc.data(), out_features, xc.data(), in, 0.0f, gw.data(), in);
+      accumulate_grad(weight, std::move(gw));
+    }
+    if (bias.defined() && bias.requires_grad()) {
+      Tensor gb = Tensor::zeros({out_features});                // db = column sums of g, rows in order
+      float* pb = gb.data();
+      const float* pg = gc.data();
+      for (int64_t r = 0; r < N; ++r)
+        for (int64_t j = 0; j < out_features; ++j) pb[j] += pg[r * out_features + j];
+      accumulate_grad(bias, std::move(gb));
+    }
+  });
+}
+
 }  // namespace lg

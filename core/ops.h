@@ -51,6 +51,7 @@ Tensor cumsum(const Tensor& x, int64_t axis);               // inclusive prefix 
 
 // ---- matrix products (cblas_sgemm; transposed views are passed as BLAS flags) -------------
 Tensor matmul(const Tensor& a, const Tensor& b);            // (..., M, K) @ (K, N) or (..., K, N) -> (..., M, N)
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);  // (..., in), (out, in), (out,) or undefined -> (..., out): x W^T + b
 
 // ---- network primitives ---------------------------------------------------------------
 Tensor embedding(const Tensor& weight, const std::vector<int32_t>& ids, const Shape& ids_shape);
@@ -80,7 +81,7 @@ inline constexpr std::string_view kDifferentiableOps[] = {
     "dropout",    "sum",        "sum_axis",   "mean",          "mean_axis",  "max",
     "max_axis",   "cumsum",     "matmul",     "embedding",     "softmax",    "log_softmax",
     "cross_entropy", "layer_norm", "reshape", "transpose",     "permute",    "slice",
-    "concat",     "contiguous"};
+    "concat",     "contiguous", "linear"};
 // (split is made of slices, so checking slice checks it.)
 
 // ---- non-differentiable helpers -------------------------------------------------------

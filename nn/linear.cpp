@@ -1,4 +1,4 @@
-// nn/linear.cpp: the affine layer; W^T is a transposed view, so BLAS reads W in place.
+// nn/linear.cpp: the affine layer, one fused core op (BLAS reads W in place as W^T).
 #include "nn/linear.h"
 
 namespace lg::nn {
@@ -8,9 +8,6 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool with_bias, Rng& r
   if (with_bias) bias = register_parameter("bias", Tensor::zeros({out_features}));
 }
 
-Tensor Linear::forward(const Tensor& x) const {
-  Tensor y = matmul(x, transpose(weight, 0, 1));  // (..., out)
-  return bias.defined() ? add(y, bias) : y;
-}
+Tensor Linear::forward(const Tensor& x) const { return linear(x, weight, bias); }  // (..., out)
 
 }  // namespace lg::nn

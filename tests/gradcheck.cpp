@@ -21,7 +21,7 @@ static void record_ops(const Tensor& out) {
   while (!stack.empty()) {
     Tensor t = stack.back();
     stack.pop_back();
-    if (!visited.insert(t.impl_ptr().get()).second || !t.impl().node) continue;
+    if (!t.defined() || !visited.insert(t.impl_ptr().get()).second || !t.impl().node) continue;
     ops_seen().insert(t.impl().node->op);
     for (const Tensor& in : t.impl().node->inputs) stack.push_back(in);
   }

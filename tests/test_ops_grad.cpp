@@ -124,6 +124,18 @@ TEST_CASE("grad: matmul, plain, batched, shared and transposed operands") {
   check_gradients([&] { return matmul(four, b); }, {four, b});
 }
 
+TEST_CASE("grad: linear with and without bias, batched and strided inputs") {
+  Tensor x = random_leaf({2, 3, 4}, 40), w = random_leaf({5, 4}, 41), b = random_leaf({5}, 42);
+  check_gradients([&] { return linear(x, w, b); }, {x, w, b});
+  check_gradients([&] { return linear(x, w, Tensor()); }, {x, w});
+  Tensor xt = random_leaf({4, 3}, 43);
+  check_gradients([&] { return linear(transpose(xt, 0, 1), w, b); }, {xt, w, b});
+  // The reference: matmul with a transposed view plus a broadcast add.
+  NoGradGuard no_grad;
+  std::vector<float> fused = linear(x, w, b).to_vector(), composed = add(matmul(x, transpose(w, 0, 1)), b).to_vector();
+  for (size_t i = 0; i < fused.size(); ++i) CHECK(fused[i] == doctest::Approx(composed[i]).epsilon(1e-5));
+}
+
 TEST_CASE("grad: embedding with repeated ids") {
   Tensor w = random_leaf({5, 3}, 23);
   std::vector<int32_t> ids = {0, 2, 2, 4, 1, 2};
