@@ -94,6 +94,7 @@ def main():
     ap.add_argument("--attn", default="mha,latent", help="comma list of attention kinds")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run (median reported)")
+    ap.add_argument("--steps-large", type=int, default=3, help="timed steps for the 10.7M config (seconds each)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -106,41 +107,45 @@ def main():
         args.attn = args.attn_one
         return torch_worker(args)
 
-    try:
-        import torch
-        torch_version = torch.__version__
-    except ImportError:
+    # Asked in a child process: a parent that imported torch would pass its resident size on to
+    # every child it forks (Linux keeps ru_maxrss across fork + exec), inflating their peak RSS.
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
         sys.exit("PyTorch is not installed (Debian: apt-get install python3-torch; run with /usr/bin/python3)")
+    torch_version = probe.stdout.strip()
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} not found: build first (bash scripts/test.sh)")
 
-    print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; PyTorch {torch_version}; "
-          f"{args.steps} timed steps after {args.warmup} warm-up, medians.\n")
-    print("| config | attention | engine | threads | ms/step | tokens/s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; PyTorch {torch_version}; medians of "
+          f"{args.steps} timed steps after {args.warmup} warm-up ({args.steps_large} after 1 for 10.7M).\n")
+    print("| config | attention | engine | threads | ms/step | tokens/s | MFU | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
     ratios = []
     for config in args.configs.split(","):
         for attn in args.attn.split(","):
             best = {}
+            steps, warmup = (args.steps_large, 1) if config == "10.7M" else (args.steps, args.warmup)
             for engine in ("latentgrad", "pytorch"):
                 for threads in [int(t) for t in args.threads.split(",")]:
                     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
                     if engine == "pytorch":
                         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "torch", "--data", args.data,
                                "--config", config, "--attn-one", attn, "--threads", str(threads),
-                               "--steps", str(args.steps), "--warmup", str(args.warmup),
+                               "--steps", str(steps), "--warmup", str(warmup),
                                "--chunk", str(args.chunk), "--seed", str(args.seed)]
                     else:
                         c = CONFIGS[config]
                         cmd = [args.bin, "train", "--data", args.data, "--attn", attn, "--threads", str(threads),
                                "--layers", str(c["layers"]), "--heads", str(c["heads"]), "--dim", str(c["dim"]),
-                               "--ctx", str(c["ctx"]), "--batch", str(c["batch"]), "--steps", str(args.steps),
-                               "--warmup", str(args.warmup), "--chunk", str(args.chunk), "--seed", str(args.seed),
+                               "--ctx", str(c["ctx"]), "--batch", str(c["batch"]), "--steps", str(steps),
+                               "--warmup", str(warmup), "--chunk", str(args.chunk), "--seed", str(args.seed),
                                "--json"]
                     r = run_json(cmd, env)
                     best[engine] = max(best.get(engine, 0), r["tokens_per_s"])
+                    mfu = f"{100 * r['mfu']:.0f}%" if "mfu" in r else "-"
                     print(f"| {config} | {attn} | {engine} | {threads} | {r['step_ms']:.1f} | "
-                          f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} |", flush=True)
+                          f"{r['tokens_per_s']:.0f} | {mfu} | {r['peak_rss_mb']:.0f} |", flush=True)
             ratios.append((config, attn, best["latentgrad"] / best["pytorch"]))
     print("\n| config | attention | latentgrad / PyTorch, best thread count each |")
     print("|---|---|---|")
