@@ -44,7 +44,8 @@ Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t 
 
 // The same outputs as one op with a hand-written backward (nn/latent_attention_fused.cpp): the
 // recurrent form run over every position, with a running max per position, so it stays exact
-// for any spread of write scores. O(T (M + W) d) time and saved memory. -> o (B, H, T, d).
+// for any spread of write scores. O(T (M + W) d) time; saved memory O(T (M + W)) plus the running
+// sums every 32 positions, from which the backward recomputes the latent keys and values. -> o (B, H, T, d).
 Tensor latent_attention_fused(const LatentInputs& in, int64_t window);
 
 // The same outputs straight from the definition, in double precision plain loops, with the

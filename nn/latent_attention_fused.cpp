@@ -26,7 +26,9 @@
 //   dkr_s += e_s RX_s,   dv_s += e_s RY_s,
 //   da_s   = e_s (kr_s . RX_s + v_s . RY_s - Rc_s)      (softmax rule: w (g - sum w g))
 //   dk_s  += da_s l_m / sqrt(d),   dl_m += da_s k_s / sqrt(d).
-// Time and memory O(T (M + W) d) per head; forward saves mu, Z, e, Kl, Vl and P per position.
+// Time O(T (M + W) d) per head. The forward saves mu, Z, e, P and the latent scores per position
+// (O(T (M + W))) and the sums SK, SV every kChunk positions; the backward recomputes Kl, Vl one
+// chunk at a time from those checkpoints with the forward's own write step, so the same values.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -54,10 +56,21 @@ inline void axpy(float alpha, const float* x, float* y, int64_t n) {  // y += al
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// out = exp(a - b), elementwise over n
+inline void exp_diff(const float* __restrict a, const float* __restrict b, float* __restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = fast_exp(a[i] - b[i]);
+}
+
 struct Dims {
   int64_t T, d, M, W;
   float scale;  // 1 / sqrt(d)
 };
+
+// Positions per checkpoint of the forward's running sums. The backward recomputes the latent
+// keys and values of one chunk at a time from its checkpoint, with the same write step as the
+// forward (so the same values), into a scratch of kChunk M d floats x 2 that stays in cache,
+// instead of reading back T M d x 2 saved floats per head.
+constexpr int64_t kChunk = 32;
 
 // One (batch, head): rows of T positions. The saved pointers are null when no graph is built.
 struct HeadRows {
@@ -66,116 +79,215 @@ struct HeadRows {
   float* o;                     // (T, d)
   float *mu, *Z;                // (T, M)        saved: running max, normaliser (>= 1)
   float* E;                     // (T, M)        saved: e_t = exp(a_t - mu_t) <= 1
-  float *Kl, *Vl;               // (T, M, d)     saved: latent keys and values
+  float *cSK, *cSV;             // (nC, M, d)    saved: SK, SV before position c kChunk
   float* P;                     // (T, M + W)    saved: probabilities, window slot j <-> s = t - W + 1 + j
+  float* S;                     // (T, M)        saved: q_t . Kl_{t,m}, the latent scores before 1 / sqrt(d)
 };
+
+// The write of position t: the running state (mu, Z of M latents) before t is mu_in, Z_in, after
+// t mu_out, Z_out (distinct arrays); SK, SV (M, d) are updated in place; Kl, Vl (M, d) get the
+// latent keys and values at t, e (M) the new terms' weights exp(a_t - mu_t). lt (d, M) is l
+// transposed, so the M scores and the M rescalings are vector operations over m; tmp holds
+// 2 M floats.
+template <int64_t kD>
+inline void write_step(const Dims& n, const float* lt, const float* kt, const float* krt, const float* vt,
+                       const float* __restrict mu_in, const float* __restrict Z_in, float* __restrict mu_out,
+                       float* __restrict Z_out, float* __restrict e_out, float* SK, float* SV, float* Kl,
+                       float* Vl, float* __restrict tmp) {
+  const int64_t d = kD > 0 ? kD : n.d, M = n.M;
+  float *__restrict a = tmp, *__restrict rescale = tmp + M;
+  for (int64_t m = 0; m < M; ++m) a[m] = kt[0] * lt[m];
+  for (int64_t i = 1; i < d; ++i) {
+    const float ki = kt[i];
+    const float* row = lt + i * M;
+#pragma omp simd
+    for (int64_t m = 0; m < M; ++m) a[m] += ki * row[m];
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    a[m] *= n.scale;
+    mu_out[m] = std::max(mu_in[m], a[m]);
+  }
+  exp_diff(mu_in, mu_out, rescale, M);
+  exp_diff(a, mu_out, e_out, M);
+  for (int64_t m = 0; m < M; ++m) Z_out[m] = Z_in[m] * rescale[m] + e_out[m];
+  for (int64_t m = 0; m < M; ++m) {
+    const float r = rescale[m], e = e_out[m], iz = 1.0f / Z_out[m];
+    float *sk = SK + m * d, *sv = SV + m * d, *klm = Kl + m * d, *vlm = Vl + m * d;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) {
+      sk[i] = sk[i] * r + e * krt[i];
+      sv[i] = sv[i] * r + e * vt[i];
+      klm[i] = sk[i] * iz;
+      vlm[i] = sv[i] * iz;
+    }
+  }
+}
+
+// l (M, d) -> lt (d, M)
+inline void transpose_latents(const float* l, int64_t M, int64_t d, float* lt) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < d; ++i) lt[i * M + m] = l[m * d + i];
+}
 
 // kD > 0 fixes the head size at compile time (the common 32 and 64): the d-long loops unroll.
 template <int64_t kD>
 void forward_head(const Dims& n, const HeadRows& h) {
   const int64_t T = n.T, d = kD > 0 ? kD : n.d, M = n.M, W = n.W;
-  std::vector<float> mu(M, kNegInf), Z(M, 0.0f), SK(M * d, 0.0f), SV(M * d, 0.0f);
-  std::vector<float> Kl_scratch(M * d), Vl_scratch(M * d), P_scratch(M + W);
+  // Without saving, mu and Z alternate between two rows of scratch; with it, position t's row
+  // of the saved mu and Z is the state after t.
+  std::vector<float> mu0(M, kNegInf), Z0(M, 0.0f), mu_scratch(2 * M), Z_scratch(2 * M);
+  std::vector<float> SK(M * d, 0.0f), SV(M * d, 0.0f);
+  std::vector<float> Kl(M * d), Vl(M * d), P_scratch(M + W), e(M), tmp(2 * M), lt(d * M);
+  transpose_latents(h.l, M, d, lt.data());
+  const float *mu_in = mu0.data(), *Z_in = Z0.data();
   for (int64_t t = 0; t < T; ++t) {
-    float* Kl = h.Kl ? h.Kl + t * M * d : Kl_scratch.data();
-    float* Vl = h.Vl ? h.Vl + t * M * d : Vl_scratch.data();
     float* P = h.P ? h.P + t * (M + W) : P_scratch.data();
     const float *kt = h.k + t * d, *krt = h.kr + t * d, *vt = h.v + t * d, *qt = h.q + t * d;
-    // Write: each latent takes in position t.
-    for (int64_t m = 0; m < M; ++m) {
-      const float a = dot(h.l + m * d, kt, d) * n.scale;
-      const float new_mu = std::max(mu[m], a);
-      const float rescale = fast_exp(mu[m] - new_mu), e = fast_exp(a - new_mu);
-      mu[m] = new_mu;
-      Z[m] = Z[m] * rescale + e;
-      const float inv_z = 1.0f / Z[m];
-      float *sk = SK.data() + m * d, *sv = SV.data() + m * d;
-#pragma omp simd
-      for (int64_t i = 0; i < d; ++i) {
-        sk[i] = sk[i] * rescale + e * krt[i];
-        sv[i] = sv[i] * rescale + e * vt[i];
-        Kl[m * d + i] = sk[i] * inv_z;
-        Vl[m * d + i] = sv[i] * inv_z;
-      }
-      if (h.mu) {
-        h.mu[t * M + m] = mu[m];
-        h.Z[t * M + m] = Z[m];
-        h.E[t * M + m] = e;
-      }
+    if (h.mu && t % kChunk == 0) {
+      const int64_t c = t / kChunk;
+      std::copy_n(SK.data(), M * d, h.cSK + c * M * d);
+      std::copy_n(SV.data(), M * d, h.cSV + c * M * d);
     }
+    // Write: each latent takes in position t.
+    float* mu_out = h.mu ? h.mu + t * M : mu_scratch.data() + (t % 2) * M;
+    float* Z_out = h.mu ? h.Z + t * M : Z_scratch.data() + (t % 2) * M;
+    write_step<kD>(n, lt.data(), kt, krt, vt, mu_in, Z_in, mu_out, Z_out, h.mu ? h.E + t * M : e.data(), SK.data(),
+                   SV.data(), Kl.data(), Vl.data(), tmp.data());
+    mu_in = mu_out;
+    Z_in = Z_out;
     // Read: one softmax over [latents ; window positions t - W < s <= t].
     float mx = kNegInf;
-    for (int64_t m = 0; m < M; ++m) mx = std::max(mx, P[m] = dot(qt, Kl + m * d, d) * n.scale);
+    for (int64_t m = 0; m < M; ++m) {
+      const float raw = dot(qt, Kl.data() + m * d, d);
+      if (h.S) h.S[t * M + m] = raw;
+      mx = std::max(mx, P[m] = raw * n.scale);
+    }
     for (int64_t j = 0; j < W; ++j) {
       const int64_t s = t - W + 1 + j;
       P[M + j] = s >= 0 ? dot(qt, h.kr + s * d, d) * n.scale : kNegInf;
       mx = std::max(mx, P[M + j]);
     }
     float z = 0.0f;
+#pragma omp simd reduction(+ : z)
     for (int64_t j = 0; j < M + W; ++j) z += (P[j] = fast_exp(P[j] - mx));
     const float inv = 1.0f / z;
-    float* ot = h.o + t * d;
+    float acc[kD > 0 ? kD : 1];
+    float* ot = kD > 0 ? acc : h.o + t * d;
     std::fill_n(ot, d, 0.0f);
-    for (int64_t m = 0; m < M; ++m) axpy(P[m] *= inv, Vl + m * d, ot, d);
+    for (int64_t m = 0; m < M; ++m) axpy(P[m] *= inv, Vl.data() + m * d, ot, d);
     for (int64_t j = 0; j < W; ++j) {
       const int64_t s = t - W + 1 + j;
       P[M + j] *= inv;
       if (s >= 0) axpy(P[M + j], h.v + s * d, ot, d);
     }
+    if (kD > 0) std::copy_n(acc, d, h.o + t * d);
   }
 }
 
-// Gradients of one (batch, head); dq, dk, dkr, dv (T, d) and dl (M, d) are zeroed by the caller.
+// Gradients of one (batch, head); dkr, dv (T, d) and dl (M, d) are zeroed by the caller, and dq,
+// dk (T, d) too unless kD > 0 (then each row is written once, at its own position).
 template <int64_t kD>
 void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq, float* dk, float* dkr,
                    float* dv, float* dl) {
   const int64_t T = n.T, d = kD > 0 ? kD : n.d, M = n.M, W = n.W;
   std::vector<float> RX(M * d, 0.0f), RY(M * d, 0.0f), Rc(M, 0.0f), dP(M), dsigma(M + W);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const float *Kl = h.Kl + t * M * d, *Vl = h.Vl + t * M * d, *P = h.P + t * (M + W);
-    const float *qt = h.q + t * d, *got = go + t * d;
-    // Read at t: softmax backward, then the query's and the window's gradients.
-    float p_dp = 0.0f;
-    for (int64_t m = 0; m < M; ++m) p_dp += P[m] * (dsigma[m] = dP[m] = dot(got, Vl + m * d, d));
-    for (int64_t j = 0; j < W; ++j) {
-      const int64_t s = t - W + 1 + j;
-      dsigma[M + j] = s >= 0 ? dot(got, h.v + s * d, d) : 0.0f;
-      p_dp += P[M + j] * dsigma[M + j];
-    }
-    float* dqt = dq + t * d;
-    for (int64_t j = 0; j < M + W; ++j) dsigma[j] = P[j] * (dsigma[j] - p_dp);
-    for (int64_t m = 0; m < M; ++m) axpy(dsigma[m] * n.scale, Kl + m * d, dqt, d);
-    for (int64_t j = 0; j < W; ++j) {
-      const int64_t s = t - W + 1 + j;
-      if (s < 0) continue;
-      axpy(dsigma[M + j] * n.scale, h.kr + s * d, dqt, d);
-      axpy(dsigma[M + j] * n.scale, qt, dkr + s * d, d);
-      axpy(P[M + j], got, dv + s * d, d);
-    }
-    // Carry X, Y, c backwards to position t, then the write of position t.
-    const float *kt = h.k + t * d, *krt = h.kr + t * d, *vt = h.v + t * d;
-    for (int64_t m = 0; m < M; ++m) {
-      const float mu = h.mu[t * M + m];
-      const float decay = t + 1 < T ? fast_exp(mu - h.mu[(t + 1) * M + m]) : 0.0f;
-      const float inv_z = 1.0f / h.Z[t * M + m];
-      const float x_scale = dsigma[m] * n.scale * inv_z,
-                  y_scale = P[m] * inv_z;  // X / Z = x_scale q_t, Y / Z
-      // c_t / Z = (X . Kl + Y . Vl) / Z, with Y . Vl = P_m (dO_t . Vl_m) = P_m dP_m
-      const float c = x_scale * dot(qt, Kl + m * d, d) + y_scale * dP[m];
-      float *rx = RX.data() + m * d, *ry = RY.data() + m * d;
-#pragma omp simd
-      for (int64_t i = 0; i < d; ++i) {
-        rx[i] = decay * rx[i] + x_scale * qt[i];
-        ry[i] = decay * ry[i] + y_scale * got[i];
+  std::vector<float> mu0(M, kNegInf), Z0(M, 0.0f), mu(M), Z(M), SK(M * d), SV(M * d), e(M), tmp(2 * M);
+  std::vector<float> lt(d * M), decay(M), inv_zs(M);
+  transpose_latents(h.l, M, d, lt.data());
+  // The chunk's scratch is kept per thread: allocating and freeing it per head costs more than
+  // the recomputation (the allocator returns the pages, and every thread's TLB is flushed).
+  thread_local std::vector<float> Kl_chunk, Vl_chunk;
+  Kl_chunk.resize(std::max<size_t>(Kl_chunk.size(), kChunk * M * d));
+  Vl_chunk.resize(std::max<size_t>(Vl_chunk.size(), kChunk * M * d));
+  // Local accumulators of position t's dq, dkr, dv, dk: registers when d is fixed.
+  constexpr int64_t kA = kD > 0 ? kD : 1;
+  float aq[kA], akr[kA], av[kA], ak[kA];
+  const int64_t chunks = (T + kChunk - 1) / kChunk;
+  for (int64_t c = chunks - 1; c >= 0; --c) {
+    const int64_t c0 = c * kChunk, c1 = std::min(T, c0 + kChunk);
+    // Recompute the chunk's latent keys and values from its checkpoint.
+    // (mu and Z come out as saved; the saved rows of t - 1 are the state before t.)
+    std::copy_n(h.cSK + c * M * d, M * d, SK.data());
+    std::copy_n(h.cSV + c * M * d, M * d, SV.data());
+    for (int64_t t = c0; t < c1; ++t)
+      write_step<kD>(n, lt.data(), h.k + t * d, h.kr + t * d, h.v + t * d, t > 0 ? h.mu + (t - 1) * M : mu0.data(),
+                     t > 0 ? h.Z + (t - 1) * M : Z0.data(), mu.data(), Z.data(), e.data(), SK.data(), SV.data(),
+                     Kl_chunk.data() + (t - c0) * M * d, Vl_chunk.data() + (t - c0) * M * d, tmp.data());
+    for (int64_t t = c1 - 1; t >= c0; --t) {
+      const float *Kl = Kl_chunk.data() + (t - c0) * M * d, *Vl = Vl_chunk.data() + (t - c0) * M * d;
+      const float* P = h.P + t * (M + W);
+      const float *qt = h.q + t * d, *got = go + t * d;
+      float* dqt = kD > 0 ? aq : dq + t * d;
+      float* dkrt = kD > 0 ? akr : dkr + t * d;
+      float* dvt = kD > 0 ? av : dv + t * d;
+      float* dkt = kD > 0 ? ak : dk + t * d;
+      if (kD > 0) {
+        std::fill_n(aq, d, 0.0f);
+        std::copy_n(dkr + t * d, d, akr);  // the window terms of later positions t' > t
+        std::copy_n(dv + t * d, d, av);
+        std::fill_n(ak, d, 0.0f);
       }
-      Rc[m] = decay * Rc[m] + c;
-      const float* lm = h.l + m * d;
-      const float e = h.E[t * M + m];
-      axpy(e, rx, dkr + t * d, d);
-      axpy(e, ry, dv + t * d, d);
-      const float da = e * (dot(krt, rx, d) + dot(vt, ry, d) - Rc[m]);
-      axpy(da * n.scale, lm, dk + t * d, d);
-      axpy(da * n.scale, kt, dl + m * d, d);
+      // Read at t: softmax backward, then the query's and the window's gradients.
+      float p_dp = 0.0f;
+      for (int64_t m = 0; m < M; ++m) p_dp += P[m] * (dsigma[m] = dP[m] = dot(got, Vl + m * d, d));
+      for (int64_t j = 0; j < W; ++j) {
+        const int64_t s = t - W + 1 + j;
+        dsigma[M + j] = s >= 0 ? dot(got, h.v + s * d, d) : 0.0f;
+        p_dp += P[M + j] * dsigma[M + j];
+      }
+      for (int64_t j = 0; j < M + W; ++j) dsigma[j] = P[j] * (dsigma[j] - p_dp);
+      for (int64_t m = 0; m < M; ++m) axpy(dsigma[m] * n.scale, Kl + m * d, dqt, d);
+      for (int64_t j = 0; j < W; ++j) {
+        const int64_t s = t - W + 1 + j;
+        if (s < 0) continue;
+        axpy(dsigma[M + j] * n.scale, h.kr + s * d, dqt, d);
+        if (s == t) {
+          axpy(dsigma[M + j] * n.scale, qt, dkrt, d);
+          axpy(P[M + j], got, dvt, d);
+        } else {
+          axpy(dsigma[M + j] * n.scale, qt, dkr + s * d, d);
+          axpy(P[M + j], got, dv + s * d, d);
+        }
+      }
+      // Carry X, Y, c backwards to position t, then the write of position t.
+      const float *kt = h.k + t * d, *krt = h.kr + t * d, *vt = h.v + t * d;
+      if (t + 1 < T) {
+        exp_diff(h.mu + t * M, h.mu + (t + 1) * M, decay.data(), M);
+      } else {
+        std::fill_n(decay.data(), M, 0.0f);
+      }
+#pragma omp simd
+      for (int64_t m = 0; m < M; ++m) inv_zs[m] = 1.0f / h.Z[t * M + m];
+      for (int64_t m = 0; m < M; ++m) {
+        const float dc = decay[m], inv_z = inv_zs[m];
+        const float x_scale = dsigma[m] * n.scale * inv_z,
+                    y_scale = P[m] * inv_z;  // X / Z = x_scale q_t, Y / Z
+        // c_t / Z = (X . Kl + Y . Vl) / Z, with Y . Vl = P_m (dO_t . Vl_m) = P_m dP_m
+        const float cz = x_scale * h.S[t * M + m] + y_scale * dP[m];
+        float *rx = RX.data() + m * d, *ry = RY.data() + m * d;
+#pragma omp simd
+        for (int64_t i = 0; i < d; ++i) {
+          rx[i] = dc * rx[i] + x_scale * qt[i];
+          ry[i] = dc * ry[i] + y_scale * got[i];
+        }
+        Rc[m] = dc * Rc[m] + cz;
+        const float* lm = h.l + m * d;
+        const float em = h.E[t * M + m];
+        axpy(em, rx, dkrt, d);
+        axpy(em, ry, dvt, d);
+        float g = 0.0f;  // kr_t . RX + v_t . RY
+#pragma omp simd reduction(+ : g)
+        for (int64_t i = 0; i < d; ++i) g += krt[i] * rx[i] + vt[i] * ry[i];
+        const float da = em * (g - Rc[m]);
+        axpy(da * n.scale, lm, dkt, d);
+        axpy(da * n.scale, kt, dl + m * d, d);
+      }
+      if (kD > 0) {
+        std::copy_n(aq, d, dq + t * d);  // only position t adds to dq_t and dk_t
+        std::copy_n(ak, d, dk + t * d);
+        std::copy_n(akr, d, dkr + t * d);
+        std::copy_n(av, d, dv + t * d);
+      }
     }
   }
 }
@@ -208,14 +320,17 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
   for (const Tensor* t : {&in.queries, &in.keys, &in.rotated_keys, &in.values, &in.latents})
     any_grad = any_grad || t->requires_grad();
   const bool save = grad_enabled() && any_grad;
-  Tensor mu, Z, E, Kl, Vl, P;  // (B, H, T, M) x 3, (B, H, T, M, d) x 2, (B, H, T, M + W)
+  const int64_t nC = (T + kChunk - 1) / kChunk;
+  // (B, H, T, M) x 3, (B, H, nC, M, d) x 2, (B, H, T, M + W), (B, H, T, M)
+  Tensor mu, Z, E, cSK, cSV, P, S;
   if (save) {
     mu = Tensor::empty({B, H, T, M});
     Z = Tensor::empty({B, H, T, M});
     E = Tensor::empty({B, H, T, M});
-    Kl = Tensor::empty({B, H, T, M, d});
-    Vl = Tensor::empty({B, H, T, M, d});
+    cSK = Tensor::empty({B, H, nC, M, d});
+    cSV = Tensor::empty({B, H, nC, M, d});
     P = Tensor::empty({B, H, T, M + W});
+    S = Tensor::empty({B, H, T, M});
   }
   // Rows of head (b, h) = bh: inputs at bh T d, latents at h M d, saved rows at bh T (...). The
   // backward closure keeps this lambda, so it must not hold `out` (a cycle through out's node).
@@ -232,14 +347,16 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
                nullptr,
                nullptr,
                nullptr,
+               nullptr,
                nullptr};
     if (save) {
       r.mu = mu.data() + bh * T * M;
       r.Z = Z.data() + bh * T * M;
       r.E = E.data() + bh * T * M;
-      r.Kl = Kl.data() + bh * T * M * d;
-      r.Vl = Vl.data() + bh * T * M * d;
+      r.cSK = cSK.data() + bh * nC * M * d;
+      r.cSV = cSV.data() + bh * nC * M * d;
       r.P = P.data() + bh * T * (M + W);
+      r.S = S.data() + bh * T * M;
     }
     return r;
   };
@@ -255,7 +372,9 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
                      [in, rows, dims, B, H](const Tensor& g) {
                        const int64_t T = dims.T, d = dims.d, M = dims.M;
                        Tensor go = contiguous_data(g);
-                       Tensor dq = Tensor::zeros({B, H, T, d}), dk = Tensor::zeros({B, H, T, d});
+                       const bool unrolled = d == 32 || d == 64;  // backward_head<kD > 0> writes dq, dk whole
+                       Tensor dq = unrolled ? Tensor::empty({B, H, T, d}) : Tensor::zeros({B, H, T, d});
+                       Tensor dk = unrolled ? Tensor::empty({B, H, T, d}) : Tensor::zeros({B, H, T, d});
                        Tensor dkr = Tensor::zeros({B, H, T, d}), dv = Tensor::zeros({B, H, T, d});
                        Tensor dl_rows = Tensor::zeros({B, H, M, d});  // per (b, h), summed over b below
 #pragma omp parallel for schedule(static) if (B * H > 1 && T * M * d > 4096)

@@ -303,6 +303,50 @@ TEST_CASE("latent attention (5c): the fused op at head sizes 32 and 64 (its unro
   }
 }
 
+TEST_CASE("latent attention (5d): the fused op's backward across its recompute checkpoints equals the chunked path") {
+  // The fused backward recomputes the latent keys and values per block of 32 positions from a
+  // checkpoint of the forward's running sums: T = 100 crosses three checkpoints, and ends
+  // inside a partial block. Head sizes 8 (the generic kernel) and 32 (an unrolled one).
+  for (int64_t d : {8, 32}) {
+    for (int64_t window : {0, 5}) {
+      CAPTURE(d);
+      CAPTURE(window);
+      const Shape shape{2, 2, 100, d};
+      nn::LatentInputs in;
+      in.queries = lg::testing::random_leaf(shape, 40, 0.5f);
+      in.keys = lg::testing::random_leaf(shape, 41, 0.5f);
+      in.rotated_keys = lg::testing::random_leaf(shape, 42, 0.5f);
+      in.values = lg::testing::random_leaf(shape, 43);
+      in.latents = lg::testing::random_leaf({2, 3, d}, 44);
+      Rng wrng(45);
+      Tensor weights = randn(shape, wrng);
+      std::vector<Tensor> leaves{in.queries, in.keys, in.rotated_keys, in.values, in.latents};
+      std::vector<std::vector<float>> grads[2];
+      Tensor outs[2];
+      for (int i = 0; i < 2; ++i) {
+        for (Tensor& t : leaves) t.zero_grad();
+        outs[i] = i == 0 ? nn::latent_attention_fused(in, window) : nn::latent_attention_chunked(in, window, 7);
+        sum(mul(outs[i], weights)).backward();
+        for (Tensor& t : leaves) grads[i].push_back(t.grad().to_vector());
+      }
+      CHECK(max_abs_diff(outs[0], outs[1]) < 2e-5f);
+      {
+        NoGradGuard no_grad;  // the forward without saving gives the same outputs
+        CHECK(max_abs_diff(nn::latent_attention_fused(in, window), outs[0]) == 0.0f);
+      }
+      for (size_t k = 0; k < leaves.size(); ++k) {
+        CAPTURE(k);
+        float worst = 0, largest = 0;
+        for (size_t j = 0; j < grads[0][k].size(); ++j) {
+          worst = std::max(worst, std::abs(grads[0][k][j] - grads[1][k][j]));
+          largest = std::max(largest, std::abs(grads[1][k][j]));
+        }
+        CHECK(worst <= 1e-4f * std::max(1.0f, largest));
+      }
+    }
+  }
+}
+
 TEST_CASE("latent attention: parameters, init and errors") {
   Rng rng(16);
   AttentionConfig config = small_config(2, 4);
