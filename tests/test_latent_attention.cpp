@@ -308,7 +308,7 @@ TEST_CASE("latent attention (5d): the fused op's backward across its recompute c
   // checkpoint of the forward's running sums: T = 100 crosses three checkpoints, and ends
   // inside a partial block. Head sizes 8 (the generic kernel) and 32 (an unrolled one).
   for (int64_t d : {8, 32}) {
-    for (int64_t window : {0, 5}) {
+    for (int64_t window : {0, 5, 20}) {  // 20: window scores eight at a time, then a tail
       CAPTURE(d);
       CAPTURE(window);
       const Shape shape{2, 2, 100, d};
@@ -317,7 +317,7 @@ TEST_CASE("latent attention (5d): the fused op's backward across its recompute c
       in.keys = lg::testing::random_leaf(shape, 41, 0.5f);
       in.rotated_keys = lg::testing::random_leaf(shape, 42, 0.5f);
       in.values = lg::testing::random_leaf(shape, 43);
-      in.latents = lg::testing::random_leaf({2, 3, d}, 44);
+      in.latents = lg::testing::random_leaf({2, 19, d}, 44);  // 19 latents: a block of 16 scores and a tail
       Rng wrng(45);
       Tensor weights = randn(shape, wrng);
       std::vector<Tensor> leaves{in.queries, in.keys, in.rotated_keys, in.values, in.latents};
