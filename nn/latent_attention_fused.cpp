@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -429,10 +430,11 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
                                     : backward_head<0>)(dims, rows(bh), go.data() + at, dq.data() + at, dk.data() + at,
                                        dkr.data() + at, dv.data() + at, dl_rows.data() + bh * M * d);
                        }
-                       accumulate_grad(in.queries, dq);
-                       accumulate_grad(in.keys, dk);
-                       accumulate_grad(in.rotated_keys, dkr);
-                       accumulate_grad(in.values, dv);
+                       // moved: a first gradient then takes the buffer instead of copying it
+                       accumulate_grad(in.queries, std::move(dq));
+                       accumulate_grad(in.keys, std::move(dk));
+                       accumulate_grad(in.rotated_keys, std::move(dkr));
+                       accumulate_grad(in.values, std::move(dv));
                        if (in.latents.requires_grad()) accumulate_grad(in.latents, sum(dl_rows, 0));
                      });
 }
