@@ -266,39 +266,49 @@ TEST_CASE(
   }
 }
 
+// Random inputs of `shape` (B, H, T, d) with `latents` latents per head; outputs and every
+// input gradient of the fused op against the chunked path (chunk `chunk`) on sum(out * R).
+static void check_fused_equals_chunked(const Shape& shape, int64_t latents, int64_t window, int64_t chunk,
+                                       uint64_t seed) {
+  nn::LatentInputs in;
+  in.queries = lg::testing::random_leaf(shape, seed, 0.5f);
+  in.keys = lg::testing::random_leaf(shape, seed + 1, 0.5f);
+  in.rotated_keys = lg::testing::random_leaf(shape, seed + 2, 0.5f);
+  in.values = lg::testing::random_leaf(shape, seed + 3);
+  in.latents = lg::testing::random_leaf({shape[1], latents, shape[3]}, seed + 4);
+  Rng wrng(seed + 5);
+  Tensor weights = randn(shape, wrng);
+  std::vector<Tensor> leaves{in.queries, in.keys, in.rotated_keys, in.values, in.latents};
+  std::vector<std::vector<float>> grads[2];
+  Tensor outs[2];
+  for (int i = 0; i < 2; ++i) {
+    for (Tensor& t : leaves) t.zero_grad();
+    outs[i] = i == 0 ? nn::latent_attention_fused(in, window) : nn::latent_attention_chunked(in, window, chunk);
+    sum(mul(outs[i], weights)).backward();
+    for (Tensor& t : leaves) grads[i].push_back(t.grad().to_vector());
+  }
+  CHECK(max_abs_diff(outs[0], outs[1]) < 2e-5f);
+  {
+    NoGradGuard no_grad;  // the forward without saving gives the same outputs
+    CHECK(max_abs_diff(nn::latent_attention_fused(in, window), outs[0]) == 0.0f);
+  }
+  for (size_t k = 0; k < leaves.size(); ++k) {
+    CAPTURE(k);
+    float worst = 0, largest = 0;
+    for (size_t j = 0; j < grads[0][k].size(); ++j) {
+      worst = std::max(worst, std::abs(grads[0][k][j] - grads[1][k][j]));
+      largest = std::max(largest, std::abs(grads[1][k][j]));
+    }
+    CHECK(worst <= 1e-4f * std::max(1.0f, largest));
+  }
+}
+
 TEST_CASE("latent attention (5c): the fused op at head sizes 32 and 64 (its unrolled kernels) equals the chunked path") {
   for (int64_t d : {32, 64}) {
     for (int64_t window : {0, 5}) {
       CAPTURE(d);
       CAPTURE(window);
-      const Shape shape{2, 2, 21, d};
-      nn::LatentInputs in;
-      in.queries = lg::testing::random_leaf(shape, 30, 0.5f);
-      in.keys = lg::testing::random_leaf(shape, 31, 0.5f);
-      in.rotated_keys = lg::testing::random_leaf(shape, 32, 0.5f);
-      in.values = lg::testing::random_leaf(shape, 33);
-      in.latents = lg::testing::random_leaf({2, 3, d}, 34);
-      Rng wrng(35);
-      Tensor weights = randn(shape, wrng);
-      std::vector<Tensor> leaves{in.queries, in.keys, in.rotated_keys, in.values, in.latents};
-      std::vector<std::vector<float>> grads[2];
-      Tensor outs[2];
-      for (int i = 0; i < 2; ++i) {
-        for (Tensor& t : leaves) t.zero_grad();
-        outs[i] = i == 0 ? nn::latent_attention_fused(in, window) : nn::latent_attention_chunked(in, window, 4);
-        sum(mul(outs[i], weights)).backward();
-        for (Tensor& t : leaves) grads[i].push_back(t.grad().to_vector());
-      }
-      CHECK(max_abs_diff(outs[0], outs[1]) < 2e-5f);
-      for (size_t k = 0; k < leaves.size(); ++k) {
-        CAPTURE(k);
-        float worst = 0, largest = 0;
-        for (size_t j = 0; j < grads[0][k].size(); ++j) {
-          worst = std::max(worst, std::abs(grads[0][k][j] - grads[1][k][j]));
-          largest = std::max(largest, std::abs(grads[1][k][j]));
-        }
-        CHECK(worst <= 1e-4f * std::max(1.0f, largest));
-      }
+      check_fused_equals_chunked({2, 2, 21, d}, 3, window, 4, 30);
     }
   }
 }
@@ -311,38 +321,8 @@ TEST_CASE("latent attention (5d): the fused op's backward across its recompute c
     for (int64_t window : {0, 5, 20}) {  // 20: window scores eight at a time, then a tail
       CAPTURE(d);
       CAPTURE(window);
-      const Shape shape{2, 2, 100, d};
-      nn::LatentInputs in;
-      in.queries = lg::testing::random_leaf(shape, 40, 0.5f);
-      in.keys = lg::testing::random_leaf(shape, 41, 0.5f);
-      in.rotated_keys = lg::testing::random_leaf(shape, 42, 0.5f);
-      in.values = lg::testing::random_leaf(shape, 43);
-      in.latents = lg::testing::random_leaf({2, 19, d}, 44);  // 19 latents: a block of 16 scores and a tail
-      Rng wrng(45);
-      Tensor weights = randn(shape, wrng);
-      std::vector<Tensor> leaves{in.queries, in.keys, in.rotated_keys, in.values, in.latents};
-      std::vector<std::vector<float>> grads[2];
-      Tensor outs[2];
-      for (int i = 0; i < 2; ++i) {
-        for (Tensor& t : leaves) t.zero_grad();
-        outs[i] = i == 0 ? nn::latent_attention_fused(in, window) : nn::latent_attention_chunked(in, window, 7);
-        sum(mul(outs[i], weights)).backward();
-        for (Tensor& t : leaves) grads[i].push_back(t.grad().to_vector());
-      }
-      CHECK(max_abs_diff(outs[0], outs[1]) < 2e-5f);
-      {
-        NoGradGuard no_grad;  // the forward without saving gives the same outputs
-        CHECK(max_abs_diff(nn::latent_attention_fused(in, window), outs[0]) == 0.0f);
-      }
-      for (size_t k = 0; k < leaves.size(); ++k) {
-        CAPTURE(k);
-        float worst = 0, largest = 0;
-        for (size_t j = 0; j < grads[0][k].size(); ++j) {
-          worst = std::max(worst, std::abs(grads[0][k][j] - grads[1][k][j]));
-          largest = std::max(largest, std::abs(grads[1][k][j]));
-        }
-        CHECK(worst <= 1e-4f * std::max(1.0f, largest));
-      }
+      // 19 latents: a block of 16 scores and a tail
+      check_fused_equals_chunked({2, 2, 100, d}, 19, window, 7, 40);
     }
   }
 }
