@@ -78,4 +78,14 @@ void check_gradients(const std::function<Tensor()>& f, const std::vector<Tensor>
   }
 }
 
+void randomize_parameters(const nn::Module& module, uint64_t seed, float std,
+                          const std::map<std::string, float>& std_of) {
+  Rng rng(seed);
+  for (auto& [name, p] : module.named_parameters()) {
+    auto it = std_of.find(name);
+    Tensor fresh = randn(p.shape(), rng, it == std_of.end() ? std : it->second);
+    std::copy_n(fresh.data(), p.numel(), p.data());
+  }
+}
+
 }  // namespace lg::testing

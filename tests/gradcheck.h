@@ -7,11 +7,13 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "core/ops.h"
+#include "nn/module.h"
 
 namespace lg::testing {
 
@@ -31,5 +33,11 @@ const std::set<std::string>& checked_ops();
 
 // A leaf (requires grad) of the given shape, filled from N(0, 1) by a seeded generator.
 Tensor random_leaf(const Shape& shape, uint64_t seed, float scale = 1.0f);
+
+// Refills every parameter, in registration order, from N(0, std^2) with one seeded generator
+// (std_of[name] where given). GPT-2's 0.02 init makes scores near zero and softmaxes near
+// uniform, and puts most gradients inside the checker's tolerance: wrong formulas would pass.
+void randomize_parameters(const nn::Module& module, uint64_t seed, float std,
+                          const std::map<std::string, float>& std_of = {});
 
 }  // namespace lg::testing

@@ -29,14 +29,9 @@ AttentionConfig small_config(int64_t window, int64_t chunk) {
   return c;
 }
 
-// Refills every parameter with N(0, std^2): the GPT-2 init (std 0.02) makes every score
-// nearly zero and every softmax nearly uniform, which would let wrong formulas pass.
-void randomize(nn::Module& module, uint64_t seed, float std = 0.4f) {
-  Rng rng(seed);
-  for (auto& [name, p] : module.named_parameters()) {
-    Tensor fresh = randn(p.shape(), rng, name == "latents" ? 1.0f : std);
-    std::copy_n(fresh.data(), p.numel(), p.data());
-  }
+// Latents at std 1 (the layer's scale), the rest at 0.4: see lg::testing::randomize_parameters.
+void randomize(nn::Module& module, uint64_t seed) {
+  lg::testing::randomize_parameters(module, seed, 0.4f, {{"latents", 1.0f}});
 }
 
 float max_abs_diff(const Tensor& a, const Tensor& b) {

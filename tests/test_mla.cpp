@@ -22,14 +22,7 @@ AttentionConfig mla_config(int64_t q_rank) {
   return c;
 }
 
-// Larger weights than the 0.02 init, so that softmaxes are far from uniform.
-void randomize(nn::Module& module, uint64_t seed, float std = 0.5f) {
-  Rng rng(seed);
-  for (auto& [name, p] : module.named_parameters()) {
-    Tensor fresh = randn(p.shape(), rng, std);
-    std::copy_n(fresh.data(), p.numel(), p.data());
-  }
-}
+void randomize(nn::Module& module, uint64_t seed) { lg::testing::randomize_parameters(module, seed, 0.5f); }
 
 float max_abs_diff(const Tensor& a, const Tensor& b) {
   REQUIRE(a.shape() == b.shape());

@@ -25,14 +25,8 @@ using namespace lg;
 using lg::testing::check_gradients;
 using lg::testing::random_leaf;
 
-// GPT-2 init leaves weights near 0.02, where most gradients would fall inside the checker's
-// absolute tolerance; O(1) weights make every element's gradient large enough to be checked.
-static void randomize(const nn::Module& module, uint64_t seed, float scale = 0.5f) {
-  Rng rng(seed);
-  for (auto& [name, p] : module.named_parameters()) {
-    Tensor values = randn(p.shape(), rng, scale);
-    std::copy_n(values.data(), values.numel(), p.data());
-  }
+static void randomize(const nn::Module& module, uint64_t seed, float std = 0.5f) {
+  lg::testing::randomize_parameters(module, seed, std);
 }
 
 static std::vector<Tensor> with_parameters(std::vector<Tensor> inputs, const nn::Module& module) {
