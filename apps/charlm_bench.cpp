@@ -77,11 +77,14 @@ struct Flags {
 static const char* kHelp = R"(charlm_bench: speed and memory of the char-level LM.
 
 usage:
-  charlm_bench train    [model flags] [--steps N=20 --warmup N=3 --threads N --data PATH --seed N --json]
+  charlm_bench train    [model flags] [--steps N=20 --warmup N=3 --threads N --shards N --data PATH
+                         --seed N --json]
       Times full training steps (forward, loss, backward, clipping, AdamW) on random windows
       of PATH (random tokens over a 65-symbol vocabulary without --data). Reports the median
       step time, tokens/s, model FLOP/s and its fraction of the measured sgemm peak (MFU),
-      and peak RSS.
+      and peak RSS. The batch is cut into --shards data-parallel pieces, one per thread
+      (default: the thread count, as charlm train does); --shards 1 instead splits each op
+      over the threads.
   charlm_bench generate [model flags] [--positions 100,1000,10000 --threads N --json]
       Steps one sequence token by token with the incremental state and reports the median
       time per token around each position, and resident memory there.
@@ -183,19 +186,19 @@ static int run_train(const Flags& f) {
   ocfg.weight_decay = 0.1f;
   optim::AdamW opt(model.named_parameters(), ocfg);
   std::vector<Tensor> params = model.parameters();
+  const int64_t shards = f.integer("shards", get_num_threads());
+  charlm::DataParallel parallel(model, shards);
   std::vector<int32_t> x, y;
   std::vector<double> times;
   float last_loss = 0;
   for (int64_t s = 0; s < warmup + steps; ++s) {
     charlm::sample_batch(ids, B, T, data_rng, x, y);
     auto t0 = Clock::now();
-    Tensor loss = charlm::CharLM::loss(model.forward(x, B, T, dropout_rng), y);
     opt.zero_grad();
-    loss.backward();
+    last_loss = parallel.forward_backward(x, y, B, T, dropout_rng);
     optim::clip_grad_norm(params, 1.0f);
     opt.step();
     if (s >= warmup) times.push_back(seconds_since(t0));
-    last_loss = loss.item();
   }
   double step_s = median(times);
   double tokens_per_s = static_cast<double>(B * T) / step_s;
@@ -203,15 +206,16 @@ static int run_train(const Flags& f) {
   double peak = sgemm_gflops(1024) * 1e9;
   double rss = peak_rss_mb();
   if (f.json) {
-    fmt::print("{{\"attn\": \"{}\", \"threads\": {}, \"params\": {}, \"step_ms\": {:.3f}, \"tokens_per_s\": {:.1f}, "
+    fmt::print("{{\"attn\": \"{}\", \"threads\": {}, \"shards\": {}, \"params\": {}, \"step_ms\": {:.3f}, \"tokens_per_s\": {:.1f}, "
                "\"model_gflops\": {:.2f}, \"sgemm_peak_gflops\": {:.2f}, \"mfu\": {:.4f}, \"peak_rss_mb\": {:.1f}, "
                "\"loss\": {:.4f}}}\n",
-               nn::attention_kind_name(cfg.attention), get_num_threads(), model.parameter_count(), step_s * 1e3,
+               nn::attention_kind_name(cfg.attention), get_num_threads(), parallel.shards(), model.parameter_count(),
+               step_s * 1e3,
                tokens_per_s, flops / 1e9, peak / 1e9, flops / peak, rss, last_loss);
   } else {
-    fmt::print("{} attention, {} layers, dim {}, ctx {}, batch {}, {} parameters, {} threads\n",
+    fmt::print("{} attention, {} layers, dim {}, ctx {}, batch {}, {} parameters, {} threads, {} shards\n",
                nn::attention_kind_name(cfg.attention), cfg.layers, cfg.dim, T, B, model.parameter_count(),
-               get_num_threads());
+               get_num_threads(), parallel.shards());
     fmt::print("  step (median of {}): {:.2f} ms   {:.0f} tokens/s\n", steps, step_s * 1e3, tokens_per_s);
     fmt::print("  model: {:.2f} GFLOP/s of a measured sgemm peak of {:.2f} GFLOP/s: MFU {:.1f}%\n", flops / 1e9,
                peak / 1e9, 100.0 * flops / peak);

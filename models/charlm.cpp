@@ -6,7 +6,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <numeric>
+
+#include <omp.h>
 
 #include "models/charlm_data.h"
 
@@ -149,6 +152,92 @@ Tensor CharLM::step(const std::vector<int32_t>& ids, State& state) {
   h = ln_f->forward(h);
   ++state.position;
   return reshape(matmul(h, transpose(wte->weight, 0, 1)), {B, config_.vocab});  // (B, V)
+}
+
+// ============================================================================
+// Data-parallel training step
+// ============================================================================
+
+DataParallel::DataParallel(CharLM& model, int64_t shards) : model_(model) {
+  if (shards < 1) throw Error(fmt::format("DataParallel: shards must be >= 1, got {}", shards));
+  for (int64_t s = 1; s < shards; ++s) {
+    Rng unused(0);  // the replica's own initial values are dropped at once
+    auto replica = std::make_unique<CharLM>(model.config(), unused);
+    replica->share_parameters(model);
+    replicas_.push_back(std::move(replica));
+  }
+}
+
+float DataParallel::forward_backward(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                                     int64_t B, int64_t T, Rng& dropout_rng) {
+  if (static_cast<int64_t>(ids.size()) != B * T || static_cast<int64_t>(targets.size()) != B * T)
+    throw Error(fmt::format("DataParallel: {} ids and {} targets for a ({}, {}) batch", ids.size(),
+                            targets.size(), B, T));
+  const int64_t S = std::min(shards(), B);
+  if (S == 1) {
+    Tensor loss = CharLM::loss(model_.forward(ids, B, T, dropout_rng), targets);
+    loss.backward();
+    return loss.item();
+  }
+  std::vector<CharLM*> models{&model_};
+  for (auto& r : replicas_) {
+    r->train(model_.is_training());
+    r->zero_grad();
+    models.push_back(r.get());
+  }
+  std::vector<Rng> rngs;
+  for (int64_t s = 0; s < S; ++s) rngs.emplace_back(dropout_rng.next_u64());
+  std::vector<double> losses(static_cast<size_t>(S), 0.0);
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(S));
+
+  // Shard s: sequences [B s / S, B (s + 1) / S). Its loss is a mean over its own tokens, so
+  // its gradient is weighted by its share of the batch.
+#pragma omp parallel for num_threads(static_cast<int>(S)) schedule(static, 1)
+  for (int64_t s = 0; s < S; ++s) {
+    try {
+      const int64_t b0 = B * s / S, b1 = B * (s + 1) / S;
+      std::vector<int32_t> x(ids.begin() + b0 * T, ids.begin() + b1 * T);
+      std::vector<int32_t> y(targets.begin() + b0 * T, targets.begin() + b1 * T);
+      Tensor loss = CharLM::loss(models[s]->forward(x, b1 - b0, T, rngs[s]), y);
+      losses[s] = loss.item();
+      loss.backward(Tensor::full({}, static_cast<float>(b1 - b0) / static_cast<float>(B)));
+      losses[s] *= static_cast<double>(b1 - b0) / static_cast<double>(B);
+    } catch (...) {
+      errors[s] = std::current_exception();
+    }
+  }
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+
+  // The model's gradients += each replica's, in shard order; every thread takes one slice
+  // of every parameter.
+  std::vector<std::vector<Tensor>> params;
+  for (int64_t s = 0; s < S; ++s) params.push_back(models[s]->parameters());
+  for (size_t i = 0; i < params[0].size(); ++i) {
+    bool any = false;
+    for (int64_t s = 1; s < S; ++s) any = any || params[s][i].grad().defined();
+    if (any && !params[0][i].grad().defined()) accumulate_grad(params[0][i], Tensor::zeros(params[0][i].shape()));
+  }
+#pragma omp parallel num_threads(static_cast<int>(S))
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    for (size_t i = 0; i < params[0].size(); ++i) {
+      Tensor acc = params[0][i].grad();
+      if (!acc.defined()) continue;
+      const int64_t n = acc.numel(), lo = n * t / nt, hi = n * (t + 1) / nt;
+      float* out = acc.data();
+      for (int64_t s = 1; s < S; ++s) {
+        Tensor g = params[s][i].grad();
+        if (!g.defined()) continue;
+        const float* in = g.data();
+        for (int64_t k = lo; k < hi; ++k) out[k] += in[k];
+      }
+    }
+  }
+  for (int64_t s = 1; s < S; ++s) models[s]->zero_grad();
+  double total = 0;
+  for (double l : losses) total += l;
+  return static_cast<float>(total);
 }
 
 // ============================================================================

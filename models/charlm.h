@@ -71,6 +71,37 @@ class CharLM : public nn::Module {
   ModelConfig config_;
 };
 
+// ---- data-parallel training step ------------------------------------------------------------
+
+// Forward, loss and backward of one (B, T) batch, cut along B into `shards` pieces that run
+// side by side, one per thread. Shard 0 runs through the model itself; shard s > 0 through a
+// replica whose parameters share the model's storage (Module::share_parameters) but keep
+// their own gradients, which are then added into the model's. Every op is per sequence, so
+// the result is the gradient of the mean loss over the whole batch, as from
+// loss(forward(batch)).backward(), up to the order of float additions.
+//
+// Why: a training step of a small model is many small products and elementwise kernels;
+// splitting each of them over 2 threads pays a barrier per op and scales poorly, while
+// whole-sequence shards on their own cores scale almost perfectly. Each shard's ops run
+// single-threaded (nested OpenMP regions and OpenBLAS inside one run on one thread).
+//
+// Deterministic for a given shard count. With one shard (or B = 1) it is exactly the plain
+// forward/backward, drawing dropout masks from dropout_rng; with more, shard s draws from
+// its own generator seeded from dropout_rng.
+class DataParallel {
+ public:
+  DataParallel(CharLM& model, int64_t shards);
+  int64_t shards() const { return static_cast<int64_t>(replicas_.size()) + 1; }
+  // ids, targets (B, T) row-major. Adds the gradient of the batch's mean cross-entropy into
+  // the model's parameters' .grad (like backward(); zero them first) and returns that loss.
+  float forward_backward(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets, int64_t B,
+                         int64_t T, Rng& dropout_rng);
+
+ private:
+  CharLM& model_;
+  std::vector<std::unique_ptr<CharLM>> replicas_;
+};
+
 // ---- evaluation ---------------------------------------------------------------------------
 
 struct EvalResult {

@@ -73,6 +73,9 @@ evaluation and logging:
   --log-every N         progress line every N steps (not a terminal)  [10]
   --seed N              seed of initialisation, batches and dropout   [1337]
   --threads N           OpenMP/BLAS threads (0 = OMP_NUM_THREADS)     [0]
+                        Each step cuts the batch into one shard per thread, run side by
+                        side (data parallel). A run is bitwise reproducible for a given
+                        thread count; another count changes the float rounding only.
 
 At the end the best checkpoint is evaluated on EVERY token of the val and test splits
 (non-overlapping windows of ctx) and a sample is printed. Ctrl-C saves a checkpoint

@@ -416,6 +416,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     double train_seconds = 0;  // this process's time inside training steps
     const auto loop_start = clock::now();
     std::vector<int32_t> x, y;
+    DataParallel parallel(model, get_num_threads());
     model.train();
     while (step < settings.steps) {
       if (stop_requested()) break;
@@ -423,11 +424,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       const float lr = optim::lr_at(schedule, step + 1);  // the k-th update (k = step + 1) uses lr_at(k)
       optimizer.config.lr = lr;
       sample_batch(train_ids, B, T, data_rng, x, y);
-      Tensor logits = model.forward(x, B, T, dropout_rng);  // (B, T, V)
-      Tensor loss = CharLM::loss(logits, y);                // ()
-      const float loss_value = loss.item();
       optimizer.zero_grad();
-      loss.backward();
+      const float loss_value = parallel.forward_backward(x, y, B, T, dropout_rng);  // one shard per thread
       const float grad_norm =
           settings.grad_clip > 0
               ? optim::clip_grad_norm(model.parameters(), static_cast<float>(settings.grad_clip))

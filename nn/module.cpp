@@ -71,4 +71,23 @@ void Module::load_state_dict(const std::map<std::string, Tensor>& state) {
   }
 }
 
+void Module::share_parameters(const Module& source) {
+  auto mine = named_parameters(), theirs = source.named_parameters();
+  if (mine.size() != theirs.size())
+    throw Error(fmt::format("share_parameters: {} parameters here, {} in the source", mine.size(),
+                            theirs.size()));
+  for (size_t i = 0; i < mine.size(); ++i) {
+    auto& [name, t] = mine[i];
+    const auto& [source_name, s] = theirs[i];
+    if (name != source_name || t.shape() != s.shape())
+      throw Error(fmt::format("share_parameters: parameter '{}' {} does not match the source's '{}' {}", name,
+                              shape_str(t.shape()), source_name, shape_str(s.shape())));
+    TensorImpl& dst = t.impl();
+    dst.storage = s.impl().storage;
+    dst.offset = s.impl().offset;
+    dst.strides = s.impl().strides;
+    dst.grad.reset();
+  }
+}
+
 }  // namespace lg::nn

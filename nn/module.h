@@ -31,6 +31,12 @@ class Module {
   std::map<std::string, Tensor> state_dict() const;
   void load_state_dict(const std::map<std::string, Tensor>& state);
 
+  // Makes every parameter read `source`'s parameter of the same name: same storage, so the
+  // values (and every later update to them) are shared, but this module's parameters stay
+  // separate leaves with their own .grad. Data-parallel training runs one such replica per
+  // thread. Throws lg::Error if the two modules' names or shapes differ.
+  void share_parameters(const Module& source);
+
  protected:
   // Registers a leaf that requires grad; returns the stored handle.
   Tensor register_parameter(const std::string& name, Tensor value);
