@@ -1,4 +1,4 @@
-// optim/adamw.cpp: the AdamW update as one parallel loop per parameter, and its saved state.
+// optim/adamw.cpp: the AdamW update as one parallel loop over every parameter, and its saved state.
 #include "optim/adamw.h"
 
 #include <fmt/format.h>
@@ -7,6 +7,7 @@
 #include <set>
 
 #include "nn/safetensors.h"
+#include "optim/blocks.h"
 #include "optim/state.h"
 
 namespace lg::optim {
@@ -29,17 +30,30 @@ void AdamW::step() {
   const double correction2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step_));
   const float step_size = static_cast<float>(lr / correction1);
   const float inv_sqrt_correction2 = static_cast<float>(1.0 / std::sqrt(correction2));
-  for (Slot& slot : slots_) {
+  // Every parameter with a gradient, cut into blocks: one parallel loop for the whole model.
+  std::vector<const Slot*> live;
+  std::vector<Tensor> grads;
+  std::vector<int64_t> sizes;
+  for (const Slot& slot : slots_) {
     Tensor grad = slot.param.grad();
     if (!grad.defined()) continue;
-    const float keep = slot.param.dim() >= 2 ? 1.0f - lr * config.weight_decay : 1.0f;
-    float* p = slot.param.data();
-    float* m = slot.m.data();
-    float* v = slot.v.data();
-    const float* g = grad.data();
-    const int64_t n = slot.param.numel();
-#pragma omp parallel for schedule(static) if (n > (1 << 14))
-    for (int64_t i = 0; i < n; ++i) {
+    live.push_back(&slot);
+    sizes.push_back(slot.param.numel());
+    grads.push_back(std::move(grad));
+  }
+  const std::vector<Block> blocks = cut_into_blocks(sizes);
+  const int64_t n_blocks = static_cast<int64_t>(blocks.size());
+  const float decay = lr * config.weight_decay;
+#pragma omp parallel for schedule(static) if (n_blocks > 1)
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const Slot& slot = *live[blocks[b].tensor];
+    const float keep = slot.param.dim() >= 2 ? 1.0f - decay : 1.0f;
+    float* __restrict p = slot.param.data();
+    float* __restrict m = slot.m.data();
+    float* __restrict v = slot.v.data();
+    const float* __restrict g = grads[blocks[b].tensor].data();
+#pragma omp simd
+    for (int64_t i = blocks[b].begin; i < blocks[b].end; ++i) {
       m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
       v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
       p[i] = p[i] * keep - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_correction2 + eps);

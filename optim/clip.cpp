@@ -3,28 +3,42 @@
 
 #include <cmath>
 
+#include "optim/blocks.h"
+
 namespace lg::optim {
 
 float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
-  // Summed serially in double: the norm then does not depend on the thread count, and the
-  // loop is cheap next to the backward pass that produced the gradients.
-  double sum_squares = 0.0;
+  std::vector<Tensor> grads;
+  std::vector<int64_t> sizes;
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    const float* pg = g.data();
-    for (int64_t i = 0; i < g.numel(); ++i) sum_squares += static_cast<double>(pg[i]) * pg[i];
+    sizes.push_back(g.numel());
+    grads.push_back(std::move(g));
   }
-  double norm = std::sqrt(sum_squares);
+  // Squares summed in double, block by block in parallel, then the block sums in order: the
+  // norm does not depend on the thread count.
+  const std::vector<Block> blocks = cut_into_blocks(sizes);
+  const int64_t n_blocks = static_cast<int64_t>(blocks.size());
+  std::vector<double> partial(blocks.size(), 0.0);
+#pragma omp parallel for schedule(static) if (n_blocks > 1)
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const float* g = grads[blocks[b].tensor].data();
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = blocks[b].begin; i < blocks[b].end; ++i) s += static_cast<double>(g[i]) * g[i];
+    partial[b] = s;
+  }
+  double sum_squares = 0.0;
+  for (double s : partial) sum_squares += s;
+  const double norm = std::sqrt(sum_squares);
   if (std::isfinite(norm) && norm > max_norm) {
     const float scale = static_cast<float>(max_norm / norm);
-    for (const Tensor& p : params) {
-      Tensor g = p.grad();
-      if (!g.defined()) continue;
-      float* pg = g.data();
-      const int64_t n = g.numel();
-#pragma omp parallel for schedule(static) if (n > (1 << 14))
-      for (int64_t i = 0; i < n; ++i) pg[i] *= scale;
+#pragma omp parallel for schedule(static) if (n_blocks > 1)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      float* g = grads[blocks[b].tensor].data();
+#pragma omp simd
+      for (int64_t i = blocks[b].begin; i < blocks[b].end; ++i) g[i] *= scale;
     }
   }
   return static_cast<float>(norm);
