@@ -108,14 +108,23 @@ Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t end) {
   shape[a] = end - start;
   Tensor out = make_view(x, shape, x.strides(), x.impl().offset + start * x.strides()[a]);
   return attach_node(out, "slice", {x}, [x, a, start, end](const Tensor& g) {
-    Tensor gx = Tensor::zeros(x.shape());
-    Tensor region = slice(gx, a, start, end);  // a view into gx
+    // Added in place into the region of x's gradient: no temporary of x's full shape (a
+    // tensor cut into N slices would otherwise cost N full-size buffers in backward).
+    if (!x.requires_grad()) return;
+    Tensor region = slice(grad_buffer(x), a, start, end);  // a view (backward runs without grad)
     Tensor gc = g.is_contiguous() ? g : contiguous_copy(g);
-    // Copy gc into the strided region row by row.
+    const float* src = gc.data();
+    if (region.is_contiguous()) {
+      float* dst = region.data();
+      const int64_t n = region.numel();
+#pragma omp parallel for schedule(static) if (n > (1 << 15))
+      for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+      return;
+    }
+    // Row by row into the strided region.
     const Shape& rs = region.shape();
-    int64_t cols = rs.empty() ? 1 : rs.back();
-    int64_t rows = cols ? region.numel() / cols : 0;
-    int64_t cs = rs.empty() ? 0 : region.strides().back();
+    const int64_t cols = rs.back(), cs = region.strides().back();
+    const int64_t rows = cols ? region.numel() / cols : 0;
     for (int64_t r = 0; r < rows; ++r) {
       int64_t off = 0, rem = r;
       for (int64_t d = static_cast<int64_t>(rs.size()) - 2; d >= 0; --d) {
@@ -123,10 +132,9 @@ Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t end) {
         rem /= rs[d];
       }
       float* dst = region.data() + off;
-      const float* src = gc.data() + r * cols;
-      for (int64_t j = 0; j < cols; ++j) dst[j * cs] = src[j];
+      const float* row = src + r * cols;
+      for (int64_t j = 0; j < cols; ++j) dst[j * cs] += row[j];
     }
-    accumulate_grad(x, std::move(gx));
   });
 }
 

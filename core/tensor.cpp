@@ -281,6 +281,13 @@ void accumulate_grad(const Tensor& target, Tensor g) {
   add_into(acc, g);
 }
 
+Tensor grad_buffer(const Tensor& target) {
+  TensorImpl& t = target.impl();
+  if (!t.requires_grad) throw Error(fmt::format("grad_buffer: '{}' output does not require grad", target.op()));
+  if (!t.grad) t.grad = Tensor::zeros(t.shape).impl_ptr();
+  return Tensor(t.grad);
+}
+
 void Tensor::backward() const {
   if (numel() != 1)
     throw Error(fmt::format("backward: output of shape {} is not a scalar; pass a gradient",

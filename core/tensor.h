@@ -135,5 +135,8 @@ Tensor attach_node(Tensor out, const char* op, std::vector<Tensor> inputs,
                    std::function<void(const Tensor& grad_out)> backward);
 // target.grad += g (g has target's shape). Does nothing when target needs no grad.
 void accumulate_grad(const Tensor& target, Tensor g);
+// target's gradient buffer, created as zeros if it has none yet, for a backward that adds into
+// part of it in place (slice). target must require grad.
+Tensor grad_buffer(const Tensor& target);
 
 }  // namespace lg

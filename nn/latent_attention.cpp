@@ -302,15 +302,15 @@ LatentInputs LatentAttention::project(const Tensor& x, int64_t first_position) c
   if (x.dim() != 3 || x.size(2) != config_.dim)
     throw Error(
         fmt::format("LatentAttention: input must be (B, T, {}), got {}", config_.dim, shape_str(x.shape())));
-  const int64_t B = x.size(0), T = x.size(1), H = config_.heads, d = head_dim_;
-  // (B, T, 3D) -> (B, T, 3H, d) -> (B, 3H, T, d): rows [0, H) queries, [H, 2H) keys, [2H, 3H) values.
-  Tensor qkv = permute(reshape(qkv_->forward(x), {B, T, 3 * H, d}), {0, 2, 1, 3});
+  const int64_t H = config_.heads, d = head_dim_;
+  // (B, T, 3D), groups queries, keys, values -> 4 x (B, H, T, d): R q, k, R k, v.
+  std::vector<Tensor> parts = unstack(split_heads_rope(
+      qkv_->forward(x), H, {{0, true}, {1, false}, {1, true}, {2, false}}, first_position, config_.rope_base));
   LatentInputs in;
-  Tensor q = slice(qkv, 1, 0, H);                           // (B, H, T, d)
-  in.keys = contiguous(slice(qkv, 1, H, 2 * H));            // (B, H, T, d)
-  in.values = contiguous(slice(qkv, 1, 2 * H, 3 * H));      // (B, H, T, d)
-  in.queries = rope(q, first_position, config_.rope_base);  // (B, H, T, d)
-  in.rotated_keys = rope(in.keys, first_position, config_.rope_base);
+  in.queries = parts[0];
+  in.keys = parts[1];
+  in.rotated_keys = parts[2];
+  in.values = parts[3];
   // The (M, D) bank split across heads: (M, H, d) -> (H, M, d).
   in.latents = contiguous(permute(reshape(latents_, {config_.latents, H, d}), {1, 0, 2}));
   return in;

@@ -28,14 +28,12 @@ void CausalSelfAttention::project(const Tensor& x, int64_t first_position, Tenso
   if (x.dim() != 3 || x.size(2) != dim_)
     throw Error(
         fmt::format("CausalSelfAttention: input must be (B, T, {}), got {}", dim_, shape_str(x.shape())));
-  int64_t B = x.size(0), T = x.size(1);
-  std::vector<Tensor> qkv_parts = split(qkv->forward(x), {dim_, dim_, dim_}, 2);  // 3 x (B, T, D)
-  auto split_heads = [&](const Tensor& t) {                                       // (B, T, D) -> (B, H, T, d)
-    return permute(reshape(t, {B, T, heads_, head_dim_}), {0, 2, 1, 3});
-  };
-  q = rope(split_heads(qkv_parts[0]), first_position, rope_base_);  // (B, H, T, d)
-  k = rope(split_heads(qkv_parts[1]), first_position, rope_base_);  // (B, H, T, d)
-  v = split_heads(qkv_parts[2]);                                    // (B, H, T, d)
+  // (B, T, 3D), groups queries, keys, values -> 3 x (B, H, T, d): R q, R k, v.
+  std::vector<Tensor> parts =
+      unstack(split_heads_rope(qkv->forward(x), heads_, {{0, true}, {1, true}, {2, false}}, first_position, rope_base_));
+  q = parts[0];
+  k = parts[1];
+  v = parts[2];
 }
 
 Tensor CausalSelfAttention::merge_heads(const Tensor& heads) const {

@@ -127,6 +127,30 @@ TEST_CASE("grad: rope op, contiguous and transposed inputs") {
   check_gradients([&] { return nn::rope(transpose(y, 0, 1), 0, 100.0f); }, {y});
 }
 
+TEST_CASE("split_heads_rope equals split, permute and rope; its gradient") {
+  const int64_t B = 2, T = 5, H = 2, d = 4, D = H * d;
+  Tensor x = random_leaf({B, T, 3 * D}, 19);
+  const std::vector<nn::HeadPart> parts = {{0, true}, {1, false}, {1, true}, {2, false}};
+  std::vector<Tensor> got = nn::unstack(nn::split_heads_rope(x, H, parts, 3));
+  REQUIRE(got.size() == 4);
+  for (size_t p = 0; p < parts.size(); ++p) {
+    CAPTURE(p);
+    Tensor group = slice(x, 2, parts[p].group * D, (parts[p].group + 1) * D);
+    Tensor heads = permute(reshape(contiguous(group), {B, T, H, d}), {0, 2, 1, 3});  // (B, H, T, d)
+    Tensor want = parts[p].rotate ? nn::rope(heads, 3) : heads;
+    CHECK(got[p].shape() == Shape{B, H, T, d});
+    CHECK(got[p].is_contiguous());
+    CHECK(max_abs_diff(got[p], want) < 1e-6f);
+  }
+  // Gradients through every part, a group used twice (1), one not used at all (1 of 0..2 in
+  // the second case), and a transposed (non-contiguous) input.
+  check_gradients([&] { return nn::split_heads_rope(x, H, parts, 3); }, {x});
+  check_gradients([&] { return nn::split_heads_rope(x, H, {{2, true}, {0, false}}, 0, 100.0f); }, {x});
+  Tensor y = random_leaf({B, 2 * D, T}, 20);
+  check_gradients([&] { return nn::split_heads_rope(transpose(y, 1, 2), 4, {{1, true}, {0, true}}, 7); }, {y});
+  CHECK_THROWS_WITH_AS(nn::split_heads_rope(x, 5, parts, 0), doctest::Contains("does not hold"), Error);
+}
+
 TEST_CASE("grad: CausalSelfAttention over input and every parameter") {
   Rng rng(16);
   nn::CausalSelfAttention attn(mha_config(8, 2), rng);

@@ -164,6 +164,10 @@ TEST_CASE("grad: reshape, transpose, permute, slice, concat, split, contiguous")
   check_gradients([&] { return reshape(transpose(x, 0, 2), {4, 6}); }, {x});
   check_gradients([&] { return contiguous(permute(x, {2, 0, 1})); }, {x});
   check_gradients([&] { return slice(x, 1, 1, 3); }, {x});
+  check_gradients([&] {
+    Tensor h = exp(x);  // not a leaf: three slices and a sum all add into its gradient in place
+    return add(mul(slice(h, 0, 0, 1), slice(h, 0, 1, 2)), add(slice(h, 2, 1, 2) * 2.0f, sum(h)));
+  }, {x});
   check_gradients([&] { return concat({x, y}, 1); }, {x, y});
   check_gradients([&] { return concat({transpose(x, 0, 2), transpose(x, 0, 2)}, 0); }, {x});
   check_gradients([&] {
