@@ -114,38 +114,18 @@ struct HeadRows {
 
 // The write of position t: the running state (mu, Z of M latents) before t is mu_in, Z_in, after
 // t mu_out, Z_out (distinct arrays); SK, SV (M, d) are updated in place; Kl, Vl (M, d) get the
-// latent keys and values at t, e (M) the new terms' weights exp(a_t - mu_t). lt (d, M) is l
-// transposed, so the M scores and the M rescalings are vector operations over m; tmp holds
-// 2 M floats.
+// latent keys and values at t, e (M) the new terms' weights exp(a_t - mu_t). l (M, d) are the
+// latents; the M scores come from dot_rows (independent accumulators: a loop over d adding
+// into one vector of M scores would wait on the FMA latency at every step); tmp holds 2 M
+// floats.
 template <int64_t kD>
-inline void write_step(const Dims& n, const float* lt, const float* kt, const float* krt, const float* vt,
+inline void write_step(const Dims& n, const float* l, const float* kt, const float* krt, const float* vt,
                        const float* __restrict mu_in, const float* __restrict Z_in, float* __restrict mu_out,
                        float* __restrict Z_out, float* __restrict e_out, float* SK, float* SV, float* Kl,
                        float* Vl, float* __restrict tmp) {
   const int64_t d = kD > 0 ? kD : n.d, M = n.M;
   float *__restrict a = tmp, *__restrict rescale = tmp + M;
-  constexpr int64_t kMB = 16;  // latents per block of scores: a fixed-size block stays in registers
-  int64_t m0 = 0;
-  for (; m0 + kMB <= M; m0 += kMB) {
-    float acc[kMB];
-    for (int64_t j = 0; j < kMB; ++j) acc[j] = kt[0] * lt[m0 + j];
-    for (int64_t i = 1; i < d; ++i) {
-      const float ki = kt[i];
-      const float* row = lt + i * M + m0;
-#pragma omp simd
-      for (int64_t j = 0; j < kMB; ++j) acc[j] += ki * row[j];
-    }
-    for (int64_t j = 0; j < kMB; ++j) a[m0 + j] = acc[j];
-  }
-  if (m0 < M) {
-    for (int64_t m = m0; m < M; ++m) a[m] = kt[0] * lt[m];
-    for (int64_t i = 1; i < d; ++i) {
-      const float ki = kt[i];
-      const float* row = lt + i * M;
-#pragma omp simd
-      for (int64_t m = m0; m < M; ++m) a[m] += ki * row[m];
-    }
-  }
+  dot_rows(kt, l, M, d, a);
   for (int64_t m = 0; m < M; ++m) {
     a[m] *= n.scale;
     mu_out[m] = std::max(mu_in[m], a[m]);
@@ -166,12 +146,6 @@ inline void write_step(const Dims& n, const float* lt, const float* kt, const fl
   }
 }
 
-// l (M, d) -> lt (d, M)
-inline void transpose_latents(const float* l, int64_t M, int64_t d, float* lt) {
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t i = 0; i < d; ++i) lt[i * M + m] = l[m * d + i];
-}
-
 // kD > 0 fixes the head size at compile time (the common 32 and 64): the d-long loops unroll.
 template <int64_t kD>
 void forward_head(const Dims& n, const HeadRows& h) {
@@ -180,8 +154,7 @@ void forward_head(const Dims& n, const HeadRows& h) {
   // of the saved mu and Z is the state after t.
   std::vector<float> mu0(M, kNegInf), Z0(M, 0.0f), mu_scratch(2 * M), Z_scratch(2 * M);
   std::vector<float> SK(M * d, 0.0f), SV(M * d, 0.0f);
-  std::vector<float> Kl(M * d), Vl(M * d), P_scratch(M + W), e(M), tmp(2 * M), lt(d * M);
-  transpose_latents(h.l, M, d, lt.data());
+  std::vector<float> Kl(M * d), Vl(M * d), P_scratch(M + W), e(M), tmp(2 * M);
   const float *mu_in = mu0.data(), *Z_in = Z0.data();
   for (int64_t t = 0; t < T; ++t) {
     float* P = h.P ? h.P + t * (M + W) : P_scratch.data();
@@ -194,7 +167,7 @@ void forward_head(const Dims& n, const HeadRows& h) {
     // Write: each latent takes in position t.
     float* mu_out = h.mu ? h.mu + t * M : mu_scratch.data() + (t % 2) * M;
     float* Z_out = h.mu ? h.Z + t * M : Z_scratch.data() + (t % 2) * M;
-    write_step<kD>(n, lt.data(), kt, krt, vt, mu_in, Z_in, mu_out, Z_out, h.mu ? h.E + t * M : e.data(), SK.data(),
+    write_step<kD>(n, h.l, kt, krt, vt, mu_in, Z_in, mu_out, Z_out, h.mu ? h.E + t * M : e.data(), SK.data(),
                    SV.data(), Kl.data(), Vl.data(), tmp.data());
     mu_in = mu_out;
     Z_in = Z_out;
@@ -237,8 +210,7 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
   const int64_t T = n.T, d = kD > 0 ? kD : n.d, M = n.M, W = n.W;
   std::vector<float> RX(M * d, 0.0f), RY(M * d, 0.0f), Rc(M, 0.0f), dP(M), dsigma(M + W);
   std::vector<float> mu0(M, kNegInf), Z0(M, 0.0f), mu(M), Z(M), SK(M * d), SV(M * d), e(M), tmp(2 * M);
-  std::vector<float> lt(d * M), decay(M), inv_zs(M);
-  transpose_latents(h.l, M, d, lt.data());
+  std::vector<float> decay(M), inv_zs(M);
   // The chunk's scratch is kept per thread: allocating and freeing it per head costs more than
   // the recomputation (the allocator returns the pages, and every thread's TLB is flushed).
   thread_local std::vector<float> Kl_chunk, Vl_chunk;
@@ -255,7 +227,7 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
     std::copy_n(h.cSK + c * M * d, M * d, SK.data());
     std::copy_n(h.cSV + c * M * d, M * d, SV.data());
     for (int64_t t = c0; t < c1; ++t)
-      write_step<kD>(n, lt.data(), h.k + t * d, h.kr + t * d, h.v + t * d, t > 0 ? h.mu + (t - 1) * M : mu0.data(),
+      write_step<kD>(n, h.l, h.k + t * d, h.kr + t * d, h.v + t * d, t > 0 ? h.mu + (t - 1) * M : mu0.data(),
                      t > 0 ? h.Z + (t - 1) * M : Z0.data(), mu.data(), Z.data(), e.data(), SK.data(), SV.data(),
                      Kl_chunk.data() + (t - c0) * M * d, Vl_chunk.data() + (t - c0) * M * d, tmp.data());
     for (int64_t t = c1 - 1; t >= c0; --t) {
