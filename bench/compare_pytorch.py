@@ -6,6 +6,12 @@ data, AdamW) for a few steps in each engine at 1 and 2 threads, each in a fresh
 process, and prints the median step time, tokens/s, peak RSS and the ratio of the
 best latentgrad figure to the best PyTorch figure as a Markdown table.
 
+PyTorch runs twice per thread count: as installed, and with the OpenMP build of OpenBLAS
+in front of the library path (Debian's libopenblas-openmp-dev, which latentgrad links). Debian's
+PyTorch takes its BLAS from the system's libblas alternative, by default the pthreads build,
+whose threads spin against PyTorch's OpenMP threads: at 2 threads that run is several times
+slower than with the OpenMP build. The ratio uses PyTorch's best run of all.
+
 PyTorch is optional (Debian: apt-get install python3-torch); run with /usr/bin/python3.
 Usage: /usr/bin/python3 bench/compare_pytorch.py --data PATH [--bin build/charlm_bench]
 """
@@ -18,6 +24,9 @@ import statistics
 import subprocess
 import sys
 import time
+
+# Debian's OpenMP build of OpenBLAS (libopenblas-openmp-dev): libblas.so.3 and libopenblas.so.0.
+OPENMP_BLAS_DIR = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
 
 CONFIGS = {
     "baseline": dict(layers=4, heads=4, dim=128, ctx=64, batch=12),
@@ -117,6 +126,10 @@ def main():
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} not found: build first (bash scripts/test.sh)")
 
+    torch_blas = [("pytorch", {})]
+    if os.path.isdir(OPENMP_BLAS_DIR):
+        path = ":".join(p for p in (OPENMP_BLAS_DIR, os.environ.get("LD_LIBRARY_PATH", "")) if p)
+        torch_blas.append(("pytorch, OpenMP OpenBLAS", {"LD_LIBRARY_PATH": path}))
     print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; PyTorch {torch_version}; medians of "
           f"{args.steps} timed steps after {args.warmup} warm-up ({args.steps_large} after 1 for 10.7M).\n")
     print("| config | attention | engine | threads | ms/step | tokens/s | MFU | peak RSS MB |")
@@ -126,9 +139,10 @@ def main():
         for attn in args.attn.split(","):
             best = {}
             steps, warmup = (args.steps_large, 1) if config == "10.7M" else (args.steps, args.warmup)
-            for engine in ("latentgrad", "pytorch"):
+            runs = [("latentgrad", "latentgrad", {})] + [("pytorch", label, extra) for label, extra in torch_blas]
+            for engine, label, extra in runs:
                 for threads in [int(t) for t in args.threads.split(",")]:
-                    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **extra)
                     if engine == "pytorch":
                         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "torch", "--data", args.data,
                                "--config", config, "--attn-one", attn, "--threads", str(threads),
@@ -144,7 +158,7 @@ def main():
                     r = run_json(cmd, env)
                     best[engine] = max(best.get(engine, 0), r["tokens_per_s"])
                     mfu = f"{100 * r['mfu']:.0f}%" if "mfu" in r else "-"
-                    print(f"| {config} | {attn} | {engine} | {threads} | {r['step_ms']:.1f} | "
+                    print(f"| {config} | {attn} | {label} | {threads} | {r['step_ms']:.1f} | "
                           f"{r['tokens_per_s']:.0f} | {mfu} | {r['peak_rss_mb']:.0f} |", flush=True)
             ratios.append((config, attn, best["latentgrad"] / best["pytorch"]))
     print("\n| config | attention | latentgrad / PyTorch, best thread count each |")
