@@ -22,6 +22,7 @@
 
 #include "core/fastmath.h"
 #include "nn/mha.h"
+#include "nn/row_kernels.h"
 
 namespace lg::nn {
 
@@ -69,11 +70,6 @@ void block_scores(const HeadView& rows, int64_t first, int64_t R, const float* x
   }
 }
 
-inline void axpy(float alpha, const float* x, float* y, int64_t n) {  // y += alpha x
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
-}
-
 // X^T (d, Tp) of one head's rows, Tp = T rounded up to whole blocks (the padding is never read
 // as a score: rows use keys s <= t < T only).
 void transpose_head(const HeadView& x, int64_t T, int64_t d, float* xt) {
@@ -101,12 +97,9 @@ void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, in
 #pragma omp simd reduction(+ : z)
     for (int64_t s = 0; s < n; ++s) z += (pr[s] = fast_exp(pr[s] - mx));
     const float inv = 1.0f / z;
-    float acc[kD > 0 ? kD : 1];
-    float* ot = o + t * o_row_stride;
-    float* dst = kD > 0 ? acc : ot;
-    std::fill_n(dst, d, 0.0f);
-    for (int64_t s = 0; s < n; ++s) axpy(pr[s] * inv, vh.row(s), dst, d);
-    if (kD > 0) std::copy_n(acc, d, ot);
+#pragma omp simd
+    for (int64_t s = 0; s < n; ++s) pr[s] *= inv;
+    weighted_rows<kD>(pr, vh.row(0), vh.row_stride, n, d, o + t * o_row_stride);
     lse[t] = mx + std::log(z);
   }
 }

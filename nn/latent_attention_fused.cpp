@@ -42,24 +42,13 @@
 
 #include "core/fastmath.h"
 #include "nn/latent_attention.h"
+#include "nn/row_kernels.h"
 
 namespace lg::nn {
 
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
-}
-
-inline void axpy(float alpha, const float* x, float* y, int64_t n) {  // y += alpha x
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
-}
 
 // out[r] = x . rows[r], rows r = 0..n-1 of length d, consecutive. With AVX2 and d a multiple of
 // 8, eight rows at a time share one transposing reduction instead of eight horizontal ones.
@@ -189,16 +178,21 @@ void forward_head(const Dims& n, const HeadRows& h) {
 #pragma omp simd reduction(+ : z)
     for (int64_t j = 0; j < M + W; ++j) z += (P[j] = fast_exp(P[j] - mx));
     const float inv = 1.0f / z;
-    float acc[kD > 0 ? kD : 1];
-    float* ot = kD > 0 ? acc : h.o + t * d;
-    std::fill_n(ot, d, 0.0f);
-    for (int64_t m = 0; m < M; ++m) axpy(P[m] *= inv, Vl.data() + m * d, ot, d);
-    for (int64_t j = 0; j < W; ++j) {
-      const int64_t s = t - W + 1 + j;
-      P[M + j] *= inv;
-      if (s >= 0) axpy(P[M + j], h.v + s * d, ot, d);
+#pragma omp simd
+    for (int64_t j = 0; j < M + W; ++j) P[j] *= inv;
+    // o_t = sum_m P_m Vl_m + sum_j P_j v_s (window slots j >= j0 only)
+    float* ot = h.o + t * d;
+    float window[kD > 0 ? kD : 1];
+    weighted_rows<kD>(P, Vl.data(), d, M, d, ot);
+    if (W - j0 > 0) {
+      if constexpr (kD > 0) {
+        weighted_rows<kD>(P + M + j0, h.v + (t - W + 1 + j0) * d, d, W - j0, d, window);
+#pragma omp simd
+        for (int64_t i = 0; i < kD; ++i) ot[i] += window[i];
+      } else {
+        for (int64_t j = j0; j < W; ++j) axpy(P[M + j], h.v + (t - W + 1 + j) * d, ot, d);
+      }
     }
-    if (kD > 0) std::copy_n(acc, d, h.o + t * d);
   }
 }
 
