@@ -72,14 +72,10 @@ static Tensor softmax_forward(const Tensor& x, bool log_out, const char* op) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* in = xc.data() + r * cols;
     float* out = y.data() + r * cols;
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, in[j]);
+    float mx = max_of(in, cols);
     if (mx == -std::numeric_limits<float>::infinity()) mx = 0.0f;  // a fully masked row
-    float z = 0.0f;
-    for (int64_t j = 0; j < cols; ++j) {
-      out[j] = fast_exp(in[j] - mx);
-      z += out[j];
-    }
+    std::copy_n(in, cols, out);
+    const float z = exp_shift_sum(out, cols, mx);
     if (log_out) {
       float lz = std::log(z) + mx;
       for (int64_t j = 0; j < cols; ++j) out[j] = in[j] - lz;
@@ -159,13 +155,9 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets) 
   for (int64_t r = 0; r < rows; ++r) {
     const float* in = lc.data() + r * V;
     float* p = probs.data() + r * V;
-    float mx = in[0];
-    for (int64_t j = 1; j < V; ++j) mx = std::max(mx, in[j]);
-    float z = 0.0f;
-    for (int64_t j = 0; j < V; ++j) {
-      p[j] = fast_exp(in[j] - mx);
-      z += p[j];
-    }
+    const float mx = max_of(in, V);
+    std::copy_n(in, V, p);
+    const float z = exp_shift_sum(p, V, mx);
     float inv = 1.0f / z;
     for (int64_t j = 0; j < V; ++j) p[j] *= inv;
     row_loss[r] = std::log(static_cast<double>(z)) + mx - in[targets[r]];

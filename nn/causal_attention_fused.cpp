@@ -91,11 +91,8 @@ void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, in
     const int64_t n = t + 1, r = t % kRows;
     if (r == 0) block_scores<kD>(qh, t, std::min(kRows, T - t), kt, Tp, d, std::min(T, t + kRows), scale, p);
     float* pr = p + r * Tp;
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t s = 0; s < n; ++s) mx = std::max(mx, pr[s]);
-    float z = 0.0f;
-#pragma omp simd reduction(+ : z)
-    for (int64_t s = 0; s < n; ++s) z += (pr[s] = fast_exp(pr[s] - mx));
+    const float mx = max_of(pr, n);
+    const float z = exp_shift_sum(pr, n, mx);
     const float inv = 1.0f / z;
 #pragma omp simd
     for (int64_t s = 0; s < n; ++s) pr[s] *= inv;
@@ -122,8 +119,7 @@ void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, c
     }
     float *p = p_block + r * Tp, *dp = dp_block + r * Tp;
     const float lse_t = lse[t];
-#pragma omp simd
-    for (int64_t s = 0; s < n; ++s) p[s] = fast_exp(p[s] - lse_t);
+    exp_shift_sum(p, n, lse_t);
     float D = 0.0f;
 #pragma omp simd reduction(+ : D)
     for (int64_t i = 0; i < d; ++i) D += got[i] * ot[i];

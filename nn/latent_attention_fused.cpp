@@ -161,22 +161,16 @@ void forward_head(const Dims& n, const HeadRows& h) {
     mu_in = mu_out;
     Z_in = Z_out;
     // Read: one softmax over [latents ; window positions t - W < s <= t].
-    float mx = kNegInf;
     dot_rows(qt, Kl.data(), M, d, P);
-    for (int64_t m = 0; m < M; ++m) {
-      const float raw = P[m];
-      if (h.S) h.S[t * M + m] = raw;
-      mx = std::max(mx, P[m] = raw * n.scale);
-    }
+    if (h.S) std::copy_n(P, M, h.S + t * M);
     const int64_t j0 = std::max<int64_t>(0, W - 1 - t);  // window slots j < j0 are before position 0
     dot_rows(qt, h.kr + (t - W + 1 + j0) * d, W - j0, d, P + M + j0);
-    for (int64_t j = 0; j < W; ++j) {
-      P[M + j] = j >= j0 ? P[M + j] * n.scale : kNegInf;
-      mx = std::max(mx, P[M + j]);
-    }
-    float z = 0.0f;
-#pragma omp simd reduction(+ : z)
-    for (int64_t j = 0; j < M + W; ++j) z += (P[j] = fast_exp(P[j] - mx));
+    std::fill_n(P + M, j0, kNegInf);
+    const float scale = n.scale;
+#pragma omp simd
+    for (int64_t j = 0; j < M + W; ++j) P[j] *= scale;  // -inf stays -inf
+    const float mx = max_of(P, M + W);
+    const float z = exp_shift_sum(P, M + W, mx);
     const float inv = 1.0f / z;
 #pragma omp simd
     for (int64_t j = 0; j < M + W; ++j) P[j] *= inv;

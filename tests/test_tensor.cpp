@@ -245,3 +245,29 @@ TEST_CASE("fast exp and tanh agree with the standard library") {
   CHECK(fast_exp(-200.0f) == 0.0f);
   CHECK(fast_tanh(50.0f) == doctest::Approx(1.0f));
 }
+
+TEST_CASE("softmax row helpers: max_of and exp_shift_sum against scalar loops, every tail length") {
+  Rng rng(41);
+  for (int64_t n = 0; n <= 41; ++n) {
+    CAPTURE(n);
+    std::vector<float> x(n);
+    for (auto& v : x) v = 30.0f * (rng.uniform() - 0.5f);
+    if (n > 3) x[n / 2] = -std::numeric_limits<float>::infinity();  // a masked entry
+    float want_max = -std::numeric_limits<float>::infinity();
+    for (float v : x) want_max = std::max(want_max, v);
+    CHECK(max_of(x.data(), n) == want_max);
+    const float shift = n ? want_max : 0.0f;
+    std::vector<float> y = x;
+    const float z = exp_shift_sum(y.data(), n, shift);
+    double want_z = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double e = std::exp(static_cast<double>(x[i]) - shift);
+      CHECK(y[i] == doctest::Approx(e).epsilon(1e-6));
+      want_z += e;
+    }
+    CHECK(z == doctest::Approx(want_z).epsilon(1e-6));
+  }
+  std::vector<float> low = {-100.0f, -90.0f, 0.0f, -87.5f, -88.0f, 1.0f, -1000.0f, -95.0f, -89.0f};
+  exp_shift_sum(low.data(), static_cast<int64_t>(low.size()), 0.0f);
+  for (size_t i : {0u, 1u, 3u, 4u, 6u, 7u, 8u}) CHECK(low[i] == 0.0f);  // below -87.3: exactly 0, both paths
+}
