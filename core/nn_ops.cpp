@@ -102,6 +102,7 @@ Tensor softmax(const Tensor& x) {
       const float* pg = gc.data() + r * cols;
       float* px = gx.data() + r * cols;
       float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
       for (int64_t j = 0; j < cols; ++j) dot += pg[j] * py[j];
       for (int64_t j = 0; j < cols; ++j) px[j] = py[j] * (pg[j] - dot);
     }
@@ -124,6 +125,7 @@ Tensor log_softmax(const Tensor& x) {
       const float* pg = gc.data() + r * cols;
       float* px = gx.data() + r * cols;
       float total = 0.0f;
+#pragma omp simd reduction(+ : total)
       for (int64_t j = 0; j < cols; ++j) total += pg[j];
       for (int64_t j = 0; j < cols; ++j) px[j] = pg[j] - fast_exp(py[j]) * total;
     }
@@ -204,9 +206,11 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
     const float* in = xc.data() + r * D;
     float* out = y.data() + r * D;
     float m = 0.0f;
+#pragma omp simd reduction(+ : m)
     for (int64_t j = 0; j < D; ++j) m += in[j];
     m /= static_cast<float>(D);
     float v = 0.0f;
+#pragma omp simd reduction(+ : v)
     for (int64_t j = 0; j < D; ++j) v += (in[j] - m) * (in[j] - m);
     v /= static_cast<float>(D);
     float rs = 1.0f / std::sqrt(v + eps);
@@ -229,6 +233,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
       const float* d = dy.data() + r * D;
       float m = pstats[2 * r], rs = pstats[2 * r + 1];
       float mean_dxhat = 0.0f, mean_dxhat_xhat = 0.0f;
+#pragma omp simd reduction(+ : mean_dxhat, mean_dxhat_xhat)
       for (int64_t j = 0; j < D; ++j) {
         float dxhat = d[j] * pgamma[j];
         mean_dxhat += dxhat;

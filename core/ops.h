@@ -68,6 +68,7 @@ Tensor reshape(const Tensor& x, const Shape& shape);        // one dimension may
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);  // swap two axes (view)
 Tensor permute(const Tensor& x, const std::vector<int64_t>& dims);  // reorder axes (view)
 Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t end);  // [start, end) along axis (view)
+Tensor select(const Tensor& x, int64_t axis, int64_t index);  // entry `index` along axis, axis dropped (view)
 Tensor concat(const std::vector<Tensor>& xs, int64_t axis); // join along axis
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t axis);  // slices
 Tensor contiguous(const Tensor& x);                         // x itself when already contiguous
@@ -81,7 +82,7 @@ inline constexpr std::string_view kDifferentiableOps[] = {
     "dropout",    "sum",        "sum_axis",   "mean",          "mean_axis",  "max",
     "max_axis",   "cumsum",     "matmul",     "embedding",     "softmax",    "log_softmax",
     "cross_entropy", "layer_norm", "reshape", "transpose",     "permute",    "slice",
-    "concat",     "contiguous", "linear"};
+    "select",     "concat",     "contiguous", "linear"};
 // (split is made of slices, so checking slice checks it.)
 
 // ---- non-differentiable helpers -------------------------------------------------------

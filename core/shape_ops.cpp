@@ -98,6 +98,36 @@ Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
   });
 }
 
+// region += g in place, region a (possibly strided) view of a gradient buffer, g of its shape.
+// The backward of slice and select: it adds into the input's gradient where the view sits, with
+// no temporary of the input's full shape (a tensor cut into N pieces would otherwise cost N
+// full-size buffers in backward).
+static void add_into_view(const Tensor& region, const Tensor& g) {
+  Tensor gc = g.is_contiguous() ? g : contiguous_copy(g);
+  const float* src = gc.data();
+  if (region.is_contiguous()) {
+    float* dst = region.data();
+    const int64_t n = region.numel();
+#pragma omp parallel for schedule(static) if (n > (1 << 15))
+    for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+    return;
+  }
+  // Row by row into the strided region.
+  const Shape& rs = region.shape();
+  const int64_t cols = rs.back(), cs = region.strides().back();
+  const int64_t rows = cols ? region.numel() / cols : 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t off = 0, rem = r;
+    for (int64_t d = static_cast<int64_t>(rs.size()) - 2; d >= 0; --d) {
+      off += (rem % rs[d]) * region.strides()[d];
+      rem /= rs[d];
+    }
+    float* dst = region.data() + off;
+    const float* row = src + r * cols;
+    for (int64_t j = 0; j < cols; ++j) dst[j * cs] += row[j];
+  }
+}
+
 Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t end) {
   int64_t a = axis_index(axis, x.dim(), "slice", x.shape());
   int64_t n = x.shape()[a];
@@ -108,33 +138,26 @@ Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t end) {
   shape[a] = end - start;
   Tensor out = make_view(x, shape, x.strides(), x.impl().offset + start * x.strides()[a]);
   return attach_node(out, "slice", {x}, [x, a, start, end](const Tensor& g) {
-    // Added in place into the region of x's gradient: no temporary of x's full shape (a
-    // tensor cut into N slices would otherwise cost N full-size buffers in backward).
+    if (x.requires_grad()) add_into_view(slice(grad_buffer(x), a, start, end), g);
+  });
+}
+
+Tensor select(const Tensor& x, int64_t axis, int64_t index) {
+  int64_t a = axis_index(axis, x.dim(), "select", x.shape());
+  if (index < 0 || index >= x.shape()[a])
+    throw Error(fmt::format("select: index {} out of range for axis {} of shape {}", index, axis,
+                            shape_str(x.shape())));
+  Shape shape = x.shape(), strides = x.strides();
+  shape.erase(shape.begin() + a);
+  strides.erase(strides.begin() + a);
+  Tensor out = make_view(x, shape, strides, x.impl().offset + index * x.strides()[a]);
+  return attach_node(out, "select", {x}, [x, a, index](const Tensor& g) {
     if (!x.requires_grad()) return;
-    Tensor region = slice(grad_buffer(x), a, start, end);  // a view (backward runs without grad)
-    Tensor gc = g.is_contiguous() ? g : contiguous_copy(g);
-    const float* src = gc.data();
-    if (region.is_contiguous()) {
-      float* dst = region.data();
-      const int64_t n = region.numel();
-#pragma omp parallel for schedule(static) if (n > (1 << 15))
-      for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
-      return;
-    }
-    // Row by row into the strided region.
-    const Shape& rs = region.shape();
-    const int64_t cols = rs.back(), cs = region.strides().back();
-    const int64_t rows = cols ? region.numel() / cols : 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      int64_t off = 0, rem = r;
-      for (int64_t d = static_cast<int64_t>(rs.size()) - 2; d >= 0; --d) {
-        off += (rem % rs[d]) * region.strides()[d];
-        rem /= rs[d];
-      }
-      float* dst = region.data() + off;
-      const float* row = src + r * cols;
-      for (int64_t j = 0; j < cols; ++j) dst[j * cs] += row[j];
-    }
+    Tensor buf = grad_buffer(x);
+    Shape rs = buf.shape(), rstrides = buf.strides();
+    rs.erase(rs.begin() + a);
+    rstrides.erase(rstrides.begin() + a);
+    add_into_view(make_view(buf, rs, rstrides, buf.impl().offset + index * buf.strides()[a]), g);
   });
 }
 

@@ -161,9 +161,8 @@ Tensor split_heads_rope(const Tensor& x, int64_t heads, const std::vector<HeadPa
 
 std::vector<Tensor> unstack(const Tensor& packed) {
   if (packed.dim() < 1) throw Error("unstack: needs at least one axis, got a scalar");
-  Shape rest(packed.shape().begin() + 1, packed.shape().end());
   std::vector<Tensor> out;
-  for (int64_t p = 0; p < packed.size(0); ++p) out.push_back(reshape(slice(packed, 0, p, p + 1), rest));
+  for (int64_t p = 0; p < packed.size(0); ++p) out.push_back(select(packed, 0, p));
   return out;
 }
 

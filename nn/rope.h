@@ -33,7 +33,7 @@ struct HeadPart {
 Tensor split_heads_rope(const Tensor& x, int64_t heads, const std::vector<HeadPart>& parts,
                         int64_t first_position, float base = 10000.0f);
 
-// packed (P, ...) -> P tensors (...): views of packed's storage (slice + reshape), so no copy.
+// packed (P, ...) -> P tensors (...): views of packed's storage (select), so no copy.
 std::vector<Tensor> unstack(const Tensor& packed);
 
 }  // namespace lg::nn

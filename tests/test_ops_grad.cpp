@@ -158,7 +158,7 @@ TEST_CASE("grad: layer_norm over input, gain and bias") {
   check_gradients([&] { return layer_norm(x, gamma, beta); }, {x, gamma, beta});
 }
 
-TEST_CASE("grad: reshape, transpose, permute, slice, concat, split, contiguous") {
+TEST_CASE("grad: reshape, transpose, permute, slice, select, concat, split, contiguous") {
   Tensor x = random_leaf({2, 3, 4}, 29), y = random_leaf({2, 2, 4}, 30);
   check_gradients([&] { return mul(reshape(x, {6, 4}), reshape(x, {6, -1})); }, {x});
   check_gradients([&] { return reshape(transpose(x, 0, 2), {4, 6}); }, {x});
@@ -168,6 +168,12 @@ TEST_CASE("grad: reshape, transpose, permute, slice, concat, split, contiguous")
     Tensor h = exp(x);  // not a leaf: three slices and a sum all add into its gradient in place
     return add(mul(slice(h, 0, 0, 1), slice(h, 0, 1, 2)), add(slice(h, 2, 1, 2) * 2.0f, sum(h)));
   }, {x});
+  check_gradients([&] { return select(x, 1, 2); }, {x});
+  check_gradients([&] {
+    Tensor h = exp(transpose(x, 0, 2));  // (4, 3, 2), not contiguous below: select of a strided view
+    return add(mul(select(h, 0, 1), select(h, 0, 3)), select(transpose(h, 0, 1), 1, 2));
+  }, {x});
+  CHECK_THROWS_WITH_AS(select(x, 1, 3), doctest::Contains("out of range"), Error);
   check_gradients([&] { return concat({x, y}, 1); }, {x, y});
   check_gradients([&] { return concat({transpose(x, 0, 2), transpose(x, 0, 2)}, 0); }, {x});
   check_gradients([&] {
