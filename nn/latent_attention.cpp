@@ -51,24 +51,12 @@ static Tensor outside_window_mask(int64_t first_query, int64_t queries, int64_t 
   return mask;
 }
 
-// x cut along `axis` into pieces of `chunk` rows (the last may be shorter), by halving.
-// Why not one slice per piece: the backward of a slice writes a gradient of its input's full
-// shape, so N slices of a T-row tensor cost O(N T) in backward, quadratic in T. Halving
-// recursively makes every level of the tree cost O(T): O(T log N) in all.
-static void split_into_chunks(const Tensor& x, int64_t axis, int64_t chunk, std::vector<Tensor>& pieces) {
-  const int64_t n = x.size(axis), count = (n + chunk - 1) / chunk;
-  if (count <= 1) {
-    pieces.push_back(x);
-    return;
-  }
-  const int64_t left = (count / 2) * chunk;
-  split_into_chunks(slice(x, axis, 0, left), axis, chunk, pieces);
-  split_into_chunks(slice(x, axis, left, n), axis, chunk, pieces);
-}
-
+// x cut along `axis` into pieces of `chunk` rows (the last may be shorter): one slice each.
+// (A slice's backward adds into its input's gradient in place, so N slices cost O(T) in all.)
 static std::vector<Tensor> chunks_of(const Tensor& x, int64_t axis, int64_t chunk) {
   std::vector<Tensor> pieces;
-  split_into_chunks(x, axis, chunk, pieces);
+  for (int64_t start = 0; start < x.size(axis); start += chunk)
+    pieces.push_back(slice(x, axis, start, std::min(x.size(axis), start + chunk)));
   return pieces;
 }
 

@@ -27,8 +27,10 @@
 //   da_s   = e_s (kr_s . RX_s + v_s . RY_s - Rc_s)      (softmax rule: w (g - sum w g))
 //   dk_s  += da_s l_m / sqrt(d),   dl_m += da_s k_s / sqrt(d).
 // Time O(T (M + W) d) per head. The forward saves mu, Z, e, P and the latent scores per position
-// (O(T (M + W))) and the sums SK, SV every kChunk positions; the backward recomputes Kl, Vl one
+// (O(T (M + W))) and the sums SK, SV every kChunk positions; the backward recomputes SK, SV one
 // chunk at a time from those checkpoints with the forward's own write step, so the same values.
+// Neither pass stores Kl = SK / Z or Vl = SV / Z: products with them are products with SK, SV
+// scaled by 1 / Z.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -102,16 +104,19 @@ struct HeadRows {
 };
 
 // The write of position t: the running state (mu, Z of M latents) before t is mu_in, Z_in, after
-// t mu_out, Z_out (distinct arrays); SK, SV (M, d) are updated in place; Kl, Vl (M, d) get the
-// latent keys and values at t, e (M) the new terms' weights exp(a_t - mu_t). l (M, d) are the
-// latents; the M scores come from dot_rows (independent accumulators: a loop over d adding
-// into one vector of M scores would wait on the FMA latency at every step); tmp holds 2 M
-// floats.
+// t mu_out, Z_out (distinct arrays); the sums SK, SV (M, d) before t are SK_in, SV_in, after t
+// SK_out, SV_out (the same arrays for an update in place); e (M) gets the new terms' weights
+// exp(a_t - mu_t), inv_z (M) 1 / Z_out. The latent keys and values Kl = SK / Z, Vl = SV / Z are
+// never stored: the read scales its M dot products by 1 / Z instead, which halves the stores of
+// the step (the part of the scan that bounds its speed). l (M, d) are the latents; the M scores
+// come from dot_rows (independent accumulators: a loop over d adding into one vector of M
+// scores would wait on the FMA latency at every step); tmp holds 2 M floats.
 template <int64_t kD>
 inline void write_step(const Dims& n, const float* l, const float* kt, const float* krt, const float* vt,
                        const float* __restrict mu_in, const float* __restrict Z_in, float* __restrict mu_out,
-                       float* __restrict Z_out, float* __restrict e_out, float* SK, float* SV, float* Kl,
-                       float* Vl, float* __restrict tmp) {
+                       float* __restrict Z_out, float* __restrict e_out, float* __restrict inv_z,
+                       const float* SK_in, const float* SV_in, float* SK_out, float* SV_out,
+                       float* __restrict tmp) {
   const int64_t d = kD > 0 ? kD : n.d, M = n.M;
   float *__restrict a = tmp, *__restrict rescale = tmp + M;
   dot_rows(kt, l, M, d, a);
@@ -121,16 +126,19 @@ inline void write_step(const Dims& n, const float* l, const float* kt, const flo
   }
   exp_diff(mu_in, mu_out, rescale, M);
   exp_diff(a, mu_out, e_out, M);
-  for (int64_t m = 0; m < M; ++m) Z_out[m] = Z_in[m] * rescale[m] + e_out[m];
+#pragma omp simd
   for (int64_t m = 0; m < M; ++m) {
-    const float r = rescale[m], e = e_out[m], iz = 1.0f / Z_out[m];
-    float *sk = SK + m * d, *sv = SV + m * d, *klm = Kl + m * d, *vlm = Vl + m * d;
+    Z_out[m] = Z_in[m] * rescale[m] + e_out[m];
+    inv_z[m] = 1.0f / Z_out[m];
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    const float r = rescale[m], e = e_out[m];
+    const float *ski = SK_in + m * d, *svi = SV_in + m * d;
+    float *sko = SK_out + m * d, *svo = SV_out + m * d;
 #pragma omp simd
     for (int64_t i = 0; i < d; ++i) {
-      sk[i] = sk[i] * r + e * krt[i];
-      sv[i] = sv[i] * r + e * vt[i];
-      klm[i] = sk[i] * iz;
-      vlm[i] = sv[i] * iz;
+      sko[i] = ski[i] * r + e * krt[i];
+      svo[i] = svi[i] * r + e * vt[i];
     }
   }
 }
@@ -143,7 +151,7 @@ void forward_head(const Dims& n, const HeadRows& h) {
   // of the saved mu and Z is the state after t.
   std::vector<float> mu0(M, kNegInf), Z0(M, 0.0f), mu_scratch(2 * M), Z_scratch(2 * M);
   std::vector<float> SK(M * d, 0.0f), SV(M * d, 0.0f);
-  std::vector<float> Kl(M * d), Vl(M * d), P_scratch(M + W), e(M), tmp(2 * M);
+  std::vector<float> P_scratch(M + W), e(M), inv_z(M), wl(M), tmp(2 * M);
   const float *mu_in = mu0.data(), *Z_in = Z0.data();
   for (int64_t t = 0; t < T; ++t) {
     float* P = h.P ? h.P + t * (M + W) : P_scratch.data();
@@ -156,12 +164,14 @@ void forward_head(const Dims& n, const HeadRows& h) {
     // Write: each latent takes in position t.
     float* mu_out = h.mu ? h.mu + t * M : mu_scratch.data() + (t % 2) * M;
     float* Z_out = h.mu ? h.Z + t * M : Z_scratch.data() + (t % 2) * M;
-    write_step<kD>(n, h.l, kt, krt, vt, mu_in, Z_in, mu_out, Z_out, h.mu ? h.E + t * M : e.data(), SK.data(),
-                   SV.data(), Kl.data(), Vl.data(), tmp.data());
+    write_step<kD>(n, h.l, kt, krt, vt, mu_in, Z_in, mu_out, Z_out, h.mu ? h.E + t * M : e.data(), inv_z.data(),
+                   SK.data(), SV.data(), SK.data(), SV.data(), tmp.data());
     mu_in = mu_out;
     Z_in = Z_out;
-    // Read: one softmax over [latents ; window positions t - W < s <= t].
-    dot_rows(qt, Kl.data(), M, d, P);
+    // Read: one softmax over [latents ; window positions t - W < s <= t]. q . Kl_m = (q . SK_m) / Z_m.
+    dot_rows(qt, SK.data(), M, d, P);
+#pragma omp simd
+    for (int64_t m = 0; m < M; ++m) P[m] *= inv_z[m];
     if (h.S) std::copy_n(P, M, h.S + t * M);
     const int64_t j0 = std::max<int64_t>(0, W - 1 - t);  // window slots j < j0 are before position 0
     dot_rows(qt, h.kr + (t - W + 1 + j0) * d, W - j0, d, P + M + j0);
@@ -174,10 +184,12 @@ void forward_head(const Dims& n, const HeadRows& h) {
     const float inv = 1.0f / z;
 #pragma omp simd
     for (int64_t j = 0; j < M + W; ++j) P[j] *= inv;
-    // o_t = sum_m P_m Vl_m + sum_j P_j v_s (window slots j >= j0 only)
+    // o_t = sum_m (P_m / Z_m) SV_m + sum_j P_j v_s (window slots j >= j0 only)
     float* ot = h.o + t * d;
     float window[kD > 0 ? kD : 1];
-    weighted_rows<kD>(P, Vl.data(), d, M, d, ot);
+#pragma omp simd
+    for (int64_t m = 0; m < M; ++m) wl[m] = P[m] * inv_z[m];
+    weighted_rows<kD>(wl.data(), SV.data(), d, M, d, ot);
     if (W - j0 > 0) {
       if constexpr (kD > 0) {
         weighted_rows<kD>(P + M + j0, h.v + (t - W + 1 + j0) * d, d, W - j0, d, window);
@@ -197,29 +209,34 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
                    float* dv, float* dl) {
   const int64_t T = n.T, d = kD > 0 ? kD : n.d, M = n.M, W = n.W;
   std::vector<float> RX(M * d, 0.0f), RY(M * d, 0.0f), Rc(M, 0.0f), dP(M), dsigma(M + W);
-  std::vector<float> mu0(M, kNegInf), Z0(M, 0.0f), mu(M), Z(M), SK(M * d), SV(M * d), e(M), tmp(2 * M);
+  std::vector<float> mu0(M, kNegInf), Z0(M, 0.0f), mu(M), Z(M), e(M), tmp(2 * M);
   std::vector<float> decay(M), inv_zs(M);
-  // The chunk's scratch is kept per thread: allocating and freeing it per head costs more than
-  // the recomputation (the allocator returns the pages, and every thread's TLB is flushed).
-  thread_local std::vector<float> Kl_chunk, Vl_chunk;
-  Kl_chunk.resize(std::max<size_t>(Kl_chunk.size(), kChunk * M * d));
-  Vl_chunk.resize(std::max<size_t>(Vl_chunk.size(), kChunk * M * d));
+  // The chunk's sums SK, SV after each of its positions (kChunk rows of (M, d) each). Kept per
+  // thread: allocating and freeing it per head costs more than the recomputation (the allocator
+  // returns the pages, and every thread's TLB is flushed).
+  thread_local std::vector<float> SK_chunk, SV_chunk;
+  SK_chunk.resize(std::max<size_t>(SK_chunk.size(), kChunk * M * d));
+  SV_chunk.resize(std::max<size_t>(SV_chunk.size(), kChunk * M * d));
   // Local accumulators of position t's dq, dkr, dv, dk: registers when d is fixed.
   constexpr int64_t kA = kD > 0 ? kD : 1;
   float aq[kA], akr[kA], av[kA], ak[kA];
   const int64_t chunks = (T + kChunk - 1) / kChunk;
   for (int64_t c = chunks - 1; c >= 0; --c) {
     const int64_t c0 = c * kChunk, c1 = std::min(T, c0 + kChunk);
-    // Recompute the chunk's latent keys and values from its checkpoint.
+    // Recompute the chunk's sums from its checkpoint, with the forward's write step.
     // (mu and Z come out as saved; the saved rows of t - 1 are the state before t.)
-    std::copy_n(h.cSK + c * M * d, M * d, SK.data());
-    std::copy_n(h.cSV + c * M * d, M * d, SV.data());
-    for (int64_t t = c0; t < c1; ++t)
+    for (int64_t t = c0; t < c1; ++t) {
+      const float* SK_in = t == c0 ? h.cSK + c * M * d : SK_chunk.data() + (t - 1 - c0) * M * d;
+      const float* SV_in = t == c0 ? h.cSV + c * M * d : SV_chunk.data() + (t - 1 - c0) * M * d;
       write_step<kD>(n, h.l, h.k + t * d, h.kr + t * d, h.v + t * d, t > 0 ? h.mu + (t - 1) * M : mu0.data(),
-                     t > 0 ? h.Z + (t - 1) * M : Z0.data(), mu.data(), Z.data(), e.data(), SK.data(), SV.data(),
-                     Kl_chunk.data() + (t - c0) * M * d, Vl_chunk.data() + (t - c0) * M * d, tmp.data());
+                     t > 0 ? h.Z + (t - 1) * M : Z0.data(), mu.data(), Z.data(), e.data(), inv_zs.data(), SK_in,
+                     SV_in, SK_chunk.data() + (t - c0) * M * d, SV_chunk.data() + (t - c0) * M * d, tmp.data());
+    }
     for (int64_t t = c1 - 1; t >= c0; --t) {
-      const float *Kl = Kl_chunk.data() + (t - c0) * M * d, *Vl = Vl_chunk.data() + (t - c0) * M * d;
+      // Kl_m = SK_m / Z_m, Vl_m = SV_m / Z_m at t
+      const float *SKt = SK_chunk.data() + (t - c0) * M * d, *SVt = SV_chunk.data() + (t - c0) * M * d;
+#pragma omp simd
+      for (int64_t m = 0; m < M; ++m) inv_zs[m] = 1.0f / h.Z[t * M + m];
       const float* P = h.P + t * (M + W);
       const float *qt = h.q + t * d, *got = go + t * d;
       float* dqt = kD > 0 ? aq : dq + t * d;
@@ -234,14 +251,14 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
       }
       // Read at t: softmax backward, then the query's and the window's gradients.
       float p_dp = 0.0f;
-      dot_rows(got, Vl, M, d, dP.data());
-      for (int64_t m = 0; m < M; ++m) p_dp += P[m] * (dsigma[m] = dP[m]);
+      dot_rows(got, SVt, M, d, dP.data());
+      for (int64_t m = 0; m < M; ++m) p_dp += P[m] * (dsigma[m] = dP[m] *= inv_zs[m]);
       const int64_t j0 = std::max<int64_t>(0, W - 1 - t);  // window slots j < j0 are before position 0
       std::fill_n(dsigma.data() + M, j0, 0.0f);
       dot_rows(got, h.v + (t - W + 1 + j0) * d, W - j0, d, dsigma.data() + M + j0);
       for (int64_t j = 0; j < W; ++j) p_dp += P[M + j] * dsigma[M + j];
       for (int64_t j = 0; j < M + W; ++j) dsigma[j] = P[j] * (dsigma[j] - p_dp);
-      for (int64_t m = 0; m < M; ++m) axpy(dsigma[m] * n.scale, Kl + m * d, dqt, d);
+      for (int64_t m = 0; m < M; ++m) axpy(dsigma[m] * n.scale * inv_zs[m], SKt + m * d, dqt, d);
       for (int64_t j = 0; j < W; ++j) {
         const int64_t s = t - W + 1 + j;
         if (s < 0) continue;
@@ -261,8 +278,6 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
       } else {
         std::fill_n(decay.data(), M, 0.0f);
       }
-#pragma omp simd
-      for (int64_t m = 0; m < M; ++m) inv_zs[m] = 1.0f / h.Z[t * M + m];
       for (int64_t m = 0; m < M; ++m) {
         const float dc = decay[m], inv_z = inv_zs[m];
         const float x_scale = dsigma[m] * n.scale * inv_z,
