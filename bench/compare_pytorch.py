@@ -105,6 +105,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run (median reported)")
     ap.add_argument("--steps-large", type=int, default=3, help="timed steps for the 10.7M config (seconds each)")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every run (baseline config)")
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worker", choices=["torch"], help=argparse.SUPPRESS)
@@ -130,18 +131,22 @@ def main():
     if os.path.isdir(OPENMP_BLAS_DIR):
         path = ":".join(p for p in (OPENMP_BLAS_DIR, os.environ.get("LD_LIBRARY_PATH", "")) if p)
         torch_blas.append(("pytorch, OpenMP OpenBLAS", {"LD_LIBRARY_PATH": path}))
-    print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; PyTorch {torch_version}; medians of "
-          f"{args.steps} timed steps after {args.warmup} warm-up ({args.steps_large} after 1 for 10.7M).\n")
+    print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; PyTorch {torch_version}. Each row: the median "
+          f"over {args.rounds} rounds (1 for 10.7M) of each run's median step; a run times {args.steps} steps "
+          f"after {args.warmup} warm-up ({args.steps_large} after 1 for 10.7M). Rounds interleave the runs, so "
+          f"a slow spell of a shared machine hits every engine alike.\n")
     print("| config | attention | engine | threads | ms/step | tokens/s | MFU | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     ratios = []
     for config in args.configs.split(","):
         for attn in args.attn.split(","):
-            best = {}
             steps, warmup = (args.steps_large, 1) if config == "10.7M" else (args.steps, args.warmup)
+            rounds = 1 if config == "10.7M" else args.rounds
             runs = [("latentgrad", "latentgrad", {})] + [("pytorch", label, extra) for label, extra in torch_blas]
-            for engine, label, extra in runs:
-                for threads in [int(t) for t in args.threads.split(",")]:
+            cells = [(engine, label, extra, int(t)) for engine, label, extra in runs for t in args.threads.split(",")]
+            results = {i: [] for i in range(len(cells))}
+            for _ in range(rounds):
+                for i, (engine, label, extra, threads) in enumerate(cells):
                     env = dict(os.environ, OMP_NUM_THREADS=str(threads), **extra)
                     if engine == "pytorch":
                         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "torch", "--data", args.data,
@@ -155,17 +160,22 @@ def main():
                                "--ctx", str(c["ctx"]), "--batch", str(c["batch"]), "--steps", str(steps),
                                "--warmup", str(warmup), "--chunk", str(args.chunk), "--seed", str(args.seed),
                                "--json"]
-                    r = run_json(cmd, env)
-                    best[engine] = max(best.get(engine, 0), r["tokens_per_s"])
-                    mfu = f"{100 * r['mfu']:.0f}%" if "mfu" in r else "-"
-                    print(f"| {config} | {attn} | {label} | {threads} | {r['step_ms']:.1f} | "
-                          f"{r['tokens_per_s']:.0f} | {mfu} | {r['peak_rss_mb']:.0f} |", flush=True)
+                    results[i].append(run_json(cmd, env))
+            best = {}
+            for i, (engine, label, extra, threads) in enumerate(cells):
+                rs = results[i]
+                step_ms = statistics.median(r["step_ms"] for r in rs)
+                tokens_per_s = statistics.median(r["tokens_per_s"] for r in rs)
+                rss = max(r["peak_rss_mb"] for r in rs)
+                best[engine] = max(best.get(engine, 0), tokens_per_s)
+                mfu = f"{100 * statistics.median(r['mfu'] for r in rs):.0f}%" if "mfu" in rs[0] else "-"
+                print(f"| {config} | {attn} | {label} | {threads} | {step_ms:.1f} | "
+                      f"{tokens_per_s:.0f} | {mfu} | {rss:.0f} |", flush=True)
             ratios.append((config, attn, best["latentgrad"] / best["pytorch"]))
     print("\n| config | attention | latentgrad / PyTorch, best thread count each |")
     print("|---|---|---|")
     for config, attn, r in ratios:
         print(f"| {config} | {attn} | {r:.2f}x |")
-
 
 if __name__ == "__main__":
     main()
