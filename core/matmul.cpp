@@ -207,8 +207,15 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       Tensor gb = Tensor::zeros({out_features});                // db = column sums of g, rows in order
       float* pb = gb.data();
       const float* pg = gc.data();
-      for (int64_t r = 0; r < N; ++r)
-        for (int64_t j = 0; j < out_features; ++j) pb[j] += pg[r * out_features + j];
+      // Each thread takes a range of columns and adds the rows in order: the same sums on any
+      // thread count.
+#pragma omp parallel if (N * out_features > (1 << 16))
+      {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t j0 = out_features * t / nt, j1 = out_features * (t + 1) / nt;
+        for (int64_t r = 0; r < N; ++r)
+          for (int64_t j = j0; j < j1; ++j) pb[j] += pg[r * out_features + j];
+      }
       accumulate_grad(bias, std::move(gb));
     }
   });

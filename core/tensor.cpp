@@ -163,7 +163,10 @@ Tensor Tensor::empty(const Shape& shape) { return make_contiguous(shape); }
 
 Tensor Tensor::full(const Shape& shape, float value) {
   Tensor t = make_contiguous(shape);
-  std::fill_n(t.data(), t.numel(), value);
+  float* p = t.data();
+  const int64_t n = t.numel();
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+  for (int64_t i = 0; i < n; ++i) p[i] = value;
   return t;
 }
 
