@@ -122,6 +122,21 @@ void expect_error(const Run& r, const std::string& needle) {
   CHECK(line.find(needle) != std::string::npos);
 }
 
+// A small model of the given attention kind: 2 heads of size 8, M and W for latent attention.
+ModelConfig small_model(const char* kind, int64_t vocab, int64_t layers, int64_t ctx, int64_t latents = 4,
+                        int64_t window = 3) {
+  ModelConfig c;
+  c.vocab = vocab;
+  c.layers = layers;
+  c.heads = 2;
+  c.dim = 16;
+  c.ctx = ctx;
+  c.latents = latents;
+  c.window = window;
+  c.attention = nn::parse_attention_kind(kind);
+  return c;
+}
+
 }  // namespace
 
 TEST_CASE("json: round trip, exact doubles and 64-bit words, and errors") {
@@ -222,15 +237,7 @@ TEST_CASE("svg chart is a complete document with axes, ticks and legend") {
 TEST_CASE("model: tied head, parameter names, incremental steps equal the parallel pass") {
   for (const char* kind : {"latent", "mha", "mla"}) {
     CAPTURE(kind);
-    ModelConfig c;
-    c.vocab = 11;
-    c.layers = 2;
-    c.heads = 2;
-    c.dim = 16;
-    c.ctx = 12;
-    c.latents = 4;
-    c.window = 3;
-    c.attention = nn::parse_attention_kind(kind);
+    ModelConfig c = small_model(kind, 11, 2, 12);
     Rng init(1);
     auto model = std::make_unique<CharLM>(c, init);
     auto params = model->named_parameters();
@@ -257,15 +264,7 @@ TEST_CASE("model: tied head, parameter names, incremental steps equal the parall
 TEST_CASE("data parallel: shards give the whole batch's loss and gradients, and share the weights") {
   for (const char* kind : {"latent", "mha", "mla"}) {
     CAPTURE(kind);
-    ModelConfig c;
-    c.vocab = 13;
-    c.layers = 2;
-    c.heads = 2;
-    c.dim = 16;
-    c.ctx = 9;
-    c.latents = 4;
-    c.window = 2;
-    c.attention = nn::parse_attention_kind(kind);
+    ModelConfig c = small_model(kind, 13, 2, 9, 4, 2);
     Rng init(5), data(6);
     CharLM model(c, init);
     const int64_t B = 5, T = 9;  // 5 sequences: shards of unequal size
@@ -317,12 +316,7 @@ TEST_CASE("data parallel: shards give the whole batch's loss and gradients, and 
 }
 
 TEST_CASE("data parallel with dropout: shards draw their own masks, reproducibly") {
-  ModelConfig c;
-  c.vocab = 13;
-  c.layers = 1;
-  c.heads = 2;
-  c.dim = 16;
-  c.ctx = 8;
+  ModelConfig c = small_model("latent", 13, 1, 8);
   c.dropout = 0.2f;
   Rng init(3), data(4);
   CharLM model(c, init);
@@ -347,12 +341,7 @@ TEST_CASE("data parallel with dropout: shards draw their own masks, reproducibly
 }
 
 TEST_CASE("share_parameters refuses a module of another shape") {
-  ModelConfig c;
-  c.vocab = 13;
-  c.layers = 1;
-  c.heads = 2;
-  c.dim = 16;
-  c.ctx = 8;
+  ModelConfig c = small_model("latent", 13, 1, 8);
   Rng r(1);
   CharLM a(c, r);
   c.dim = 8;
