@@ -385,7 +385,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const json::Value settings_json = settings.to_json();
     for (const auto& [key, value] : settings_json.items())
       human << fmt::format("  {:<14}{}\n", key, value.is_string() ? value.as_string() : value.dump());
-    human << fmt::format("  {:<14}{}\n", "threads used", get_num_threads());
+    human << fmt::format("  {:<14}{} (each step: {} data-parallel shards of the batch, one per thread)\n",
+                         "threads used", get_num_threads(), std::min<int64_t>(get_num_threads(), settings.batch));
     human << "parameters (the output head reuses wte.weight):\n";
     for (const auto& [name, tensor] : model.named_parameters())
       human << fmt::format("  {:<34}{:<14}{:>10}\n", name, shape_text(tensor.shape()),
