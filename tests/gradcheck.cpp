@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <unordered_set>
 
@@ -86,6 +87,14 @@ void randomize_parameters(const nn::Module& module, uint64_t seed, float std,
     Tensor fresh = randn(p.shape(), rng, it == std_of.end() ? std : it->second);
     std::copy_n(fresh.data(), p.numel(), p.data());
   }
+}
+
+float max_abs_diff(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  std::vector<float> va = a.to_vector(), vb = b.to_vector();
+  float worst = 0.0f;
+  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(va[i] - vb[i]));
+  return worst;
 }
 
 }  // namespace lg::testing

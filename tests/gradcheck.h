@@ -40,4 +40,7 @@ Tensor random_leaf(const Shape& shape, uint64_t seed, float scale = 1.0f);
 void randomize_parameters(const nn::Module& module, uint64_t seed, float std,
                           const std::map<std::string, float>& std_of = {});
 
+// The largest |a - b| over all elements (a and b must have one shape: REQUIREd).
+float max_abs_diff(const Tensor& a, const Tensor& b);
+
 }  // namespace lg::testing

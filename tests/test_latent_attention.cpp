@@ -12,6 +12,7 @@
 #include "tests/gradcheck.h"
 
 using namespace lg;
+using lg::testing::max_abs_diff;
 using lg::nn::AttentionConfig;
 using lg::nn::LatentAttention;
 
@@ -32,14 +33,6 @@ AttentionConfig small_config(int64_t window, int64_t chunk) {
 // Latents at std 1 (the layer's scale), the rest at 0.4: see lg::testing::randomize_parameters.
 void randomize(nn::Module& module, uint64_t seed) {
   lg::testing::randomize_parameters(module, seed, 0.4f, {{"latents", 1.0f}});
-}
-
-float max_abs_diff(const Tensor& a, const Tensor& b) {
-  REQUIRE(a.shape() == b.shape());
-  std::vector<float> va = a.to_vector(), vb = b.to_vector();
-  float worst = 0;
-  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(va[i] - vb[i]));
-  return worst;
 }
 
 // The configurations every property is checked on: W = 0 and W > 0 (shorter and longer than

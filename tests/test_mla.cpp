@@ -7,6 +7,7 @@
 #include "tests/gradcheck.h"
 
 using namespace lg;
+using lg::testing::max_abs_diff;
 using lg::nn::AttentionConfig;
 using lg::nn::MLA;
 
@@ -23,14 +24,6 @@ AttentionConfig mla_config(int64_t q_rank) {
 }
 
 void randomize(nn::Module& module, uint64_t seed) { lg::testing::randomize_parameters(module, seed, 0.5f); }
-
-float max_abs_diff(const Tensor& a, const Tensor& b) {
-  REQUIRE(a.shape() == b.shape());
-  std::vector<float> va = a.to_vector(), vb = b.to_vector();
-  float worst = 0;
-  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(va[i] - vb[i]));
-  return worst;
-}
 
 }  // namespace
 

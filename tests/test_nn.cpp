@@ -24,6 +24,7 @@
 using namespace lg;
 using lg::testing::check_gradients;
 using lg::testing::random_leaf;
+using lg::testing::max_abs_diff;
 
 static void randomize(const nn::Module& module, uint64_t seed, float std = 0.5f) {
   lg::testing::randomize_parameters(module, seed, std);
@@ -32,14 +33,6 @@ static void randomize(const nn::Module& module, uint64_t seed, float std = 0.5f)
 static std::vector<Tensor> with_parameters(std::vector<Tensor> inputs, const nn::Module& module) {
   for (const Tensor& p : module.parameters()) inputs.push_back(p);
   return inputs;
-}
-
-static float max_abs_diff(const Tensor& a, const Tensor& b) {
-  REQUIRE(a.shape() == b.shape());
-  std::vector<float> va = a.to_vector(), vb = b.to_vector();
-  float worst = 0.0f;
-  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(va[i] - vb[i]));
-  return worst;
 }
 
 static nn::AttentionConfig mha_config(int64_t dim, int64_t heads) {
