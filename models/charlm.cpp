@@ -166,6 +166,8 @@ DataParallel::DataParallel(CharLM& model, int64_t shards) : model_(model) {
     replica->share_parameters(model);
     replicas_.push_back(std::move(replica));
   }
+  params_.push_back(model.parameters());
+  for (auto& r : replicas_) params_.push_back(r->parameters());
 }
 
 float DataParallel::forward_backward(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
@@ -211,8 +213,7 @@ float DataParallel::forward_backward(const std::vector<int32_t>& ids, const std:
 
   // The model's gradients += each replica's, in shard order; every thread takes one slice
   // of every parameter.
-  std::vector<std::vector<Tensor>> params;
-  for (int64_t s = 0; s < S; ++s) params.push_back(models[s]->parameters());
+  const std::vector<std::vector<Tensor>>& params = params_;
   for (size_t i = 0; i < params[0].size(); ++i) {
     bool any = false;
     for (int64_t s = 1; s < S; ++s) any = any || params[s][i].grad().defined();

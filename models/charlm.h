@@ -100,6 +100,7 @@ class DataParallel {
  private:
   CharLM& model_;
   std::vector<std::unique_ptr<CharLM>> replicas_;
+  std::vector<std::vector<Tensor>> params_;  // [0] the model's, [s] replica s's, in one order
 };
 
 // ---- evaluation ---------------------------------------------------------------------------
