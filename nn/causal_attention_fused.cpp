@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "core/fastmath.h"
@@ -181,9 +182,9 @@ Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v)
             dk.data() + bh * T * d, dv.data() + bh * T * d, kt.data(), vt.data(), p.data(), dp.data());
       }
     }
-    accumulate_grad(q, dq);
-    accumulate_grad(k, dk);
-    accumulate_grad(v, dv);
+    accumulate_grad(q, std::move(dq));  // moved: a first gradient takes the buffer instead of a copy
+    accumulate_grad(k, std::move(dk));
+    accumulate_grad(v, std::move(dv));
   });
 }
 
