@@ -152,9 +152,12 @@ void add_into(Tensor& dst, const Tensor& src) {
 
 Tensor add(const Tensor& a, const Tensor& b) {
   Tensor out = binary_kernel(a, b, "add", [](float x, float y) { return x + y; });
-  return attach_node(out, "add", {a, b}, [a, b](const Tensor& g) {
-    accumulate_grad(a, sum_to(g, a.shape()));
-    accumulate_grad(b, sum_to(g, b.shape()));
+  return attach_node(out, "add", {a, b}, [a, b](Tensor g) {
+    accumulate_grad(a, sum_to(g, a.shape()));  // a copy (or an addition): b may take g itself
+    if (g.shape() == b.shape())
+      accumulate_grad(b, std::move(g));
+    else
+      accumulate_grad(b, sum_to(g, b.shape()));
   });
 }
 
@@ -230,9 +233,11 @@ static Tensor unary(const char* op, const Tensor& x, F f, DF df) {
   // The closure keeps the input's values and the output's values (a detached handle to
   // the output storage: no cycle through the output's node).
   Tensor y = out.detach();
-  return attach_node(out, op, {x}, [x, xc, y, df](const Tensor& g) {
-    Tensor gc = g.is_contiguous() ? g : contiguous_copy(g);
-    Tensor gx = Tensor::empty(x.shape());
+  return attach_node(out, op, {x}, [x, xc, y, df](Tensor g) {
+    Tensor gc = g.is_contiguous() ? std::move(g) : contiguous_copy(g);
+    // dx is written over the output's gradient when nothing else shares that buffer: one
+    // buffer fewer, and the one already in cache.
+    Tensor gx = owns_buffer(gc) ? gc : Tensor::empty(x.shape());
     const float* pg = gc.data();
     const float* pxx = xc.data();
     const float* py = y.data();
@@ -240,6 +245,7 @@ static Tensor unary(const char* op, const Tensor& x, F f, DF df) {
     int64_t m = gx.numel();
 #pragma omp parallel for schedule(static) if (m > kParallelGrain)
     for (int64_t i = 0; i < m; ++i) pgx[i] = pg[i] * df(pxx[i], py[i]);
+    gc = Tensor();  // gx alone holds the result, so accumulate_grad can take it
     accumulate_grad(x, std::move(gx));
   });
 }

@@ -56,8 +56,10 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
   Tensor src = x.is_contiguous() ? x : contiguous_copy(x);
   Tensor out = make_view(src, target, contiguous_strides(target), src.impl().offset);
   Shape in_shape = x.shape();
-  return attach_node(out, "reshape", {x}, [x, in_shape](const Tensor& g) {
-    accumulate_grad(x, reshape(g, in_shape));
+  return attach_node(out, "reshape", {x}, [x, in_shape](Tensor g) {
+    Tensor r = reshape(g, in_shape);
+    g = Tensor();  // r alone views the buffer now, so accumulate_grad can take it
+    accumulate_grad(x, std::move(r));
   });
 }
 

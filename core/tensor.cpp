@@ -252,7 +252,7 @@ Tensor Tensor::detach() const {
 }
 
 Tensor attach_node(Tensor out, const char* op, std::vector<Tensor> inputs,
-                   std::function<void(const Tensor&)> backward) {
+                   std::function<void(Tensor)> backward) {
   if (!grad_enabled()) return out;
   bool any = false;
   for (const Tensor& t : inputs) any = any || (t.defined() && t.requires_grad());
@@ -274,14 +274,17 @@ void accumulate_grad(const Tensor& target, Tensor g) {
   TensorImpl& t = target.impl();
   if (!t.grad) {
     // Take the buffer when nobody else can see it; otherwise copy.
-    bool owned = g.impl_ptr().use_count() == 1 && g.impl().storage.use_count() == 1 &&
-                 g.is_contiguous() && !g.impl().node;
-    Tensor c = owned ? g : contiguous_copy(g);
+    Tensor c = owns_buffer(g) ? g : contiguous_copy(g);
     t.grad = c.impl_ptr();
     return;
   }
   Tensor acc(t.grad);
   add_into(acc, g);
+}
+
+bool owns_buffer(const Tensor& t) {
+  return t.defined() && t.impl_ptr().use_count() == 1 && t.impl().storage.use_count() == 1 && t.is_contiguous() &&
+         !t.impl().node;
 }
 
 Tensor grad_buffer(const Tensor& target) {
@@ -337,7 +340,8 @@ void Tensor::backward(const Tensor& grad_output) const {
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     TensorImpl& t = **it;
     if (!t.node) continue;  // a leaf: its .grad is the result
-    if (t.grad) t.node->backward(Tensor(t.grad));
+    // The node's output gradient is handed over (moved): nobody reads it after this point.
+    if (t.grad) t.node->backward(Tensor(std::move(t.grad)));
     // Release the graph: drop the closure and inputs (the activations they hold) and
     // the intermediate gradient, which nobody reads after this point.
     t.node->backward = nullptr;

@@ -43,10 +43,13 @@ struct TensorImpl;
 // The op that produced a tensor. backward(grad_out) adds into the inputs' gradients.
 // The closure captures inputs (or detached copies of the output's storage), never the
 // output tensor itself: that would make a shared_ptr cycle and leak the activations.
+// grad_out is handed over: the walk keeps no other handle to it, so a closure that takes it
+// by value may write an input's gradient over its buffer (see owns_buffer) or pass it on
+// with std::move; one that takes const Tensor& just reads it.
 struct Node {
   const char* op;
   std::vector<Tensor> inputs;                       // the tensors gradients flow to
-  std::function<void(const Tensor& grad_out)> backward;
+  std::function<void(Tensor grad_out)> backward;
   bool released = false;                            // set once backward has run
 };
 
@@ -132,9 +135,14 @@ class NoGradGuard {
 // Attaches a node to `out` if grad mode is on and any input requires grad.
 // Returns `out` (now requiring grad when a node was attached).
 Tensor attach_node(Tensor out, const char* op, std::vector<Tensor> inputs,
-                   std::function<void(const Tensor& grad_out)> backward);
-// target.grad += g (g has target's shape). Does nothing when target needs no grad.
+                   std::function<void(Tensor grad_out)> backward);
+// target.grad += g (g has target's shape). Does nothing when target needs no grad. When target
+// has no gradient yet and g owns its buffer (owns_buffer), the buffer becomes the gradient
+// (pass it with std::move); otherwise g is copied or added.
 void accumulate_grad(const Tensor& target, Tensor g);
+// True when no other handle or view shares t's buffer and t is contiguous and off the graph:
+// a backward may then overwrite it in place, or hand it to accumulate_grad as is.
+bool owns_buffer(const Tensor& t);
 // target's gradient buffer, created as zeros if it has none yet, for a backward that adds into
 // part of it in place (slice). target must require grad.
 Tensor grad_buffer(const Tensor& target);

@@ -186,6 +186,39 @@ TEST_CASE("gradients accumulate; zero_grad; explicit output gradient; detach; no
   CHECK(mul(x, x).requires_grad());
 }
 
+TEST_CASE("an output gradient handed on: reused in place, never shared by two gradients") {
+  // add gives its output gradient's buffer to one input and a copy to the other; unary ops write
+  // dx over it; reshape passes it on as a view. None of it may leave two gradients on one buffer
+  // or write into a tensor the caller still holds.
+  Tensor a = Tensor::from_vector({1, 2, 3, 4}, {4}), b = Tensor::from_vector({-1, 0, 1, 2}, {4});
+  a.set_requires_grad(true);
+  b.set_requires_grad(true);
+  Tensor go = Tensor::from_vector({1, 2, 3, 4}, {4});
+  add(a, b).backward(go);
+  CHECK(go.to_vector() == std::vector<float>{1, 2, 3, 4});
+  CHECK(a.grad().data() != b.grad().data());
+  CHECK(a.grad().data() != go.data());
+  add(a, b).backward(go);  // adds into a's gradient: b's must not move with it
+  CHECK(a.grad().to_vector() == std::vector<float>{2, 4, 6, 8});
+  CHECK(b.grad().to_vector() == std::vector<float>{2, 4, 6, 8});
+  a.zero_grad();
+  b.zero_grad();
+
+  // x + gelu(tanh(x)), reshaped: the residual's gradient and the unary chain's in-place writes meet at x.
+  Tensor x = Tensor::from_vector({-1.5f, -0.2f, 0.3f, 2.0f}, {2, 2});
+  x.set_requires_grad(true);
+  Tensor gy = Tensor::from_vector({0.5f, -1, 2, 1}, {4});
+  reshape(add(x, gelu(tanh(x))), {4}).backward(gy);
+  CHECK(gy.to_vector() == std::vector<float>{0.5f, -1, 2, 1});
+  std::vector<float> xv = x.to_vector(), gv = gy.to_vector(), dx = x.grad().to_vector();
+  for (size_t i = 0; i < xv.size(); ++i) {
+    auto gelu_of = [](double v) { return 0.5 * v * (1 + std::tanh(0.7978845608 * (v + 0.044715 * v * v * v))); };
+    const double u = std::tanh(xv[i]), h = 1e-3;
+    const double dgelu = (gelu_of(u + h) - gelu_of(u - h)) / (2 * h);
+    CHECK(dx[i] == doctest::Approx(gv[i] * (1 + dgelu * (1 - u * u))).epsilon(1e-3));
+  }
+}
+
 TEST_CASE("a 100,000-op chain: backward and teardown without stack overflow") {
   Tensor x = Tensor::from_vector({0.5f}, {1});
   x.set_requires_grad(true);
