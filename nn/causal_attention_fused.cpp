@@ -137,21 +137,14 @@ void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, c
   }
 }
 
-}  // namespace
-
-Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v) {
-  if (q.dim() != 4 || k.shape() != q.shape() || v.shape() != q.shape())
-    throw Error(fmt::format("causal_attention_fused: q, k, v must share one (B, H, T, d) shape, got {}, {}, {}",
-                            shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape())));
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  Tensor qc = unit_last_stride(q), kc = unit_last_stride(k), vc = unit_last_stride(v);
-  // The output is stored (B, T, H, d) and returned as a (B, H, T, d) view: merging the heads
-  // afterwards (permute back, reshape to (B, T, D)) then copies nothing.
+// Forward over every (batch, head) of q, k, v (B, H, T, d), unit stride along d. The output is
+// stored (B, T, H, d) and returned as a (B, H, T, d) view: merging the heads afterwards (permute
+// back, reshape to (B, T, D)) then copies nothing. lse gets each row's log-sum-exp.
+Tensor run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float scale, Tensor& lse) {
+  const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3);
   Tensor out_bthd = Tensor::empty({B, T, H, d});
   Tensor out = permute(out_bthd, {0, 2, 1, 3});  // (B, H, T, d) view
-  Tensor lse = Tensor::empty({B, H, T});        // saved: log-sum-exp of each row's scores
-
+  lse = Tensor::empty({B, H, T});
   const bool parallel = B * H > 1 && T * T * d > 8192;
 #pragma omp parallel if (parallel)
   {
@@ -164,27 +157,78 @@ Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v)
           out.strides()[2], lse.data() + bh * T, kt.data(), p.data());
     }
   }
+  return out;
+}
 
+// Gradients into dq, dk, dv: (B, H, T, d) contiguous each, every element written.
+void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Tensor& g, const Tensor& out,
+                  const Tensor& lse, float scale, float* dq, float* dk, float* dv) {
+  const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3);
+  Tensor go = unit_last_stride(g);
+  const bool parallel = B * H > 1 && T * T * d > 8192;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<float> kt(d * padded(T)), vt(d * padded(T)), p(kRows * padded(T)), dp(kRows * padded(T));
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const int64_t at = bh * T * d;
+      std::fill_n(dk + at, T * d, 0.0f);  // dk, dv add up over rows: zeroed here, in cache, head by head
+      std::fill_n(dv + at, T * d, 0.0f);
+      (d == 32 ? backward_head<32> : d == 64 ? backward_head<64> : backward_head<0>)(
+          head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), head_view(go, bh, H),
+          head_view(out, bh, H), lse.data() + bh * T, T, d, scale, dq + at, dk + at, dv + at, kt.data(), vt.data(),
+          p.data(), dp.data());
+    }
+  }
+}
+
+void check_shapes(const Tensor& q, const Tensor& k, const Tensor& v) {
+  if (q.dim() != 4 || k.shape() != q.shape() || v.shape() != q.shape())
+    throw Error(fmt::format("causal_attention_fused: q, k, v must share one (B, H, T, d) shape, got {}, {}, {}",
+                            shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape())));
+}
+
+}  // namespace
+
+Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v) {
+  check_shapes(q, k, v);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
+  Tensor qc = unit_last_stride(q), kc = unit_last_stride(k), vc = unit_last_stride(v);
+  Tensor lse;  // saved: log-sum-exp of each row's scores
+  Tensor out = run_forward(qc, kc, vc, scale, lse);
   Tensor out_saved = out.detach();
   return attach_node(out, "causal_attention", {q, k, v}, [q, k, v, qc, kc, vc, out_saved, lse, scale](const Tensor& g) {
-    const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3);
-    Tensor go = unit_last_stride(g);
-    Tensor dq = Tensor::empty({B, H, T, d}), dk = Tensor::zeros({B, H, T, d}), dv = Tensor::zeros({B, H, T, d});
-    const bool parallel = B * H > 1 && T * T * d > 8192;
-#pragma omp parallel if (parallel)
-    {
-      std::vector<float> kt(d * padded(T)), vt(d * padded(T)), p(kRows * padded(T)), dp(kRows * padded(T));
-#pragma omp for schedule(static)
-      for (int64_t bh = 0; bh < B * H; ++bh) {
-        (d == 32 ? backward_head<32> : d == 64 ? backward_head<64> : backward_head<0>)(
-            head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), head_view(go, bh, H),
-            head_view(out_saved, bh, H), lse.data() + bh * T, T, d, scale, dq.data() + bh * T * d,
-            dk.data() + bh * T * d, dv.data() + bh * T * d, kt.data(), vt.data(), p.data(), dp.data());
-      }
-    }
+    Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(qc.shape()), dv = Tensor::empty(qc.shape());
+    run_backward(qc, kc, vc, g, out_saved, lse, scale, dq.data(), dk.data(), dv.data());
     accumulate_grad(q, std::move(dq));  // moved: a first gradient takes the buffer instead of a copy
     accumulate_grad(k, std::move(dk));
     accumulate_grad(v, std::move(dv));
+  });
+}
+
+Tensor causal_attention_fused(const Tensor& qkv) {
+  if (qkv.dim() != 5 || qkv.size(0) != 3)
+    throw Error(fmt::format("causal_attention_fused: packed q, k, v must be (3, B, H, T, d), got {}",
+                            shape_str(qkv.shape())));
+  Tensor packed = qkv.is_contiguous() ? qkv : contiguous_copy(qkv);
+  Tensor q, k, v;
+  {
+    NoGradGuard views_only;  // the op's own views: the gradient goes to qkv in one piece
+    q = select(packed, 0, 0);
+    k = select(packed, 0, 1);
+    v = select(packed, 0, 2);
+  }
+  check_shapes(q, k, v);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
+  Tensor lse;
+  Tensor out = run_forward(q, k, v, scale, lse);
+  Tensor out_saved = out.detach();
+  return attach_node(out, "causal_attention", {qkv}, [qkv, q, k, v, out_saved, lse, scale](const Tensor& g) {
+    // dq, dk, dv side by side, every element written: one buffer, taken as qkv's gradient.
+    Tensor d = Tensor::empty(qkv.shape());
+    const int64_t n = q.numel();
+    run_backward(q, k, v, g, out_saved, lse, scale, d.data(), d.data() + n, d.data() + 2 * n);
+    accumulate_grad(qkv, std::move(d));
   });
 }
 

@@ -23,14 +23,17 @@ CausalSelfAttention::CausalSelfAttention(const AttentionConfig& config, Rng& rng
   proj = register_module("proj", std::make_shared<Linear>(dim_, dim_, config.bias, rng, residual_std));
 }
 
-void CausalSelfAttention::project(const Tensor& x, int64_t first_position, Tensor& q, Tensor& k,
-                                  Tensor& v) const {
+Tensor CausalSelfAttention::project_packed(const Tensor& x, int64_t first_position) const {
   if (x.dim() != 3 || x.size(2) != dim_)
     throw Error(
         fmt::format("CausalSelfAttention: input must be (B, T, {}), got {}", dim_, shape_str(x.shape())));
-  // (B, T, 3D), groups queries, keys, values -> 3 x (B, H, T, d): R q, R k, v.
-  std::vector<Tensor> parts =
-      unstack(split_heads_rope(qkv->forward(x), heads_, {{0, true}, {1, true}, {2, false}}, first_position, rope_base_));
+  // (B, T, 3D), groups queries, keys, values -> (3, B, H, T, d): R q, R k, v.
+  return split_heads_rope(qkv->forward(x), heads_, {{0, true}, {1, true}, {2, false}}, first_position, rope_base_);
+}
+
+void CausalSelfAttention::project(const Tensor& x, int64_t first_position, Tensor& q, Tensor& k,
+                                  Tensor& v) const {
+  std::vector<Tensor> parts = unstack(project_packed(x, first_position));
   q = parts[0];
   k = parts[1];
   v = parts[2];
@@ -52,10 +55,10 @@ Tensor causal_attention_composed(const Tensor& q, const Tensor& k, const Tensor&
 }
 
 Tensor CausalSelfAttention::forward(const Tensor& x, int64_t first_position) {
+  if (core == Core::Fused) return merge_heads(causal_attention_fused(project_packed(x, first_position)));
   Tensor q, k, v;
   project(x, first_position, q, k, v);
-  return merge_heads(core == Core::Fused ? causal_attention_fused(q, k, v)
-                                         : causal_attention_composed(q, k, v));  // (B, T, D)
+  return merge_heads(causal_attention_composed(q, k, v));  // (B, T, D)
 }
 
 std::unique_ptr<AttentionState> CausalSelfAttention::make_state(int64_t batch) const {

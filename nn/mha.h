@@ -27,6 +27,10 @@ struct MHAState : AttentionState {
 // Fused: one op, its backward hand-written (nn/causal_attention_fused.cpp); saves one
 // log-sum-exp per row instead of the (B, H, T, T) probabilities.
 Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v);
+// The same on q, k, v packed as one (3, B, H, T, d) tensor (split_heads_rope's output): the
+// backward writes the three gradients into one buffer, which becomes qkv's gradient as it is,
+// instead of each adding into a zeroed buffer of the whole through a select.
+Tensor causal_attention_fused(const Tensor& qkv);
 // Composed: matmul, masked_fill, softmax, matmul; autograd gives the backward (the reference).
 Tensor causal_attention_composed(const Tensor& q, const Tensor& k, const Tensor& v);
 
@@ -46,7 +50,9 @@ class CausalSelfAttention : public Attention {
   Core core = Core::Fused;
 
  private:
-  // (B, T, 3D) -> q, k, v each (B, H, T, d), with q and k rotated for positions first_position + t.
+  // x (B, T, D) -> (3, B, H, T, d): q, k, v by heads, q and k rotated for positions first_position + t.
+  Tensor project_packed(const Tensor& x, int64_t first_position) const;
+  // The same taken apart: q, k, v each (B, H, T, d).
   void project(const Tensor& x, int64_t first_position, Tensor& q, Tensor& k, Tensor& v) const;
   Tensor merge_heads(const Tensor& heads) const;  // (B, H, T, d) -> (B, T, D), then proj
 
