@@ -286,21 +286,28 @@ LatentAttention::LatentAttention(const AttentionConfig& config, Rng& rng)
   proj_ = register_module("proj", std::make_shared<Linear>(D, D, config.bias, rng, residual_std));
 }
 
-LatentInputs LatentAttention::project(const Tensor& x, int64_t first_position) const {
+Tensor LatentAttention::project_packed(const Tensor& x, int64_t first_position) const {
   if (x.dim() != 3 || x.size(2) != config_.dim)
     throw Error(
         fmt::format("LatentAttention: input must be (B, T, {}), got {}", config_.dim, shape_str(x.shape())));
-  const int64_t H = config_.heads, d = head_dim_;
-  // (B, T, 3D), groups queries, keys, values -> 4 x (B, H, T, d): R q, k, R k, v.
-  std::vector<Tensor> parts = unstack(split_heads_rope(
-      qkv_->forward(x), H, {{0, true}, {1, false}, {1, true}, {2, false}}, first_position, config_.rope_base));
+  // (B, T, 3D), groups queries, keys, values -> (4, B, H, T, d): R q, k, R k, v.
+  return split_heads_rope(qkv_->forward(x), config_.heads, {{0, true}, {1, false}, {1, true}, {2, false}},
+                          first_position, config_.rope_base);
+}
+
+Tensor LatentAttention::latent_bank() const {
+  // (M, D) -> (M, H, d) -> (H, M, d)
+  return contiguous(permute(reshape(latents_, {config_.latents, config_.heads, head_dim_}), {1, 0, 2}));
+}
+
+LatentInputs LatentAttention::project(const Tensor& x, int64_t first_position) const {
+  std::vector<Tensor> parts = unstack(project_packed(x, first_position));
   LatentInputs in;
   in.queries = parts[0];
   in.keys = parts[1];
   in.rotated_keys = parts[2];
   in.values = parts[3];
-  // The (M, D) bank split across heads: (M, H, d) -> (H, M, d).
-  in.latents = contiguous(permute(reshape(latents_, {config_.latents, H, d}), {1, 0, 2}));
+  in.latents = latent_bank();
   return in;
 }
 
@@ -311,9 +318,9 @@ Tensor LatentAttention::output(const Tensor& o) const {
 }
 
 Tensor LatentAttention::forward(const Tensor& x, int64_t first_position) {
-  LatentInputs in = project(x, first_position);
-  return output(core == Core::Fused ? latent_attention_fused(in, config_.window)
-                                    : latent_attention_chunked(in, config_.window, config_.chunk));
+  if (core == Core::Fused)
+    return output(latent_attention_fused(project_packed(x, first_position), latent_bank(), config_.window));
+  return output(latent_attention_chunked(project(x, first_position), config_.window, config_.chunk));
 }
 
 Tensor LatentAttention::forward_naive(const Tensor& x, int64_t first_position) {

@@ -47,6 +47,10 @@ Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t 
 // for any spread of write scores. O(T (M + W) d) time; saved memory O(T (M + W)) plus the running
 // sums every 32 positions, from which the backward recomputes the latent keys and values. -> o (B, H, T, d).
 Tensor latent_attention_fused(const LatentInputs& in, int64_t window);
+// The same on the four inputs packed as one (4, B, H, T, d) tensor (R q, k, R k, v: the output of
+// split_heads_rope) and the latents (H, M, d): the backward writes the four gradients into one
+// buffer, which becomes packed's gradient as it is.
+Tensor latent_attention_fused(const Tensor& packed, const Tensor& latents, int64_t window);
 
 // The same outputs straight from the definition, in double precision plain loops, with the
 // write weights w (M, T, T) materialised per (batch, head). No graph: tests only. -> (B, H, T, d).
@@ -79,6 +83,10 @@ class LatentAttention : public Attention {
   Tensor forward_naive(const Tensor& x, int64_t first_position = 0);
   // The projections and RoPE in front of the core. x (B, T, D).
   LatentInputs project(const Tensor& x, int64_t first_position) const;
+  // The same four per-head tensors packed as one (4, B, H, T, d): R q, k, R k, v.
+  Tensor project_packed(const Tensor& x, int64_t first_position) const;
+  // The (M, D) bank split across heads: (H, M, d).
+  Tensor latent_bank() const;
 
   const AttentionConfig& config() const { return config_; }
 

@@ -314,9 +314,10 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
 
 Tensor contiguous_data(const Tensor& t) { return t.is_contiguous() ? t : contiguous_copy(t); }
 
-}  // namespace
 
-Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
+// The op over q, k, kr, v (B, H, T, d) and latents l (H, M, d). With packed defined, the four are
+// its views (4, B, H, T, d) and the gradient goes to packed as one buffer; otherwise to each.
+Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
   if (window < 0) throw Error(fmt::format("latent_attention_fused: window must be >= 0, got {}", window));
   const Tensor* all[] = {&in.queries, &in.keys, &in.rotated_keys, &in.values};
   for (const Tensor* t : all)
@@ -337,8 +338,8 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
   Tensor out = Tensor::empty({B, H, T, d});
 
   bool any_grad = false;
-  for (const Tensor* t : {&in.queries, &in.keys, &in.rotated_keys, &in.values, &in.latents})
-    any_grad = any_grad || t->requires_grad();
+  for (const Tensor* t : {&in.queries, &in.keys, &in.rotated_keys, &in.values, &in.latents, &packed})
+    any_grad = any_grad || (t->defined() && t->requires_grad());
   const bool save = grad_enabled() && any_grad;
   const int64_t nC = (T + kChunk - 1) / kChunk;
   // (B, H, T, M) x 3, (B, H, nC, M, d) x 2, (B, H, T, M + W), (B, H, T, M)
@@ -388,30 +389,72 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window) {
   }
   if (!save) return out;
 
-  return attach_node(out, "latent_attention", {in.queries, in.keys, in.rotated_keys, in.values, in.latents},
-                     [in, rows, dims, B, H](const Tensor& g) {
-                       const int64_t T = dims.T, d = dims.d, M = dims.M;
-                       Tensor go = contiguous_data(g);
-                       const bool unrolled = d == 32 || d == 64;  // backward_head<kD > 0> writes dq, dk whole
-                       Tensor dq = unrolled ? Tensor::empty({B, H, T, d}) : Tensor::zeros({B, H, T, d});
-                       Tensor dk = unrolled ? Tensor::empty({B, H, T, d}) : Tensor::zeros({B, H, T, d});
-                       Tensor dkr = Tensor::zeros({B, H, T, d}), dv = Tensor::zeros({B, H, T, d});
-                       Tensor dl_rows = Tensor::zeros({B, H, M, d});  // per (b, h), summed over b below
+  std::vector<Tensor> inputs = packed.defined() ? std::vector<Tensor>{packed, in.latents}
+                                                : std::vector<Tensor>{in.queries, in.keys, in.rotated_keys,
+                                                                      in.values, in.latents};
+  return attach_node(out, "latent_attention", std::move(inputs), [in, packed, rows, dims, B, H](const Tensor& g) {
+    const int64_t T = dims.T, d = dims.d, M = dims.M, n = B * H * T * d;
+    Tensor go = contiguous_data(g);
+    // dq, dk, dkr, dv (B, H, T, d): side by side in one buffer that becomes packed's gradient as
+    // it is, or four buffers.
+    Tensor grads[4];
+    if (packed.defined()) {
+      grads[0] = Tensor::empty(packed.shape());
+    } else {
+      for (Tensor& t : grads) t = Tensor::empty({B, H, T, d});
+    }
+    float* dq = grads[0].data();
+    float* dk = packed.defined() ? dq + n : grads[1].data();
+    float* dkr = packed.defined() ? dq + 2 * n : grads[2].data();
+    float* dv = packed.defined() ? dq + 3 * n : grads[3].data();
+    Tensor dl_rows = Tensor::empty({B, H, M, d});  // per (b, h), summed over b below
+    const bool unrolled = d == 32 || d == 64;     // backward_head<kD > 0> writes dq, dk whole
 #pragma omp parallel for schedule(static) if (B * H > 1 && T * M * d > 4096)
-                       for (int64_t bh = 0; bh < B * H; ++bh) {
-                         const int64_t at = bh * T * d;
-                         (d == 32   ? backward_head<32>
-                          : d == 64 ? backward_head<64>
-                                    : backward_head<0>)(dims, rows(bh), go.data() + at, dq.data() + at, dk.data() + at,
-                                       dkr.data() + at, dv.data() + at, dl_rows.data() + bh * M * d);
-                       }
-                       // moved: a first gradient then takes the buffer instead of copying it
-                       accumulate_grad(in.queries, std::move(dq));
-                       accumulate_grad(in.keys, std::move(dk));
-                       accumulate_grad(in.rotated_keys, std::move(dkr));
-                       accumulate_grad(in.values, std::move(dv));
-                       if (in.latents.requires_grad()) accumulate_grad(in.latents, sum(dl_rows, 0));
-                     });
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const int64_t at = bh * T * d;
+      // What the kernel adds into is zeroed here, head by head, while it is in cache.
+      std::fill_n(dkr + at, T * d, 0.0f);
+      std::fill_n(dv + at, T * d, 0.0f);
+      std::fill_n(dl_rows.data() + bh * M * d, M * d, 0.0f);
+      if (!unrolled) {
+        std::fill_n(dq + at, T * d, 0.0f);
+        std::fill_n(dk + at, T * d, 0.0f);
+      }
+      (d == 32   ? backward_head<32>
+       : d == 64 ? backward_head<64>
+                 : backward_head<0>)(dims, rows(bh), go.data() + at, dq + at, dk + at, dkr + at, dv + at,
+                                     dl_rows.data() + bh * M * d);
+    }
+    // moved: a first gradient takes the buffer instead of a copy
+    if (packed.defined()) {
+      accumulate_grad(packed, std::move(grads[0]));
+    } else {
+      const Tensor* targets[] = {&in.queries, &in.keys, &in.rotated_keys, &in.values};
+      for (int64_t i = 0; i < 4; ++i) accumulate_grad(*targets[i], std::move(grads[i]));
+    }
+    if (in.latents.requires_grad()) accumulate_grad(in.latents, sum(dl_rows, 0));
+  });
+}
+
+}  // namespace
+
+Tensor latent_attention_fused(const LatentInputs& in, int64_t window) { return fused_op(in, window, Tensor()); }
+
+Tensor latent_attention_fused(const Tensor& packed, const Tensor& latents, int64_t window) {
+  if (packed.dim() != 5 || packed.size(0) != 4)
+    throw Error(fmt::format("latent_attention_fused: packed inputs must be (4, B, H, T, d), got {}",
+                            shape_str(packed.shape())));
+  Tensor pc = packed.is_contiguous() ? packed : contiguous_copy(packed);
+  LatentInputs in;
+  {
+    NoGradGuard views_only;  // the op's own views: the gradient goes to packed in one piece
+    in.queries = select(pc, 0, 0);
+    in.keys = select(pc, 0, 1);
+    in.rotated_keys = select(pc, 0, 2);
+    in.values = select(pc, 0, 3);
+  }
+  in.latents = latents;
+  return fused_op(in, window, packed);
 }
 
 }  // namespace lg::nn

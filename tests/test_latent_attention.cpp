@@ -315,6 +315,36 @@ TEST_CASE("latent attention (5d): the fused op's backward across its recompute c
   }
 }
 
+TEST_CASE("latent attention (5e): the fused op on packed inputs equals it on the four apart, gradients too") {
+  // The layer hands the fused op its projection packed (4, B, H, T, d); the op writes the four
+  // gradients into one buffer. The same kernels run on the same rows: equal to the last bit.
+  for (auto [d, window] : {std::pair<int64_t, int64_t>{8, 0}, {8, 5}, {32, 5}, {6, 3}}) {
+    CAPTURE(d);
+    CAPTURE(window);
+    Tensor packed = lg::testing::random_leaf({4, 2, 2, 37, d}, 50, 0.5f);
+    Tensor latents = lg::testing::random_leaf({2, 3, d}, 51);
+    Rng wrng(52);
+    Tensor weights = randn({2, 2, 37, d}, wrng);
+    Tensor out = nn::latent_attention_fused(packed, latents, window);
+    sum(mul(out, weights)).backward();
+    Tensor packed_grad = packed.grad(), latents_grad = latents.grad();
+    packed.zero_grad();
+    latents.zero_grad();
+    nn::LatentInputs in{select(packed, 0, 0), select(packed, 0, 1), select(packed, 0, 2), select(packed, 0, 3),
+                        latents};
+    Tensor apart = nn::latent_attention_fused(in, window);
+    sum(mul(apart, weights)).backward();
+    CHECK(max_abs_diff(out, apart) == 0.0f);
+    CHECK(max_abs_diff(packed_grad, packed.grad()) == 0.0f);
+    CHECK(max_abs_diff(latents_grad, latents.grad()) == 0.0f);
+  }
+  Tensor packed = lg::testing::random_leaf({4, 1, 2, 6, 4}, 53, 0.5f);
+  Tensor latents = lg::testing::random_leaf({2, 3, 4}, 54);
+  lg::testing::check_gradients([&] { return nn::latent_attention_fused(packed, latents, 2); }, {packed, latents});
+  CHECK_THROWS_WITH_AS(nn::latent_attention_fused(Tensor::zeros({3, 1, 2, 6, 4}), latents, 2),
+                       doctest::Contains("(4, B, H, T, d)"), Error);
+}
+
 TEST_CASE("latent attention: parameters, init and errors") {
   Rng rng(16);
   AttentionConfig config = small_config(2, 4);
