@@ -28,7 +28,8 @@
 //   dk_s  += da_s l_m / sqrt(d),   dl_m += da_s k_s / sqrt(d).
 // Time O(T (M + W) d) per head. The forward saves mu, Z, e, P and the latent scores per position
 // (O(T (M + W))) and the sums SK, SV every kChunk positions; the backward recomputes SK, SV one
-// chunk at a time from those checkpoints with the forward's own write step, so the same values.
+// chunk at a time from those checkpoints, replaying the forward's update with the saved mu and e
+// (the same operations on the same numbers, so the same values).
 // Neither pass stores Kl = SK / Z or Vl = SV / Z: products with them are products with SK, SV
 // scaled by 1 / Z.
 #include <fmt/format.h>
@@ -86,9 +87,9 @@ struct Dims {
 };
 
 // Positions per checkpoint of the forward's running sums. The backward recomputes the latent
-// keys and values of one chunk at a time from its checkpoint, with the same write step as the
-// forward (so the same values), into a scratch of kChunk M d floats x 2 that stays in cache,
-// instead of reading back T M d x 2 saved floats per head.
+// keys and values of one chunk at a time from its checkpoint, replaying the forward's update
+// (so the same values), into a scratch of kChunk M d floats x 2 that stays in cache, instead of
+// reading back T M d x 2 saved floats per head.
 constexpr int64_t kChunk = 32;
 
 // One (batch, head): rows of T positions. The saved pointers are null when no graph is built.
@@ -102,6 +103,24 @@ struct HeadRows {
   float* P;                     // (T, M + W)    saved: probabilities, window slot j <-> s = t - W + 1 + j
   float* S;                     // (T, M)        saved: q_t . Kl_{t,m}, the latent scores before 1 / sqrt(d)
 };
+
+// SK_out = rescale SK_in + e kr_t and SV_out = rescale SV_in + e v_t, latent by latent: the update
+// of the sums at one position, given its rescale factors exp(mu_{t-1} - mu_t) and new-term weights e.
+template <int64_t kD>
+inline void add_terms(int64_t M, int64_t d_runtime, const float* rescale, const float* e, const float* krt,
+                      const float* vt, const float* SK_in, const float* SV_in, float* SK_out, float* SV_out) {
+  const int64_t d = kD > 0 ? kD : d_runtime;
+  for (int64_t m = 0; m < M; ++m) {
+    const float r = rescale[m], em = e[m];
+    const float *ski = SK_in + m * d, *svi = SV_in + m * d;
+    float *sko = SK_out + m * d, *svo = SV_out + m * d;
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) {
+      sko[i] = ski[i] * r + em * krt[i];
+      svo[i] = svi[i] * r + em * vt[i];
+    }
+  }
+}
 
 // The write of position t: the running state (mu, Z of M latents) before t is mu_in, Z_in, after
 // t mu_out, Z_out (distinct arrays); the sums SK, SV (M, d) before t are SK_in, SV_in, after t
@@ -131,16 +150,7 @@ inline void write_step(const Dims& n, const float* l, const float* kt, const flo
     Z_out[m] = Z_in[m] * rescale[m] + e_out[m];
     inv_z[m] = 1.0f / Z_out[m];
   }
-  for (int64_t m = 0; m < M; ++m) {
-    const float r = rescale[m], e = e_out[m];
-    const float *ski = SK_in + m * d, *svi = SV_in + m * d;
-    float *sko = SK_out + m * d, *svo = SV_out + m * d;
-#pragma omp simd
-    for (int64_t i = 0; i < d; ++i) {
-      sko[i] = ski[i] * r + e * krt[i];
-      svo[i] = svi[i] * r + e * vt[i];
-    }
-  }
+  add_terms<kD>(M, d, rescale, e_out, krt, vt, SK_in, SV_in, SK_out, SV_out);
 }
 
 // kD > 0 fixes the head size at compile time (the common 32 and 64): the d-long loops unroll.
@@ -209,7 +219,7 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
                    float* dv, float* dl) {
   const int64_t T = n.T, d = kD > 0 ? kD : n.d, M = n.M, W = n.W;
   std::vector<float> RX(M * d, 0.0f), RY(M * d, 0.0f), Rc(M, 0.0f), dP(M), dsigma(M + W);
-  std::vector<float> mu0(M, kNegInf), Z0(M, 0.0f), mu(M), Z(M), e(M), tmp(2 * M);
+  std::vector<float> mu0(M, kNegInf);
   std::vector<float> decay(M), inv_zs(M);
   // The chunk's sums SK, SV after each of its positions (kChunk rows of (M, d) each). Kept per
   // thread: allocating and freeing it per head costs more than the recomputation (the allocator
@@ -223,14 +233,15 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
   const int64_t chunks = (T + kChunk - 1) / kChunk;
   for (int64_t c = chunks - 1; c >= 0; --c) {
     const int64_t c0 = c * kChunk, c1 = std::min(T, c0 + kChunk);
-    // Recompute the chunk's sums from its checkpoint, with the forward's write step.
-    // (mu and Z come out as saved; the saved rows of t - 1 are the state before t.)
+    // Recompute the chunk's sums from its checkpoint: the forward's update replayed from the
+    // saved running max (the same rescale factors) and new-term weights E, so the same values,
+    // without the write scores and exponentials that produced them.
     for (int64_t t = c0; t < c1; ++t) {
       const float* SK_in = t == c0 ? h.cSK + c * M * d : SK_chunk.data() + (t - 1 - c0) * M * d;
       const float* SV_in = t == c0 ? h.cSV + c * M * d : SV_chunk.data() + (t - 1 - c0) * M * d;
-      write_step<kD>(n, h.l, h.k + t * d, h.kr + t * d, h.v + t * d, t > 0 ? h.mu + (t - 1) * M : mu0.data(),
-                     t > 0 ? h.Z + (t - 1) * M : Z0.data(), mu.data(), Z.data(), e.data(), inv_zs.data(), SK_in,
-                     SV_in, SK_chunk.data() + (t - c0) * M * d, SV_chunk.data() + (t - c0) * M * d, tmp.data());
+      exp_diff(t > 0 ? h.mu + (t - 1) * M : mu0.data(), h.mu + t * M, decay.data(), M);
+      add_terms<kD>(M, d, decay.data(), h.E + t * M, h.kr + t * d, h.v + t * d, SK_in, SV_in,
+                    SK_chunk.data() + (t - c0) * M * d, SV_chunk.data() + (t - c0) * M * d);
     }
     for (int64_t t = c1 - 1; t >= c0; --t) {
       // Kl_m = SK_m / Z_m, Vl_m = SV_m / Z_m at t
