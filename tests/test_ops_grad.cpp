@@ -3,6 +3,7 @@
 // Adding an op: list it in kDifferentiableOps (core/ops.h) and add a TEST_CASE here that
 // builds a graph using it and calls check_gradients. The last test fails otherwise.
 #include <doctest/doctest.h>
+#include <omp.h>
 
 #include "core/ops.h"
 #include "tests/gradcheck.h"
@@ -156,6 +157,24 @@ TEST_CASE("grad: layer_norm over input, gain and bias") {
   Tensor x = random_leaf({2, 3, 6}, 26);
   Tensor gamma = random_leaf({6}, 27), beta = random_leaf({6}, 28);
   check_gradients([&] { return layer_norm(x, gamma, beta); }, {x, gamma, beta});
+}
+
+TEST_CASE("layer_norm backward: one thread and two give the same gradients, to the bit") {
+  // 300 rows: over the grain, so two threads split the rows; the parameter gradients still add
+  // the rows in order.
+  Tensor x = random_leaf({300, 16}, 90), gamma = random_leaf({16}, 91), beta = random_leaf({16}, 92);
+  Tensor w = random_leaf({300, 16}, 93);
+  std::vector<std::vector<float>> grads[2];
+  const int before = omp_get_max_threads();
+  for (int i = 0; i < 2; ++i) {
+    omp_set_num_threads(i == 0 ? 1 : 2);
+    for (Tensor* t : {&x, &gamma, &beta}) t->zero_grad();
+    sum(layer_norm(x, gamma, beta) * w).backward();
+    for (Tensor* t : {&x, &gamma, &beta}) grads[i].push_back(t->grad().to_vector());
+  }
+  omp_set_num_threads(before);
+  for (size_t k = 0; k < 3; ++k) CHECK(grads[0][k] == grads[1][k]);
+  check_gradients([&] { return layer_norm(x, gamma, beta); }, {x, gamma, beta});  // the parallel path
 }
 
 TEST_CASE("grad: reshape, transpose, permute, slice, select, concat, split, contiguous") {
