@@ -50,6 +50,21 @@ using Core = LatentAttention::Core;
 const Core kCores[] = {Core::Fused, Core::Chunked};
 std::string core_name(Core core) { return core == Core::Fused ? "fused" : "chunked"; }
 
+// Two analytic gradients of the same tensors, each a list of flat values: they agree to rounding,
+// 1e-4 of the largest reference value (or absolutely, below 1).
+void check_gradients_agree(const std::vector<std::vector<float>>& got, const std::vector<std::vector<float>>& ref) {
+  REQUIRE(got.size() == ref.size());
+  for (size_t k = 0; k < ref.size(); ++k) {
+    CAPTURE(k);
+    float worst = 0, largest = 0;
+    for (size_t j = 0; j < ref[k].size(); ++j) {
+      worst = std::max(worst, std::abs(got[k][j] - ref[k][j]));
+      largest = std::max(largest, std::abs(ref[k][j]));
+    }
+    CHECK(worst <= 1e-4f * std::max(1.0f, largest));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("latent attention (1): causal, outputs up to t ignore inputs after t") {
@@ -242,15 +257,7 @@ TEST_CASE(
       grads[i].push_back(x.grad().to_vector());
       for (auto& [n, p] : layer.named_parameters()) grads[i].push_back(p.grad().to_vector());
     }
-    for (size_t k = 0; k < grads[0].size(); ++k) {
-      CAPTURE(k);
-      float worst = 0, largest = 0;
-      for (size_t j = 0; j < grads[0][k].size(); ++j) {
-        worst = std::max(worst, std::abs(grads[0][k][j] - grads[1][k][j]));
-        largest = std::max(largest, std::abs(grads[1][k][j]));
-      }
-      CHECK(worst <= 1e-4f * std::max(1.0f, largest));
-    }
+    check_gradients_agree(grads[0], grads[1]);
   }
 }
 
@@ -280,15 +287,7 @@ static void check_fused_equals_chunked(const Shape& shape, int64_t latents, int6
     NoGradGuard no_grad;  // the forward without saving gives the same outputs
     CHECK(max_abs_diff(nn::latent_attention_fused(in, window), outs[0]) == 0.0f);
   }
-  for (size_t k = 0; k < leaves.size(); ++k) {
-    CAPTURE(k);
-    float worst = 0, largest = 0;
-    for (size_t j = 0; j < grads[0][k].size(); ++j) {
-      worst = std::max(worst, std::abs(grads[0][k][j] - grads[1][k][j]));
-      largest = std::max(largest, std::abs(grads[1][k][j]));
-    }
-    CHECK(worst <= 1e-4f * std::max(1.0f, largest));
-  }
+  check_gradients_agree(grads[0], grads[1]);
 }
 
 TEST_CASE("latent attention (5c): the fused op at head sizes 32 and 64 (its unrolled kernels) equals the chunked path") {
