@@ -21,6 +21,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "core/fastmath.h"
 #include "nn/mha.h"
 #include "nn/row_kernels.h"
@@ -102,38 +106,92 @@ void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, in
   }
 }
 
+#if defined(__AVX512F__)
+// The updates of one block of 4 rows t0..t0+3 at d = 32 (two 512-bit registers per row), keys
+// s < cols: dq_r = sum_s dS_rs k_s, dk_s += sum_r dS_rs q_r, dv_s += sum_r P_rs dO_r. The block's
+// q, dO and dq rows stay in registers (24 of 32), so each key's dk_s and dv_s are loaded and
+// stored once per block instead of once per row. dS and P are zero past each row's causal edge.
+// Every dk_s and dv_s takes its terms in the same order as the row-by-row loop (rows ascending),
+// one fused multiply-add each: the same values.
+inline void block_updates_32(const HeadView& qh, const HeadView& kh, const HeadView& gh, int64_t t0, int64_t cols,
+                             const float* p_block, const float* ds_block, int64_t Tp, float* dq, float* dk,
+                             float* dv) {
+  __m512 q[kRows][2], go[kRows][2], aq[kRows][2];
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int h = 0; h < 2; ++h) {
+      q[r][h] = _mm512_loadu_ps(qh.row(t0 + r) + 16 * h);
+      go[r][h] = _mm512_loadu_ps(gh.row(t0 + r) + 16 * h);
+      aq[r][h] = _mm512_setzero_ps();
+    }
+  for (int64_t s = 0; s < cols; ++s) {
+    const float* ks = kh.row(s);
+    const __m512 k0 = _mm512_loadu_ps(ks), k1 = _mm512_loadu_ps(ks + 16);
+    __m512 dk0 = _mm512_loadu_ps(dk + s * 32), dk1 = _mm512_loadu_ps(dk + s * 32 + 16);
+    __m512 dv0 = _mm512_loadu_ps(dv + s * 32), dv1 = _mm512_loadu_ps(dv + s * 32 + 16);
+    for (int64_t r = 0; r < kRows; ++r) {
+      const __m512 ds = _mm512_set1_ps(ds_block[r * Tp + s]), ps = _mm512_set1_ps(p_block[r * Tp + s]);
+      aq[r][0] = _mm512_fmadd_ps(ds, k0, aq[r][0]);
+      aq[r][1] = _mm512_fmadd_ps(ds, k1, aq[r][1]);
+      dk0 = _mm512_fmadd_ps(ds, q[r][0], dk0);
+      dk1 = _mm512_fmadd_ps(ds, q[r][1], dk1);
+      dv0 = _mm512_fmadd_ps(ps, go[r][0], dv0);
+      dv1 = _mm512_fmadd_ps(ps, go[r][1], dv1);
+    }
+    _mm512_storeu_ps(dk + s * 32, dk0);
+    _mm512_storeu_ps(dk + s * 32 + 16, dk1);
+    _mm512_storeu_ps(dv + s * 32, dv0);
+    _mm512_storeu_ps(dv + s * 32 + 16, dv1);
+  }
+  for (int64_t r = 0; r < kRows; ++r) {
+    _mm512_storeu_ps(dq + (t0 + r) * 32, aq[r][0]);
+    _mm512_storeu_ps(dq + (t0 + r) * 32 + 16, aq[r][1]);
+  }
+}
+#endif
+
+// dk, dv are zeroed by the caller; dq rows are written whole.
 template <int64_t kD>
 void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, const HeadView& gh,
                    const HeadView& oh, const float* lse, int64_t T, int64_t d_runtime, float scale, float* dq,
-                   float* dk, float* dv, float* kt, float* vt, float* p_block, float* dp_block) {
+                   float* dk, float* dv, float* kt, float* vt, float* p_block, float* ds_block) {
   const int64_t d = kD > 0 ? kD : d_runtime;
   const int64_t Tp = padded(T);
   transpose_head(kh, T, d, kt);
   transpose_head(vh, T, d, vt);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t n = t + 1, r = t % kRows;
-    const float *qt = qh.row(t), *got = gh.row(t), *ot = oh.row(t);
-    if (r == 0) {
-      const int64_t R = std::min(kRows, T - t), cols = std::min(T, t + kRows);
-      block_scores<kD>(qh, t, R, kt, Tp, d, cols, scale, p_block);
-      block_scores<kD>(gh, t, R, vt, Tp, d, cols, 1.0f, dp_block);
+  for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+    const int64_t R = std::min(kRows, T - t0), cols = std::min(T, t0 + kRows);  // keys s < cols
+    block_scores<kD>(qh, t0, R, kt, Tp, d, cols, scale, p_block);
+    block_scores<kD>(gh, t0, R, vt, Tp, d, cols, 1.0f, ds_block);
+    // Each row's P (recomputed from the saved log-sum-exp) and dS = P (dP - D) / sqrt(d), with
+    // D_t = dO_t . o_t, over keys s <= t; zero from the causal edge to the block's last key.
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t t = t0 + r, n = t + 1;
+      float *p = p_block + r * Tp, *ds = ds_block + r * Tp;
+      exp_shift_sum(p, n, lse[t]);
+      const float D = dot(gh.row(t), oh.row(t), d);
+      for (int64_t s = 0; s < n; ++s) ds[s] = p[s] * (ds[s] - D) * scale;
+      std::fill(p + n, p + cols, 0.0f);
+      std::fill(ds + n, ds + cols, 0.0f);
     }
-    float *p = p_block + r * Tp, *dp = dp_block + r * Tp;
-    const float lse_t = lse[t];
-    exp_shift_sum(p, n, lse_t);
-    float D = 0.0f;
-#pragma omp simd reduction(+ : D)
-    for (int64_t i = 0; i < d; ++i) D += got[i] * ot[i];
-    float acc[kD > 0 ? kD : 1];
-    float* dqt = kD > 0 ? acc : dq + t * d;
-    std::fill_n(dqt, d, 0.0f);
-    for (int64_t s = 0; s < n; ++s) {
-      const float ds = p[s] * (dp[s] - D) * scale;
-      axpy(ds, kh.row(s), dqt, d);
-      axpy(ds, qt, dk + s * d, d);
-      axpy(p[s], got, dv + s * d, d);
+#if defined(__AVX512F__)
+    if (kD == 32 && R == kRows) {
+      block_updates_32(qh, kh, gh, t0, cols, p_block, ds_block, Tp, dq, dk, dv);
+      continue;
     }
-    if (kD > 0) std::copy_n(acc, d, dq + t * d);
+#endif
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t t = t0 + r, n = t + 1;
+      const float *p = p_block + r * Tp, *ds = ds_block + r * Tp, *qt = qh.row(t), *got = gh.row(t);
+      float acc[kD > 0 ? kD : 1];
+      float* dqt = kD > 0 ? acc : dq + t * d;
+      std::fill_n(dqt, d, 0.0f);
+      for (int64_t s = 0; s < n; ++s) {
+        axpy(ds[s], kh.row(s), dqt, d);
+        axpy(ds[s], qt, dk + s * d, d);
+        axpy(p[s], got, dv + s * d, d);
+      }
+      if (kD > 0) std::copy_n(acc, d, dq + t * d);
+    }
   }
 }
 
