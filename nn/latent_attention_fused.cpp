@@ -27,9 +27,9 @@
 //   da_s   = e_s (kr_s . RX_s + v_s . RY_s - Rc_s)      (softmax rule: w (g - sum w g))
 //   dk_s  += da_s l_m / sqrt(d),   dl_m += da_s k_s / sqrt(d).
 // Time O(T (M + W) d) per head. The forward saves mu, Z, e, P and the latent scores per position
-// (O(T (M + W))) and the sums SK, SV every kChunk positions; the backward recomputes SK, SV one
-// chunk at a time from those checkpoints, replaying the forward's update with the saved mu and e
-// (the same operations on the same numbers, so the same values).
+// (O(T (M + W))), nothing of size M d per position; the backward recomputes SK, SV going forwards
+// from t = 0, replaying the forward's update with the saved mu and e (the same operations on the
+// same numbers, so the same values), before it goes backwards.
 // Neither pass stores Kl = SK / Z or Vl = SV / Z: products with them are products with SK, SV
 // scaled by 1 / Z.
 #include <fmt/format.h>
@@ -86,12 +86,6 @@ struct Dims {
   float scale;  // 1 / sqrt(d)
 };
 
-// Positions per checkpoint of the forward's running sums. The backward recomputes the latent
-// keys and values of one chunk at a time from its checkpoint, replaying the forward's update
-// (so the same values), into a scratch of kChunk M d floats x 2 that stays in cache, instead of
-// reading back T M d x 2 saved floats per head.
-constexpr int64_t kChunk = 32;
-
 // One (batch, head): rows of T positions. The saved pointers are null when no graph is built.
 struct HeadRows {
   const float *q, *k, *kr, *v;  // (T, d) each: R_t q_t, k_t, R_t k_t, v_t
@@ -99,7 +93,6 @@ struct HeadRows {
   float* o;                     // (T, d)
   float *mu, *Z;                // (T, M)        saved: running max, normaliser (>= 1)
   float* E;                     // (T, M)        saved: e_t = exp(a_t - mu_t) <= 1
-  float *cSK, *cSV;             // (nC, M, d)    saved: SK, SV before position c kChunk
   float* P;                     // (T, M + W)    saved: probabilities, window slot j <-> s = t - W + 1 + j
   float* S;                     // (T, M)        saved: q_t . Kl_{t,m}, the latent scores before 1 / sqrt(d)
 };
@@ -166,11 +159,6 @@ void forward_head(const Dims& n, const HeadRows& h) {
   for (int64_t t = 0; t < T; ++t) {
     float* P = h.P ? h.P + t * (M + W) : P_scratch.data();
     const float *kt = h.k + t * d, *krt = h.kr + t * d, *vt = h.v + t * d, *qt = h.q + t * d;
-    if (h.mu && t % kChunk == 0) {
-      const int64_t c = t / kChunk;
-      std::copy_n(SK.data(), M * d, h.cSK + c * M * d);
-      std::copy_n(SV.data(), M * d, h.cSV + c * M * d);
-    }
     // Write: each latent takes in position t.
     float* mu_out = h.mu ? h.mu + t * M : mu_scratch.data() + (t % 2) * M;
     float* Z_out = h.mu ? h.Z + t * M : Z_scratch.data() + (t % 2) * M;
@@ -214,111 +202,121 @@ void forward_head(const Dims& n, const HeadRows& h) {
 
 // Gradients of one (batch, head); dkr, dv (T, d) and dl (M, d) are zeroed by the caller, and dq,
 // dk (T, d) too unless kD > 0 (then each row is written once, at its own position).
+//
+// Two passes. The read's gradient at t needs the sums SK_t, SV_t; the write's gradient needs the
+// carry R, which runs backwards in time. So pass 1 goes forwards from t = 0, replaying the
+// forward's update of SK, SV in place (the saved running max gives the same rescale factors and
+// the saved E the same new terms: the same operations on the same numbers, so the same values)
+// and takes from each position what the read's gradient needs of them: dP, the softmax's dsigma
+// (kept per position) and dq's latent part (written to dq). Pass 2 goes backwards and does the
+// rest, which needs only per-position values. Nothing of size M d per position is ever stored.
 template <int64_t kD>
 void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq, float* dk, float* dkr,
                    float* dv, float* dl) {
   const int64_t T = n.T, d = kD > 0 ? kD : n.d, M = n.M, W = n.W;
-  std::vector<float> RX(M * d, 0.0f), RY(M * d, 0.0f), Rc(M, 0.0f), dP(M), dsigma(M + W);
-  std::vector<float> mu0(M, kNegInf);
-  std::vector<float> decay(M), inv_zs(M);
-  // The chunk's sums SK, SV after each of its positions (kChunk rows of (M, d) each). Kept per
-  // thread: allocating and freeing it per head costs more than the recomputation (the allocator
-  // returns the pages, and every thread's TLB is flushed).
-  thread_local std::vector<float> SK_chunk, SV_chunk;
-  SK_chunk.resize(std::max<size_t>(SK_chunk.size(), kChunk * M * d));
-  SV_chunk.resize(std::max<size_t>(SV_chunk.size(), kChunk * M * d));
+  std::vector<float> SK(M * d, 0.0f), SV(M * d, 0.0f);
+  std::vector<float> RX(M * d, 0.0f), RY(M * d, 0.0f), Rc(M, 0.0f);
+  std::vector<float> mu0(M, kNegInf), decay(M), inv_zs(M);
+  // Per position: dP_m = dO_t . Vl_{t,m} (T, M) and dsigma (T, M + W). Kept per thread:
+  // allocating and freeing them per head costs more than filling them (the allocator returns the
+  // pages, and every thread's TLB is flushed).
+  thread_local std::vector<float> dP_rows, dsigma_rows;
+  dP_rows.resize(std::max<size_t>(dP_rows.size(), T * M));
+  dsigma_rows.resize(std::max<size_t>(dsigma_rows.size(), T * (M + W)));
   // Local accumulators of position t's dq, dkr, dv, dk: registers when d is fixed.
   constexpr int64_t kA = kD > 0 ? kD : 1;
   float aq[kA], akr[kA], av[kA], ak[kA];
-  const int64_t chunks = (T + kChunk - 1) / kChunk;
-  for (int64_t c = chunks - 1; c >= 0; --c) {
-    const int64_t c0 = c * kChunk, c1 = std::min(T, c0 + kChunk);
-    // Recompute the chunk's sums from its checkpoint: the forward's update replayed from the
-    // saved running max (the same rescale factors) and new-term weights E, so the same values,
-    // without the write scores and exponentials that produced them.
-    for (int64_t t = c0; t < c1; ++t) {
-      const float* SK_in = t == c0 ? h.cSK + c * M * d : SK_chunk.data() + (t - 1 - c0) * M * d;
-      const float* SV_in = t == c0 ? h.cSV + c * M * d : SV_chunk.data() + (t - 1 - c0) * M * d;
-      exp_diff(t > 0 ? h.mu + (t - 1) * M : mu0.data(), h.mu + t * M, decay.data(), M);
-      add_terms<kD>(M, d, decay.data(), h.E + t * M, h.kr + t * d, h.v + t * d, SK_in, SV_in,
-                    SK_chunk.data() + (t - c0) * M * d, SV_chunk.data() + (t - c0) * M * d);
+
+  // Pass 1, t = 0, 1, ...: the read's softmax backward and dq's latent part.
+  for (int64_t t = 0; t < T; ++t) {
+    exp_diff(t > 0 ? h.mu + (t - 1) * M : mu0.data(), h.mu + t * M, decay.data(), M);
+    add_terms<kD>(M, d, decay.data(), h.E + t * M, h.kr + t * d, h.v + t * d, SK.data(), SV.data(), SK.data(),
+                  SV.data());
+#pragma omp simd
+    for (int64_t m = 0; m < M; ++m) inv_zs[m] = 1.0f / h.Z[t * M + m];
+    const float* P = h.P + t * (M + W);
+    const float* got = go + t * d;
+    float *dP = dP_rows.data() + t * M, *dsigma = dsigma_rows.data() + t * (M + W);
+    float* dqt = kD > 0 ? aq : dq + t * d;
+    if (kD > 0) std::fill_n(aq, d, 0.0f);
+    // dsigma = P (dP - P . dP), with dP_m = dO_t . SV_m / Z_m and dP_s = dO_t . v_s
+    float p_dp = 0.0f;
+    dot_rows(got, SV.data(), M, d, dP);
+    for (int64_t m = 0; m < M; ++m) p_dp += P[m] * (dsigma[m] = dP[m] *= inv_zs[m]);
+    const int64_t j0 = std::max<int64_t>(0, W - 1 - t);  // window slots j < j0 are before position 0
+    std::fill_n(dsigma + M, j0, 0.0f);
+    dot_rows(got, h.v + (t - W + 1 + j0) * d, W - j0, d, dsigma + M + j0);
+    for (int64_t j = 0; j < W; ++j) p_dp += P[M + j] * dsigma[M + j];
+    for (int64_t j = 0; j < M + W; ++j) dsigma[j] = P[j] * (dsigma[j] - p_dp);
+    for (int64_t m = 0; m < M; ++m) axpy(dsigma[m] * n.scale * inv_zs[m], SK.data() + m * d, dqt, d);
+    if (kD > 0) std::copy_n(aq, d, dq + t * d);
+  }
+
+  // Pass 2, t = T-1, ..., 0: dq's window part, the window's dkr and dv, then the carry.
+  for (int64_t t = T - 1; t >= 0; --t) {
+#pragma omp simd
+    for (int64_t m = 0; m < M; ++m) inv_zs[m] = 1.0f / h.Z[t * M + m];
+    const float* P = h.P + t * (M + W);
+    const float *dP = dP_rows.data() + t * M, *dsigma = dsigma_rows.data() + t * (M + W);
+    const float *qt = h.q + t * d, *got = go + t * d;
+    float* dqt = kD > 0 ? aq : dq + t * d;
+    float* dkrt = kD > 0 ? akr : dkr + t * d;
+    float* dvt = kD > 0 ? av : dv + t * d;
+    float* dkt = kD > 0 ? ak : dk + t * d;
+    if (kD > 0) {
+      std::copy_n(dq + t * d, d, aq);    // the latent part, from pass 1
+      std::copy_n(dkr + t * d, d, akr);  // the window terms of later positions t' > t
+      std::copy_n(dv + t * d, d, av);
+      std::fill_n(ak, d, 0.0f);
     }
-    for (int64_t t = c1 - 1; t >= c0; --t) {
-      // Kl_m = SK_m / Z_m, Vl_m = SV_m / Z_m at t
-      const float *SKt = SK_chunk.data() + (t - c0) * M * d, *SVt = SV_chunk.data() + (t - c0) * M * d;
-#pragma omp simd
-      for (int64_t m = 0; m < M; ++m) inv_zs[m] = 1.0f / h.Z[t * M + m];
-      const float* P = h.P + t * (M + W);
-      const float *qt = h.q + t * d, *got = go + t * d;
-      float* dqt = kD > 0 ? aq : dq + t * d;
-      float* dkrt = kD > 0 ? akr : dkr + t * d;
-      float* dvt = kD > 0 ? av : dv + t * d;
-      float* dkt = kD > 0 ? ak : dk + t * d;
-      if (kD > 0) {
-        std::fill_n(aq, d, 0.0f);
-        std::copy_n(dkr + t * d, d, akr);  // the window terms of later positions t' > t
-        std::copy_n(dv + t * d, d, av);
-        std::fill_n(ak, d, 0.0f);
-      }
-      // Read at t: softmax backward, then the query's and the window's gradients.
-      float p_dp = 0.0f;
-      dot_rows(got, SVt, M, d, dP.data());
-      for (int64_t m = 0; m < M; ++m) p_dp += P[m] * (dsigma[m] = dP[m] *= inv_zs[m]);
-      const int64_t j0 = std::max<int64_t>(0, W - 1 - t);  // window slots j < j0 are before position 0
-      std::fill_n(dsigma.data() + M, j0, 0.0f);
-      dot_rows(got, h.v + (t - W + 1 + j0) * d, W - j0, d, dsigma.data() + M + j0);
-      for (int64_t j = 0; j < W; ++j) p_dp += P[M + j] * dsigma[M + j];
-      for (int64_t j = 0; j < M + W; ++j) dsigma[j] = P[j] * (dsigma[j] - p_dp);
-      for (int64_t m = 0; m < M; ++m) axpy(dsigma[m] * n.scale * inv_zs[m], SKt + m * d, dqt, d);
-      for (int64_t j = 0; j < W; ++j) {
-        const int64_t s = t - W + 1 + j;
-        if (s < 0) continue;
-        axpy(dsigma[M + j] * n.scale, h.kr + s * d, dqt, d);
-        if (s == t) {
-          axpy(dsigma[M + j] * n.scale, qt, dkrt, d);
-          axpy(P[M + j], got, dvt, d);
-        } else {
-          axpy(dsigma[M + j] * n.scale, qt, dkr + s * d, d);
-          axpy(P[M + j], got, dv + s * d, d);
-        }
-      }
-      // Carry X, Y, c backwards to position t, then the write of position t.
-      const float *kt = h.k + t * d, *krt = h.kr + t * d, *vt = h.v + t * d;
-      if (t + 1 < T) {
-        exp_diff(h.mu + t * M, h.mu + (t + 1) * M, decay.data(), M);
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t s = t - W + 1 + j;
+      if (s < 0) continue;
+      axpy(dsigma[M + j] * n.scale, h.kr + s * d, dqt, d);
+      if (s == t) {
+        axpy(dsigma[M + j] * n.scale, qt, dkrt, d);
+        axpy(P[M + j], got, dvt, d);
       } else {
-        std::fill_n(decay.data(), M, 0.0f);
+        axpy(dsigma[M + j] * n.scale, qt, dkr + s * d, d);
+        axpy(P[M + j], got, dv + s * d, d);
       }
-      for (int64_t m = 0; m < M; ++m) {
-        const float dc = decay[m], inv_z = inv_zs[m];
-        const float x_scale = dsigma[m] * n.scale * inv_z,
-                    y_scale = P[m] * inv_z;  // X / Z = x_scale q_t, Y / Z
-        // c_t / Z = (X . Kl + Y . Vl) / Z, with Y . Vl = P_m (dO_t . Vl_m) = P_m dP_m
-        const float cz = x_scale * h.S[t * M + m] + y_scale * dP[m];
-        float *rx = RX.data() + m * d, *ry = RY.data() + m * d;
+    }
+    // Carry X, Y, c backwards to position t, then the write of position t.
+    const float *kt = h.k + t * d, *krt = h.kr + t * d, *vt = h.v + t * d;
+    if (t + 1 < T) {
+      exp_diff(h.mu + t * M, h.mu + (t + 1) * M, decay.data(), M);
+    } else {
+      std::fill_n(decay.data(), M, 0.0f);
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      const float dc = decay[m], inv_z = inv_zs[m];
+      const float x_scale = dsigma[m] * n.scale * inv_z,
+                  y_scale = P[m] * inv_z;  // X / Z = x_scale q_t, Y / Z
+      // c_t / Z = (X . Kl + Y . Vl) / Z, with Y . Vl = P_m (dO_t . Vl_m) = P_m dP_m
+      const float cz = x_scale * h.S[t * M + m] + y_scale * dP[m];
+      float *rx = RX.data() + m * d, *ry = RY.data() + m * d;
 #pragma omp simd
-        for (int64_t i = 0; i < d; ++i) {
-          rx[i] = dc * rx[i] + x_scale * qt[i];
-          ry[i] = dc * ry[i] + y_scale * got[i];
-        }
-        Rc[m] = dc * Rc[m] + cz;
-        const float* lm = h.l + m * d;
-        const float em = h.E[t * M + m];
-        axpy(em, rx, dkrt, d);
-        axpy(em, ry, dvt, d);
-        float g = 0.0f;  // kr_t . RX + v_t . RY
+      for (int64_t i = 0; i < d; ++i) {
+        rx[i] = dc * rx[i] + x_scale * qt[i];
+        ry[i] = dc * ry[i] + y_scale * got[i];
+      }
+      Rc[m] = dc * Rc[m] + cz;
+      const float* lm = h.l + m * d;
+      const float em = h.E[t * M + m];
+      axpy(em, rx, dkrt, d);
+      axpy(em, ry, dvt, d);
+      float g = 0.0f;  // kr_t . RX + v_t . RY
 #pragma omp simd reduction(+ : g)
-        for (int64_t i = 0; i < d; ++i) g += krt[i] * rx[i] + vt[i] * ry[i];
-        const float da = em * (g - Rc[m]);
-        axpy(da * n.scale, lm, dkt, d);
-        axpy(da * n.scale, kt, dl + m * d, d);
-      }
-      if (kD > 0) {
-        std::copy_n(aq, d, dq + t * d);  // only position t adds to dq_t and dk_t
-        std::copy_n(ak, d, dk + t * d);
-        std::copy_n(akr, d, dkr + t * d);
-        std::copy_n(av, d, dv + t * d);
-      }
+      for (int64_t i = 0; i < d; ++i) g += krt[i] * rx[i] + vt[i] * ry[i];
+      const float da = em * (g - Rc[m]);
+      axpy(da * n.scale, lm, dkt, d);
+      axpy(da * n.scale, kt, dl + m * d, d);
+    }
+    if (kD > 0) {
+      std::copy_n(aq, d, dq + t * d);  // only position t adds to dq_t and dk_t
+      std::copy_n(ak, d, dk + t * d);
+      std::copy_n(akr, d, dkr + t * d);
+      std::copy_n(av, d, dv + t * d);
     }
   }
 }
@@ -352,15 +350,12 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
   for (const Tensor* t : {&in.queries, &in.keys, &in.rotated_keys, &in.values, &in.latents, &packed})
     any_grad = any_grad || (t->defined() && t->requires_grad());
   const bool save = grad_enabled() && any_grad;
-  const int64_t nC = (T + kChunk - 1) / kChunk;
-  // (B, H, T, M) x 3, (B, H, nC, M, d) x 2, (B, H, T, M + W), (B, H, T, M)
-  Tensor mu, Z, E, cSK, cSV, P, S;
+  // (B, H, T, M) x 3, (B, H, T, M + W), (B, H, T, M)
+  Tensor mu, Z, E, P, S;
   if (save) {
     mu = Tensor::empty({B, H, T, M});
     Z = Tensor::empty({B, H, T, M});
     E = Tensor::empty({B, H, T, M});
-    cSK = Tensor::empty({B, H, nC, M, d});
-    cSV = Tensor::empty({B, H, nC, M, d});
     P = Tensor::empty({B, H, T, M + W});
     S = Tensor::empty({B, H, T, M});
   }
@@ -378,15 +373,11 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
                nullptr,
                nullptr,
                nullptr,
-               nullptr,
-               nullptr,
                nullptr};
     if (save) {
       r.mu = mu.data() + bh * T * M;
       r.Z = Z.data() + bh * T * M;
       r.E = E.data() + bh * T * M;
-      r.cSK = cSK.data() + bh * nC * M * d;
-      r.cSV = cSV.data() + bh * nC * M * d;
       r.P = P.data() + bh * T * (M + W);
       r.S = S.data() + bh * T * M;
     }
