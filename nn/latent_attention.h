@@ -44,13 +44,18 @@ Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t 
 
 // The same outputs as one op with a hand-written backward (nn/latent_attention_fused.cpp): the
 // recurrent form run over every position, with a running max per position, so it stays exact
-// for any spread of write scores. O(T (M + W) d) time; saved memory O(T (M + W)) plus the running
-// sums every 32 positions, from which the backward recomputes the latent keys and values. -> o (B, H, T, d).
+// for any spread of write scores. O(T (M + W) d) time; saved memory O(T (M + W)): the backward
+// recomputes the latent keys and values from the saved running max. -> o (B, H, T, d).
 Tensor latent_attention_fused(const LatentInputs& in, int64_t window);
 // The same on the four inputs packed as one (4, B, H, T, d) tensor (R q, k, R k, v: the output of
 // split_heads_rope) and the latents (H, M, d): the backward writes the four gradients into one
 // buffer, which becomes packed's gradient as it is.
 Tensor latent_attention_fused(const Tensor& packed, const Tensor& latents, int64_t window);
+// Whether latent_attention_fused may run its AVX-512 kernels (nn/latent_attention_avx512.cpp)
+// where they fit: 16 latents, head size 32, window <= 16, a build for a CPU with AVX-512. On by
+// default; off, the generic kernels run, as they do for every other size (the tests compare the
+// two). Returns the previous setting.
+bool latent_attention_fused_avx512(bool enabled);
 
 // The same outputs straight from the definition, in double precision plain loops, with the
 // write weights w (M, T, T) materialised per (batch, head). No graph: tests only. -> (B, H, T, d).

@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <atomic>
 #include <limits>
 #include <utility>
 
@@ -45,11 +46,18 @@
 
 #include "core/fastmath.h"
 #include "nn/latent_attention.h"
+#include "nn/latent_attention_scan.h"
 #include "nn/row_kernels.h"
 
 namespace lg::nn {
 
 namespace {
+
+using latent_scan::Dims;
+using latent_scan::HeadRows;
+
+// Whether the AVX-512 kernels may run where they fit (latent_attention_fused_avx512).
+std::atomic<bool> avx512_enabled{true};
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -80,22 +88,6 @@ inline void dot_rows(const float* x, const float* rows, int64_t n, int64_t d, fl
 inline void exp_diff(const float* __restrict a, const float* __restrict b, float* __restrict out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = fast_exp(a[i] - b[i]);
 }
-
-struct Dims {
-  int64_t T, d, M, W;
-  float scale;  // 1 / sqrt(d)
-};
-
-// One (batch, head): rows of T positions. The saved pointers are null when no graph is built.
-struct HeadRows {
-  const float *q, *k, *kr, *v;  // (T, d) each: R_t q_t, k_t, R_t k_t, v_t
-  const float* l;               // (M, d)
-  float* o;                     // (T, d)
-  float *mu, *Z;                // (T, M)        saved: running max, normaliser (>= 1)
-  float* E;                     // (T, M)        saved: e_t = exp(a_t - mu_t) <= 1
-  float* P;                     // (T, M + W)    saved: probabilities, window slot j <-> s = t - W + 1 + j
-  float* S;                     // (T, M)        saved: q_t . Kl_{t,m}, the latent scores before 1 / sqrt(d)
-};
 
 // SK_out = rescale SK_in + e kr_t and SV_out = rescale SV_in + e v_t, latent by latent: the update
 // of the sums at one position, given its rescale factors exp(mu_{t-1} - mu_t) and new-term weights e.
@@ -341,6 +333,8 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
   const int64_t B = in.queries.size(0), H = in.queries.size(1), T = in.queries.size(2);
   const int64_t d = in.queries.size(3), M = in.latents.size(1), W = window;
   const Dims dims{T, d, M, W, 1.0f / std::sqrt(static_cast<float>(d))};
+  // The forward and the backward run the same kernels: the backward replays the forward's sums.
+  const bool fast = avx512_enabled.load() && latent_scan::avx512_fits(dims);
   Tensor q = contiguous_data(in.queries), k = contiguous_data(in.keys);
   Tensor kr = contiguous_data(in.rotated_keys), v = contiguous_data(in.values);
   Tensor l = contiguous_data(in.latents);
@@ -387,14 +381,18 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
   for (int64_t bh = 0; bh < B * H; ++bh) {
     HeadRows r = rows(bh);
     r.o = out.data() + bh * T * d;
-    (d == 32 ? forward_head<32> : d == 64 ? forward_head<64> : forward_head<0>)(dims, r);
+    if (fast) {
+      latent_scan::forward_head_avx512(dims, r);
+    } else {
+      (d == 32 ? forward_head<32> : d == 64 ? forward_head<64> : forward_head<0>)(dims, r);
+    }
   }
   if (!save) return out;
 
   std::vector<Tensor> inputs = packed.defined() ? std::vector<Tensor>{packed, in.latents}
                                                 : std::vector<Tensor>{in.queries, in.keys, in.rotated_keys,
                                                                       in.values, in.latents};
-  return attach_node(out, "latent_attention", std::move(inputs), [in, packed, rows, dims, B, H](const Tensor& g) {
+  return attach_node(out, "latent_attention", std::move(inputs), [in, packed, rows, dims, fast, B, H](const Tensor& g) {
     const int64_t T = dims.T, d = dims.d, M = dims.M, n = B * H * T * d;
     Tensor go = contiguous_data(g);
     // dq, dk, dkr, dv (B, H, T, d): side by side in one buffer that becomes packed's gradient as
@@ -422,10 +420,15 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
         std::fill_n(dq + at, T * d, 0.0f);
         std::fill_n(dk + at, T * d, 0.0f);
       }
-      (d == 32   ? backward_head<32>
-       : d == 64 ? backward_head<64>
-                 : backward_head<0>)(dims, rows(bh), go.data() + at, dq + at, dk + at, dkr + at, dv + at,
-                                     dl_rows.data() + bh * M * d);
+      if (fast) {
+        latent_scan::backward_head_avx512(dims, rows(bh), go.data() + at, dq + at, dk + at, dkr + at, dv + at,
+                                          dl_rows.data() + bh * M * d);
+      } else {
+        (d == 32   ? backward_head<32>
+         : d == 64 ? backward_head<64>
+                   : backward_head<0>)(dims, rows(bh), go.data() + at, dq + at, dk + at, dkr + at, dv + at,
+                                       dl_rows.data() + bh * M * d);
+      }
     }
     // moved: a first gradient takes the buffer instead of a copy
     if (packed.defined()) {
@@ -441,6 +444,8 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
 }  // namespace
 
 Tensor latent_attention_fused(const LatentInputs& in, int64_t window) { return fused_op(in, window, Tensor()); }
+
+bool latent_attention_fused_avx512(bool enabled) { return avx512_enabled.exchange(enabled); }
 
 Tensor latent_attention_fused(const Tensor& packed, const Tensor& latents, int64_t window) {
   if (packed.dim() != 5 || packed.size(0) != 4)

@@ -300,16 +300,116 @@ TEST_CASE("latent attention (5c): the fused op at head sizes 32 and 64 (its unro
   }
 }
 
-TEST_CASE("latent attention (5d): the fused op's backward across its recompute checkpoints equals the chunked path") {
-  // The fused backward recomputes the latent keys and values per block of 32 positions from a
-  // checkpoint of the forward's running sums: T = 100 crosses three checkpoints, and ends
-  // inside a partial block. Head sizes 8 (the generic kernel) and 32 (an unrolled one).
+TEST_CASE("latent attention (5d): the fused op's backward over a long sequence equals the chunked path") {
+  // The fused backward replays the forward's running sums over all T = 100 positions before it
+  // goes back. Head sizes 8 (the generic kernel) and 32 (an unrolled one).
   for (int64_t d : {8, 32}) {
     for (int64_t window : {0, 5, 20}) {  // 20: window scores eight at a time, then a tail
       CAPTURE(d);
       CAPTURE(window);
       // 19 latents: a block of 16 scores and a tail
       check_fused_equals_chunked({2, 2, 100, d}, 19, window, 7, 40);
+    }
+  }
+}
+
+// Outputs and every input gradient of the fused op on sum(out * R), with its AVX-512 kernels
+// allowed or not; the scale of the latents sets the spread of the write scores.
+static void fused_with_and_without_avx512(const Shape& shape, int64_t window, float latent_scale, uint64_t seed,
+                                          Tensor outs[2], std::vector<std::vector<float>> grads[2]) {
+  nn::LatentInputs in;
+  in.queries = lg::testing::random_leaf(shape, seed, 0.5f);
+  in.keys = lg::testing::random_leaf(shape, seed + 1, 0.5f);
+  in.rotated_keys = lg::testing::random_leaf(shape, seed + 2, 0.5f);
+  in.values = lg::testing::random_leaf(shape, seed + 3);
+  in.latents = lg::testing::random_leaf({shape[1], 16, shape[3]}, seed + 4, latent_scale);
+  Rng wrng(seed + 5);
+  Tensor weights = randn(shape, wrng);
+  std::vector<Tensor> leaves{in.queries, in.keys, in.rotated_keys, in.values, in.latents};
+  const bool was = nn::latent_attention_fused_avx512(true);
+  for (int i = 0; i < 2; ++i) {
+    nn::latent_attention_fused_avx512(i == 0);
+    for (Tensor& t : leaves) t.zero_grad();
+    outs[i] = nn::latent_attention_fused(in, window);
+    sum(mul(outs[i], weights)).backward();
+    for (Tensor& t : leaves) grads[i].push_back(t.grad().to_vector());
+  }
+  nn::latent_attention_fused_avx512(was);
+}
+
+TEST_CASE("latent attention (5f): the fused op's AVX-512 kernels (16 latents, d = 32) equal its generic kernels") {
+  // Windows 0, 5 and 16 (the kernels' limit), sequences shorter and longer than the window, and
+  // latents at scale 1 (write scores within a few units) and 40 (spreads of hundreds: the running
+  // max moves by more than exp's range, and the replayed sums must still match).
+  for (int64_t window : {0, 5, 16})
+    for (int64_t T : {9, 70})
+      for (float latent_scale : {1.0f, 40.0f}) {
+        CAPTURE(window);
+        CAPTURE(T);
+        CAPTURE(latent_scale);
+        Tensor outs[2];
+        std::vector<std::vector<float>> grads[2];
+        fused_with_and_without_avx512({2, 2, T, 32}, window, latent_scale, 60, outs, grads);
+        CHECK(max_abs_diff(outs[0], outs[1]) < 2e-5f);
+        check_gradients_agree(grads[0], grads[1]);
+        bool finite = true;
+        for (const auto& g : grads[0])
+          for (float v : g) finite = finite && std::isfinite(v);
+        CHECK(finite);
+#if defined(__AVX512F__)
+        // Built for AVX-512, so the first run took the AVX-512 kernels: they sum in another order.
+        bool any_bit_differs = max_abs_diff(outs[0], outs[1]) > 0.0f;
+        for (size_t k = 0; k < grads[0].size(); ++k) any_bit_differs = any_bit_differs || grads[0][k] != grads[1][k];
+        CHECK(any_bit_differs);
+#endif
+      }
+  // Against the chunked path too, and finite differences on a short sequence.
+  check_fused_equals_chunked({2, 2, 40, 32}, 16, 16, 8, 70);
+  nn::LatentInputs in;
+  Shape shape{1, 1, 6, 32};
+  in.queries = lg::testing::random_leaf(shape, 80, 0.5f);
+  in.keys = lg::testing::random_leaf(shape, 81, 0.5f);
+  in.rotated_keys = lg::testing::random_leaf(shape, 82, 0.5f);
+  in.values = lg::testing::random_leaf(shape, 83);
+  in.latents = lg::testing::random_leaf({1, 16, 32}, 84);
+  lg::testing::check_gradients([&] { return nn::latent_attention_fused(in, 4); },
+                               {in.queries, in.keys, in.rotated_keys, in.values, in.latents});
+}
+
+TEST_CASE("latent attention (5g): a layer of the AVX-512 kernels' sizes is causal, equals naive and step()") {
+  // dim 64 in 2 heads: d = 32, 16 latents, windows 0 and 16: what the fused op's AVX-512
+  // kernels take (on a CPU without them, the generic ones: the properties hold either way).
+  for (int64_t window : {0, 16}) {
+    CAPTURE(window);
+    AttentionConfig c;
+    c.kind = nn::AttentionKind::Latent;
+    c.dim = 64;
+    c.heads = 2;
+    c.latents = 16;
+    c.window = window;
+    c.layers = 2;
+    Rng rng(90);
+    LatentAttention layer(c, rng);
+    randomize(layer, 91);
+    NoGradGuard no_grad;
+    const int64_t T = 40;
+    Tensor x = randn({2, T, 64}, rng);
+    Tensor y = layer.forward(x);
+    // Outputs reach ~30 here: float rounding is relative to that.
+    const float tolerance = 3e-6f * std::max(1.0f, max_abs_diff(y, Tensor::zeros(y.shape())));
+    CHECK(max_abs_diff(y, layer.forward_naive(x)) < tolerance);
+    Tensor x2 = contiguous_copy(x);
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t s = 21; s < T; ++s)
+        for (int64_t i = 0; i < 64; ++i) x2.data()[(b * T + s) * 64 + i] = -x2.data()[(b * T + s) * 64 + i];
+    Tensor y2 = layer.forward(x2);
+    CHECK(max_abs_diff(slice(y, 1, 0, 21), slice(y2, 1, 0, 21)) == 0.0f);  // per position: exactly
+    CHECK(max_abs_diff(slice(y, 1, 21, T), slice(y2, 1, 21, T)) > 1e-3f);
+    auto state = layer.make_state(2);
+    for (int64_t t = 0; t < T; ++t) {
+      CAPTURE(t);
+      CHECK(max_abs_diff(layer.step(contiguous_copy(slice(x, 1, t, t + 1)), *state), slice(y, 1, t, t + 1)) <
+            tolerance);
     }
   }
 }

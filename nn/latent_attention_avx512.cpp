@@ -1,0 +1,348 @@
+// nn/latent_attention_avx512.cpp: the fused latent attention scan for M = 16 latents of head
+// size d = 32 and a window W <= 16, with AVX-512: each per-latent quantity (write score, running
+// max, normaliser, read score, probability) is one 16-float register, and so are the 16 window
+// scores.
+//
+// The same recurrence, forward and backward, as the generic kernels in
+// nn/latent_attention_fused.cpp (read that file's header first); only the layout differs. There
+// a position's M dot products q . SK_m are M horizontal reductions; here the forward keeps SK
+// transposed, (d, M), so the M scores are d broadcast multiply-adds into one register:
+//   scores = sum_i q[i] SK^T[i, :].
+// Each product that would need a reduction along d per latent gets the layout that makes it a
+// sum of broadcast rows instead:
+//   forward:         SK^T (d, M) for q . SK_m,      SV (M, d) for sum_m w_m SV_m
+//   backward pass 1: SV^T (d, M) for dO . SV_m,     SK (M, d) for dq = sum_m c_m SK_m
+// The update of an element, SK[m][i] <- SK[m][i] r_m + e_m kr_t[i], is the same multiply-add in
+// either layout, so the backward's replay reproduces the forward's sums to the last bit. The
+// reductions that remain (16 window dot products; the carry's kr_t . RX_m + v_t . RY_m) go 16 at
+// a time through one transposing reduction, sum16.
+//
+// Rounding differs from the generic kernels (sums are added in another order); the tests check
+// the two against each other and against the chunked path.
+#include "nn/latent_attention_scan.h"
+
+#if defined(__AVX512F__)
+// GCC 12's AVX-512 headers start some intrinsics from _mm512_undefined_ps() and then warn, at
+// every use, that it may be used uninitialized (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+#endif
+
+namespace lg::nn::latent_scan {
+
+#if !defined(__AVX512F__)
+
+bool avx512_fits(const Dims&) { return false; }
+void forward_head_avx512(const Dims&, const HeadRows&) {}
+void backward_head_avx512(const Dims&, const HeadRows&, const float*, float*, float*, float*, float*, float*) {}
+
+#else
+
+namespace {
+
+constexpr int kM = 16, kD = 32;
+
+// e^x as core/fastmath.h's fast_exp, 16 at a time: x = n ln2 + r, Cephes' polynomial for e^r,
+// 2^n into the exponent bits; 0 below -87.3 (so e^-inf = 0).
+inline __m512 exp16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3365447504f);
+  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.3762626647949f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+  const __m512 e = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), e);
+}
+
+// out[j] = the sum of v[j]'s 16 lanes, for j = 0..15: halving the lanes and the vectors together
+// (4 rounds, 15 additions) instead of 16 separate reductions.
+inline __m512 sum16(const __m512* v) {
+  __m512 w[8], u[4], s[2];
+  for (int k = 0; k < 8; ++k)  // 8 partial sums of v[2k] in lanes 0-7, of v[2k+1] in 8-15
+    w[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xEE));
+  for (int k = 0; k < 4; ++k)  // 4 each, 4 vectors per register
+    u[k] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * k], w[2 * k + 1], 0x88),
+                         _mm512_shuffle_f32x4(w[2 * k], w[2 * k + 1], 0xDD));
+  for (int k = 0; k < 2; ++k)  // 2 each
+    s[k] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * k], u[2 * k + 1], 0x44), _mm512_shuffle_ps(u[2 * k], u[2 * k + 1], 0xEE));
+  const __m512 t = _mm512_add_ps(_mm512_shuffle_ps(s[0], s[1], 0x88), _mm512_shuffle_ps(s[0], s[1], 0xDD));
+  // t holds v's sums in the order 0 4 8 12 1 5 9 13 ...: a 4 x 4 transpose, its own inverse
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), t);
+}
+
+inline __m512 bcast(const float* x) { return _mm512_set1_ps(*x); }
+
+// a (16 floats) = sum_i x[i] rows[i] over 32 rows of 16 floats, with four accumulators.
+inline __m512 sum_rows32(const float* x, const float (*rows)[kM]) {
+  __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int i = 0; i < kD; i += 4)
+    for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(bcast(x + i + j), _mm512_load_ps(rows[i + j]), a[j]);
+  return _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+}
+
+// (o0, o1) = sum_m w[m] rows[m] over 16 rows of 32 floats, with two pairs of accumulators.
+inline void weighted16(const float* w, const float* rows, int64_t stride, __m512& o0, __m512& o1) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+  for (int m = 0; m < kM; m += 2) {
+    const float *r0 = rows + m * stride, *r1 = r0 + stride;
+    a0 = _mm512_fmadd_ps(bcast(w + m), _mm512_loadu_ps(r0), a0);
+    a1 = _mm512_fmadd_ps(bcast(w + m), _mm512_loadu_ps(r0 + 16), a1);
+    b0 = _mm512_fmadd_ps(bcast(w + m + 1), _mm512_loadu_ps(r1), b0);
+    b1 = _mm512_fmadd_ps(bcast(w + m + 1), _mm512_loadu_ps(r1 + 16), b1);
+  }
+  o0 = _mm512_add_ps(a0, b0);
+  o1 = _mm512_add_ps(a1, b1);
+}
+
+// The 16 dot products x . row(s), row(s) = rows + s d for s = s0 + j, lane j, for the lanes in
+// `valid`; 0 in the others.
+inline __m512 window_dots(const float* x, const float* rows, int64_t s0, __mmask16 valid) {
+  const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+  __m512 acc[16];
+  for (int j = 0; j < 16; ++j) {
+    if (valid >> j & 1) {
+      const float* r = rows + (s0 + j) * kD;
+      acc[j] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(r + 16), _mm512_mul_ps(x0, _mm512_loadu_ps(r)));
+    } else {
+      acc[j] = _mm512_setzero_ps();
+    }
+  }
+  return sum16(acc);
+}
+
+// Window slots j of position t: s = t - W + 1 + j, valid for j < W and s >= 0.
+inline __mmask16 window_mask(int64_t t, int64_t W) {
+  const int64_t j0 = std::max<int64_t>(0, W - 1 - t);
+  return static_cast<__mmask16>(((1u << W) - 1) & ~((1u << j0) - 1));
+}
+
+}  // namespace
+
+bool avx512_fits(const Dims& n) { return n.M == kM && n.d == kD && n.W <= 16; }
+
+void forward_head_avx512(const Dims& n, const HeadRows& h) {
+  const int64_t T = n.T, W = n.W, Pw = kM + W;
+  const __m512 scale = _mm512_set1_ps(n.scale), neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  alignas(64) float LT[kD][kM], SKT[kD][kM] = {}, SV[kM][kD] = {};
+  alignas(64) float rb[kM], eb[kM], wb[kM], pwb[16];
+  for (int m = 0; m < kM; ++m)
+    for (int i = 0; i < kD; ++i) LT[i][m] = h.l[m * kD + i];
+  __m512 mu = neg_inf, Z = _mm512_setzero_ps();
+  for (int64_t t = 0; t < T; ++t) {
+    const float *qt = h.q + t * kD, *kt = h.k + t * kD, *krt = h.kr + t * kD, *vt = h.v + t * kD;
+    // Write: a = l . k_t / sqrt(d), the running max, rescale r and new-term weight e, then
+    // Z <- Z r + e, SK <- SK r + e kr_t, SV <- SV r + e v_t.
+    const __m512 a = _mm512_mul_ps(sum_rows32(kt, LT), scale);
+    const __m512 mu_new = _mm512_max_ps(mu, a);
+    const __m512 r = exp16(_mm512_sub_ps(mu, mu_new)), e = exp16(_mm512_sub_ps(a, mu_new));
+    mu = mu_new;
+    Z = _mm512_fmadd_ps(Z, r, e);
+    const __m512 inv_z = _mm512_div_ps(_mm512_set1_ps(1.0f), Z);
+    if (h.mu) {
+      _mm512_storeu_ps(h.mu + t * kM, mu);
+      _mm512_storeu_ps(h.Z + t * kM, Z);
+      _mm512_storeu_ps(h.E + t * kM, e);
+    }
+    for (int i = 0; i < kD; ++i)
+      _mm512_store_ps(SKT[i], _mm512_fmadd_ps(_mm512_load_ps(SKT[i]), r, _mm512_mul_ps(e, bcast(krt + i))));
+    _mm512_store_ps(rb, r);
+    _mm512_store_ps(eb, e);
+    const __m512 v0 = _mm512_loadu_ps(vt), v1 = _mm512_loadu_ps(vt + 16);
+    for (int m = 0; m < kM; ++m) {
+      const __m512 rm = bcast(rb + m), em = bcast(eb + m);
+      _mm512_store_ps(SV[m], _mm512_fmadd_ps(_mm512_load_ps(SV[m]), rm, _mm512_mul_ps(em, v0)));
+      _mm512_store_ps(SV[m] + 16, _mm512_fmadd_ps(_mm512_load_ps(SV[m] + 16), rm, _mm512_mul_ps(em, v1)));
+    }
+    // Read: one softmax over the 16 latent scores q . SK_m / Z_m and the window's q . kr_s.
+    const __m512 s = _mm512_mul_ps(sum_rows32(qt, SKT), inv_z);
+    if (h.S) _mm512_storeu_ps(h.S + t * kM, s);
+    const __m512 s_lat = _mm512_mul_ps(s, scale);
+    __m512 s_win = neg_inf;
+    const __mmask16 valid = window_mask(t, W);
+    if (W > 0) s_win = _mm512_mask_mul_ps(neg_inf, valid, window_dots(qt, h.kr, t - W + 1, valid), scale);
+    const float mx = std::max(_mm512_reduce_max_ps(s_lat), _mm512_reduce_max_ps(s_win));
+    __m512 p_lat = exp16(_mm512_sub_ps(s_lat, _mm512_set1_ps(mx)));
+    __m512 p_win = exp16(_mm512_sub_ps(s_win, _mm512_set1_ps(mx)));
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_add_ps(p_lat, p_win)));
+    p_lat = _mm512_mul_ps(p_lat, inv);
+    p_win = _mm512_mul_ps(p_win, inv);
+    if (h.P) {
+      _mm512_storeu_ps(h.P + t * Pw, p_lat);
+      _mm512_mask_storeu_ps(h.P + t * Pw + kM, static_cast<__mmask16>((1u << W) - 1), p_win);
+    }
+    // o_t = sum_m (P_m / Z_m) SV_m + sum_j P_j v_s
+    _mm512_store_ps(wb, _mm512_mul_ps(p_lat, inv_z));
+    __m512 o0, o1;
+    weighted16(wb, SV[0], kD, o0, o1);
+    if (W > 0) {
+      _mm512_store_ps(pwb, p_win);
+      for (int64_t j = W - 1 - std::min<int64_t>(W - 1, t); j < W; ++j) {
+        const float* vs = h.v + (t - W + 1 + j) * kD;
+        o0 = _mm512_fmadd_ps(bcast(pwb + j), _mm512_loadu_ps(vs), o0);
+        o1 = _mm512_fmadd_ps(bcast(pwb + j), _mm512_loadu_ps(vs + 16), o1);
+      }
+    }
+    _mm512_storeu_ps(h.o + t * kD, o0);
+    _mm512_storeu_ps(h.o + t * kD + 16, o1);
+  }
+}
+
+void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, float* dq, float* dk, float* dkr,
+                          float* dv, float* dl) {
+  const int64_t T = n.T, W = n.W, Pw = kM + W;
+  const __m512 scale = _mm512_set1_ps(n.scale), one = _mm512_set1_ps(1.0f);
+  const __mmask16 window_slots = static_cast<__mmask16>((1u << W) - 1);
+  // Per position: dP_m = dO_t . Vl_{t,m} (16 floats) and dsigma, latents then window (32).
+  thread_local std::vector<float> dP_rows, dsigma_rows;
+  dP_rows.resize(std::max<size_t>(dP_rows.size(), T * kM));
+  dsigma_rows.resize(std::max<size_t>(dsigma_rows.size(), T * 2 * kM));
+  alignas(64) float buf_a[kM], buf_b[kM], buf_c[kM], buf_d[kM];
+
+  // Pass 1, t = 0, 1, ...: replay the sums (SK as rows, SV transposed), then the read's softmax
+  // backward and dq's latent part.
+  {
+    alignas(64) float SK[kM][kD] = {}, SVT[kD][kM] = {};
+    __m512 mu_prev = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t t = 0; t < T; ++t) {
+      const float *krt = h.kr + t * kD, *vt = h.v + t * kD, *got = go + t * kD;
+      const __m512 mu = _mm512_loadu_ps(h.mu + t * kM), e = _mm512_loadu_ps(h.E + t * kM);
+      const __m512 r = exp16(_mm512_sub_ps(mu_prev, mu));
+      mu_prev = mu;
+      _mm512_store_ps(buf_a, r);
+      _mm512_store_ps(buf_b, e);
+      const __m512 kr0 = _mm512_loadu_ps(krt), kr1 = _mm512_loadu_ps(krt + 16);
+      for (int m = 0; m < kM; ++m) {
+        const __m512 rm = bcast(buf_a + m), em = bcast(buf_b + m);
+        _mm512_store_ps(SK[m], _mm512_fmadd_ps(_mm512_load_ps(SK[m]), rm, _mm512_mul_ps(em, kr0)));
+        _mm512_store_ps(SK[m] + 16, _mm512_fmadd_ps(_mm512_load_ps(SK[m] + 16), rm, _mm512_mul_ps(em, kr1)));
+      }
+      for (int i = 0; i < kD; ++i)
+        _mm512_store_ps(SVT[i], _mm512_fmadd_ps(_mm512_load_ps(SVT[i]), r, _mm512_mul_ps(e, bcast(vt + i))));
+      const __m512 inv_z = _mm512_div_ps(one, _mm512_loadu_ps(h.Z + t * kM));
+      // dsigma = P (dP - P . dP), dP_m = dO . SV_m / Z_m, dP_s = dO . v_s
+      const __m512 dp = _mm512_mul_ps(sum_rows32(got, SVT), inv_z);
+      const __mmask16 valid = window_mask(t, W);
+      const __m512 dp_win = W > 0 ? window_dots(got, h.v, t - W + 1, valid) : _mm512_setzero_ps();
+      const __m512 p_lat = _mm512_loadu_ps(h.P + t * Pw);
+      const __m512 p_win = _mm512_maskz_loadu_ps(window_slots, h.P + t * Pw + kM);
+      const __m512 p_dp =
+          _mm512_set1_ps(_mm512_reduce_add_ps(_mm512_fmadd_ps(p_lat, dp, _mm512_mul_ps(p_win, dp_win))));
+      const __m512 ds_lat = _mm512_mul_ps(p_lat, _mm512_sub_ps(dp, p_dp));
+      const __m512 ds_win = _mm512_mul_ps(p_win, _mm512_sub_ps(dp_win, p_dp));
+      _mm512_storeu_ps(dP_rows.data() + t * kM, dp);
+      _mm512_storeu_ps(dsigma_rows.data() + t * 2 * kM, ds_lat);
+      _mm512_storeu_ps(dsigma_rows.data() + t * 2 * kM + kM, ds_win);
+      // dq_t = sum_m dsigma_m / sqrt(d) / Z_m SK_m  (+ the window's part, in pass 2)
+      _mm512_store_ps(buf_c, _mm512_mul_ps(_mm512_mul_ps(ds_lat, scale), inv_z));
+      __m512 q0, q1;
+      weighted16(buf_c, SK[0], kD, q0, q1);
+      _mm512_storeu_ps(dq + t * kD, q0);
+      _mm512_storeu_ps(dq + t * kD + 16, q1);
+    }
+  }
+
+  // Pass 2, t = T-1, ..., 0: dq's window part, the window's dkr and dv, then the carry
+  // R_t = (X_t, Y_t, c_t) / Z_t + exp(mu_t - mu_{t+1}) R_{t+1} and the write's gradients.
+  alignas(64) float RX[kM][kD] = {}, RY[kM][kD] = {}, DL[kM][kD] = {};
+  __m512 Rc = _mm512_setzero_ps();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const float *qt = h.q + t * kD, *got = go + t * kD, *kt = h.k + t * kD, *krt = h.kr + t * kD,
+                *vt = h.v + t * kD;
+    const __m512 q0 = _mm512_loadu_ps(qt), q1 = _mm512_loadu_ps(qt + 16);
+    const __m512 g0 = _mm512_loadu_ps(got), g1 = _mm512_loadu_ps(got + 16);
+    __m512 dq0 = _mm512_loadu_ps(dq + t * kD), dq1 = _mm512_loadu_ps(dq + t * kD + 16);
+    if (W > 0) {
+      _mm512_store_ps(buf_a, _mm512_mul_ps(_mm512_loadu_ps(dsigma_rows.data() + t * 2 * kM + kM), scale));
+      _mm512_store_ps(buf_b, _mm512_maskz_loadu_ps(window_slots, h.P + t * Pw + kM));
+      for (int64_t j = W - 1 - std::min<int64_t>(W - 1, t); j < W; ++j) {
+        const int64_t s = t - W + 1 + j;
+        const float* krs = h.kr + s * kD;
+        const __m512 ds = bcast(buf_a + j), p = bcast(buf_b + j);
+        dq0 = _mm512_fmadd_ps(ds, _mm512_loadu_ps(krs), dq0);
+        dq1 = _mm512_fmadd_ps(ds, _mm512_loadu_ps(krs + 16), dq1);
+        float *dkrs = dkr + s * kD, *dvs = dv + s * kD;
+        _mm512_storeu_ps(dkrs, _mm512_fmadd_ps(ds, q0, _mm512_loadu_ps(dkrs)));
+        _mm512_storeu_ps(dkrs + 16, _mm512_fmadd_ps(ds, q1, _mm512_loadu_ps(dkrs + 16)));
+        _mm512_storeu_ps(dvs, _mm512_fmadd_ps(p, g0, _mm512_loadu_ps(dvs)));
+        _mm512_storeu_ps(dvs + 16, _mm512_fmadd_ps(p, g1, _mm512_loadu_ps(dvs + 16)));
+      }
+    }
+    // The window terms of positions t' >= t are in, so dkr_t, dv_t go on in registers.
+    __m512 dkr0 = _mm512_loadu_ps(dkr + t * kD), dkr1 = _mm512_loadu_ps(dkr + t * kD + 16);
+    __m512 dv0 = _mm512_loadu_ps(dv + t * kD), dv1 = _mm512_loadu_ps(dv + t * kD + 16);
+    const __m512 inv_z = _mm512_div_ps(one, _mm512_loadu_ps(h.Z + t * kM));
+    const __m512 p_lat = _mm512_loadu_ps(h.P + t * Pw), dp = _mm512_loadu_ps(dP_rows.data() + t * kM);
+    const __m512 ds_lat = _mm512_loadu_ps(dsigma_rows.data() + t * 2 * kM);
+    const __m512 mu = _mm512_loadu_ps(h.mu + t * kM), e = _mm512_loadu_ps(h.E + t * kM);
+    const __m512 decay =
+        t + 1 < T ? exp16(_mm512_sub_ps(mu, _mm512_loadu_ps(h.mu + (t + 1) * kM))) : _mm512_setzero_ps();
+    // X / Z = x q_t, Y / Z = y dO_t; c / Z = x (q_t . Kl) + y (dO_t . Vl) = x S + y dP
+    const __m512 x = _mm512_mul_ps(_mm512_mul_ps(ds_lat, scale), inv_z), y = _mm512_mul_ps(p_lat, inv_z);
+    Rc = _mm512_fmadd_ps(decay, Rc, _mm512_fmadd_ps(x, _mm512_loadu_ps(h.S + t * kM), _mm512_mul_ps(y, dp)));
+    _mm512_store_ps(buf_a, decay);
+    _mm512_store_ps(buf_b, x);
+    _mm512_store_ps(buf_c, y);
+    _mm512_store_ps(buf_d, e);
+    const __m512 kr0 = _mm512_loadu_ps(krt), kr1 = _mm512_loadu_ps(krt + 16);
+    const __m512 v0 = _mm512_loadu_ps(vt), v1 = _mm512_loadu_ps(vt + 16);
+    __m512 part[kM];  // kr_t . RX_m + v_t . RY_m, lane by lane
+    for (int m = 0; m < kM; ++m) {
+      const __m512 dc = bcast(buf_a + m), xm = bcast(buf_b + m), ym = bcast(buf_c + m), em = bcast(buf_d + m);
+      const __m512 rx0 = _mm512_fmadd_ps(dc, _mm512_load_ps(RX[m]), _mm512_mul_ps(xm, q0));
+      const __m512 rx1 = _mm512_fmadd_ps(dc, _mm512_load_ps(RX[m] + 16), _mm512_mul_ps(xm, q1));
+      const __m512 ry0 = _mm512_fmadd_ps(dc, _mm512_load_ps(RY[m]), _mm512_mul_ps(ym, g0));
+      const __m512 ry1 = _mm512_fmadd_ps(dc, _mm512_load_ps(RY[m] + 16), _mm512_mul_ps(ym, g1));
+      _mm512_store_ps(RX[m], rx0);
+      _mm512_store_ps(RX[m] + 16, rx1);
+      _mm512_store_ps(RY[m], ry0);
+      _mm512_store_ps(RY[m] + 16, ry1);
+      dkr0 = _mm512_fmadd_ps(em, rx0, dkr0);
+      dkr1 = _mm512_fmadd_ps(em, rx1, dkr1);
+      dv0 = _mm512_fmadd_ps(em, ry0, dv0);
+      dv1 = _mm512_fmadd_ps(em, ry1, dv1);
+      part[m] = _mm512_fmadd_ps(kr0, rx0, _mm512_fmadd_ps(kr1, rx1, _mm512_fmadd_ps(v0, ry0, _mm512_mul_ps(v1, ry1))));
+    }
+    // da = e (kr_t . RX + v_t . RY - Rc); dk_t = sum_m da_m l_m / sqrt(d); dl_m += da_m k_t / sqrt(d)
+    const __m512 da = _mm512_mul_ps(_mm512_mul_ps(e, _mm512_sub_ps(sum16(part), Rc)), scale);
+    _mm512_store_ps(buf_a, da);
+    __m512 dk0, dk1;
+    weighted16(buf_a, h.l, kD, dk0, dk1);
+    const __m512 k0 = _mm512_loadu_ps(kt), k1 = _mm512_loadu_ps(kt + 16);
+    for (int m = 0; m < kM; ++m) {
+      const __m512 dam = bcast(buf_a + m);
+      _mm512_store_ps(DL[m], _mm512_fmadd_ps(dam, k0, _mm512_load_ps(DL[m])));
+      _mm512_store_ps(DL[m] + 16, _mm512_fmadd_ps(dam, k1, _mm512_load_ps(DL[m] + 16)));
+    }
+    _mm512_storeu_ps(dq + t * kD, dq0);
+    _mm512_storeu_ps(dq + t * kD + 16, dq1);
+    _mm512_storeu_ps(dk + t * kD, dk0);
+    _mm512_storeu_ps(dk + t * kD + 16, dk1);
+    _mm512_storeu_ps(dkr + t * kD, dkr0);
+    _mm512_storeu_ps(dkr + t * kD + 16, dkr1);
+    _mm512_storeu_ps(dv + t * kD, dv0);
+    _mm512_storeu_ps(dv + t * kD + 16, dv1);
+  }
+  for (int m = 0; m < kM; ++m)
+    for (int i = 0; i < kD; ++i) dl[m * kD + i] += DL[m][i];
+}
+
+#endif
+
+}  // namespace lg::nn::latent_scan
