@@ -195,13 +195,17 @@ void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, c
   }
 }
 
-// Forward over every (batch, head) of q, k, v (B, H, T, d), unit stride along d. The output is
-// stored (B, T, H, d) and returned as a (B, H, T, d) view: merging the heads afterwards (permute
-// back, reshape to (B, T, D)) then copies nothing. lse gets each row's log-sum-exp.
-Tensor run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float scale, Tensor& lse) {
+// (B, H, T, d) view of x (B, T, H d): heads side by side in each row, as the output projection
+// takes them. No graph: the fused ops' own views of their outputs and output gradients.
+Tensor heads_view(const Tensor& x, int64_t H) {
+  NoGradGuard views_only;
+  return permute(reshape(x, {x.size(0), x.size(1), H, x.size(2) / H}), {0, 2, 1, 3});
+}
+
+// Forward over every (batch, head) of q, k, v (B, H, T, d), unit stride along d, into out
+// (B, H, T, d) with unit stride along d; lse gets each row's log-sum-exp.
+void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float scale, const Tensor& out, Tensor& lse) {
   const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3);
-  Tensor out_bthd = Tensor::empty({B, T, H, d});
-  Tensor out = permute(out_bthd, {0, 2, 1, 3});  // (B, H, T, d) view
   lse = Tensor::empty({B, H, T});
   const bool parallel = B * H > 1 && T * T * d > 8192;
 #pragma omp parallel if (parallel)
@@ -215,7 +219,6 @@ Tensor run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float s
           out.strides()[2], lse.data() + bh * T, kt.data(), p.data());
     }
   }
-  return out;
 }
 
 // Gradients into dq, dk, dv: (B, H, T, d) contiguous each, every element written.
@@ -253,7 +256,10 @@ Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v)
   const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
   Tensor qc = unit_last_stride(q), kc = unit_last_stride(k), vc = unit_last_stride(v);
   Tensor lse;  // saved: log-sum-exp of each row's scores
-  Tensor out = run_forward(qc, kc, vc, scale, lse);
+  // Stored (B, T, H, d) and returned as a (B, H, T, d) view: merging the heads afterwards
+  // (permute back, reshape to (B, T, D)) then copies nothing.
+  Tensor out = heads_view(Tensor::empty({q.size(0), q.size(2), q.size(1) * q.size(3)}), q.size(1));
+  run_forward(qc, kc, vc, scale, out, lse);
   Tensor out_saved = out.detach();
   return attach_node(out, "causal_attention", {q, k, v}, [q, k, v, qc, kc, vc, out_saved, lse, scale](const Tensor& g) {
     Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(qc.shape()), dv = Tensor::empty(qc.shape());
@@ -277,15 +283,18 @@ Tensor causal_attention_fused(const Tensor& qkv) {
     v = select(packed, 0, 2);
   }
   const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3);
   Tensor lse;
-  Tensor out = run_forward(q, k, v, scale, lse);
+  Tensor merged = Tensor::empty({B, T, H * d});  // the output, heads side by side
+  Tensor out = heads_view(merged, H);
+  run_forward(q, k, v, scale, out, lse);
   Tensor out_saved = out.detach();
-  return attach_node(out, "causal_attention", {qkv}, [qkv, q, k, v, out_saved, lse, scale](const Tensor& g) {
+  return attach_node(merged, "causal_attention", {qkv}, [qkv, q, k, v, out_saved, lse, scale, H](const Tensor& g) {
     // dq, dk, dv side by side, every element written: one buffer, taken as qkv's gradient.
-    Tensor d = Tensor::empty(qkv.shape());
+    Tensor grads = Tensor::empty(qkv.shape());
     const int64_t n = q.numel();
-    run_backward(q, k, v, g, out_saved, lse, scale, d.data(), d.data() + n, d.data() + 2 * n);
-    accumulate_grad(qkv, std::move(d));
+    run_backward(q, k, v, heads_view(g, H), out_saved, lse, scale, grads.data(), grads.data() + n, grads.data() + 2 * n);
+    accumulate_grad(qkv, std::move(grads));
   });
 }
 

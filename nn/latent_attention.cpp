@@ -319,7 +319,7 @@ Tensor LatentAttention::output(const Tensor& o) const {
 
 Tensor LatentAttention::forward(const Tensor& x, int64_t first_position) {
   if (core == Core::Fused)
-    return output(latent_attention_fused(project_packed(x, first_position), latent_bank(), config_.window));
+    return proj_->forward(latent_attention_fused(project_packed(x, first_position), latent_bank(), config_.window));
   return output(latent_attention_chunked(project(x, first_position), config_.window, config_.chunk));
 }
 

@@ -48,8 +48,9 @@ Tensor latent_attention_chunked(const LatentInputs& in, int64_t window, int64_t 
 // recomputes the latent keys and values from the saved running max. -> o (B, H, T, d).
 Tensor latent_attention_fused(const LatentInputs& in, int64_t window);
 // The same on the four inputs packed as one (4, B, H, T, d) tensor (R q, k, R k, v: the output of
-// split_heads_rope) and the latents (H, M, d): the backward writes the four gradients into one
-// buffer, which becomes packed's gradient as it is.
+// split_heads_rope) and the latents (H, M, d), with the heads merged: -> (B, T, H d), what the
+// output projection takes. The backward reads the gradient in that layout and writes the four
+// gradients into one buffer, which becomes packed's gradient as it is: no copy on either side.
 Tensor latent_attention_fused(const Tensor& packed, const Tensor& latents, int64_t window);
 // Whether latent_attention_fused may run its AVX-512 kernels (nn/latent_attention_avx512.cpp)
 // where they fit: 16 latents, head size 32, window <= 16, a build for a CPU with AVX-512. On by

@@ -199,8 +199,8 @@ void forward_head_avx512(const Dims& n, const HeadRows& h) {
         o1 = _mm512_fmadd_ps(bcast(pwb + j), _mm512_loadu_ps(vs + 16), o1);
       }
     }
-    _mm512_storeu_ps(h.o + t * kD, o0);
-    _mm512_storeu_ps(h.o + t * kD + 16, o1);
+    _mm512_storeu_ps(h.o + t * h.o_stride, o0);
+    _mm512_storeu_ps(h.o + t * h.o_stride + 16, o1);
   }
 }
 
@@ -221,7 +221,7 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
     alignas(64) float SK[kM][kD] = {}, SVT[kD][kM] = {};
     __m512 mu_prev = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t t = 0; t < T; ++t) {
-      const float *krt = h.kr + t * kD, *vt = h.v + t * kD, *got = go + t * kD;
+      const float *krt = h.kr + t * kD, *vt = h.v + t * kD, *got = go + t * h.o_stride;
       const __m512 mu = _mm512_loadu_ps(h.mu + t * kM), e = _mm512_loadu_ps(h.E + t * kM);
       const __m512 r = exp16(_mm512_sub_ps(mu_prev, mu));
       mu_prev = mu;
@@ -263,7 +263,7 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
   alignas(64) float RX[kM][kD] = {}, RY[kM][kD] = {}, DL[kM][kD] = {};
   __m512 Rc = _mm512_setzero_ps();
   for (int64_t t = T - 1; t >= 0; --t) {
-    const float *qt = h.q + t * kD, *got = go + t * kD, *kt = h.k + t * kD, *krt = h.kr + t * kD,
+    const float *qt = h.q + t * kD, *got = go + t * h.o_stride, *kt = h.k + t * kD, *krt = h.kr + t * kD,
                 *vt = h.v + t * kD;
     const __m512 q0 = _mm512_loadu_ps(qt), q1 = _mm512_loadu_ps(qt + 16);
     const __m512 g0 = _mm512_loadu_ps(got), g1 = _mm512_loadu_ps(got + 16);

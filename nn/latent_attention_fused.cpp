@@ -175,7 +175,7 @@ void forward_head(const Dims& n, const HeadRows& h) {
 #pragma omp simd
     for (int64_t j = 0; j < M + W; ++j) P[j] *= inv;
     // o_t = sum_m (P_m / Z_m) SV_m + sum_j P_j v_s (window slots j >= j0 only)
-    float* ot = h.o + t * d;
+    float* ot = h.o + t * h.o_stride;
     float window[kD > 0 ? kD : 1];
 #pragma omp simd
     for (int64_t m = 0; m < M; ++m) wl[m] = P[m] * inv_z[m];
@@ -227,7 +227,7 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
 #pragma omp simd
     for (int64_t m = 0; m < M; ++m) inv_zs[m] = 1.0f / h.Z[t * M + m];
     const float* P = h.P + t * (M + W);
-    const float* got = go + t * d;
+    const float* got = go + t * h.o_stride;
     float *dP = dP_rows.data() + t * M, *dsigma = dsigma_rows.data() + t * (M + W);
     float* dqt = kD > 0 ? aq : dq + t * d;
     if (kD > 0) std::fill_n(aq, d, 0.0f);
@@ -250,7 +250,7 @@ void backward_head(const Dims& n, const HeadRows& h, const float* go, float* dq,
     for (int64_t m = 0; m < M; ++m) inv_zs[m] = 1.0f / h.Z[t * M + m];
     const float* P = h.P + t * (M + W);
     const float *dP = dP_rows.data() + t * M, *dsigma = dsigma_rows.data() + t * (M + W);
-    const float *qt = h.q + t * d, *got = go + t * d;
+    const float *qt = h.q + t * d, *got = go + t * h.o_stride;
     float* dqt = kD > 0 ? aq : dq + t * d;
     float* dkrt = kD > 0 ? akr : dkr + t * d;
     float* dvt = kD > 0 ? av : dv + t * d;
@@ -338,7 +338,11 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
   Tensor q = contiguous_data(in.queries), k = contiguous_data(in.keys);
   Tensor kr = contiguous_data(in.rotated_keys), v = contiguous_data(in.values);
   Tensor l = contiguous_data(in.latents);
-  Tensor out = Tensor::empty({B, H, T, d});
+  // Packed inputs give merged heads, (B, T, H d): row t of head (b, h) at (b T + t) H d + h d.
+  const bool merged = packed.defined();
+  Tensor out = merged ? Tensor::empty({B, T, H * d}) : Tensor::empty({B, H, T, d});
+  const int64_t o_stride = merged ? H * d : d;
+  auto o_offset = [=](int64_t bh) { return merged ? (bh / H) * T * H * d + (bh % H) * d : bh * T * d; };
 
   bool any_grad = false;
   for (const Tensor* t : {&in.queries, &in.keys, &in.rotated_keys, &in.values, &in.latents, &packed})
@@ -363,6 +367,7 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
                v.data() + bh * T * d,
                l.data() + h * M * d,
                nullptr,
+               o_stride,
                nullptr,
                nullptr,
                nullptr,
@@ -380,7 +385,7 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
 #pragma omp parallel for schedule(static) if (B * H > 1 && T * M * d > 4096)
   for (int64_t bh = 0; bh < B * H; ++bh) {
     HeadRows r = rows(bh);
-    r.o = out.data() + bh * T * d;
+    r.o = out.data() + o_offset(bh);
     if (fast) {
       latent_scan::forward_head_avx512(dims, r);
     } else {
@@ -392,7 +397,7 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
   std::vector<Tensor> inputs = packed.defined() ? std::vector<Tensor>{packed, in.latents}
                                                 : std::vector<Tensor>{in.queries, in.keys, in.rotated_keys,
                                                                       in.values, in.latents};
-  return attach_node(out, "latent_attention", std::move(inputs), [in, packed, rows, dims, fast, B, H](const Tensor& g) {
+  return attach_node(out, "latent_attention", std::move(inputs), [in, packed, rows, dims, fast, o_offset, B, H](const Tensor& g) {
     const int64_t T = dims.T, d = dims.d, M = dims.M, n = B * H * T * d;
     Tensor go = contiguous_data(g);
     // dq, dk, dkr, dv (B, H, T, d): side by side in one buffer that becomes packed's gradient as
@@ -421,12 +426,12 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
         std::fill_n(dk + at, T * d, 0.0f);
       }
       if (fast) {
-        latent_scan::backward_head_avx512(dims, rows(bh), go.data() + at, dq + at, dk + at, dkr + at, dv + at,
+        latent_scan::backward_head_avx512(dims, rows(bh), go.data() + o_offset(bh), dq + at, dk + at, dkr + at, dv + at,
                                           dl_rows.data() + bh * M * d);
       } else {
         (d == 32   ? backward_head<32>
          : d == 64 ? backward_head<64>
-                   : backward_head<0>)(dims, rows(bh), go.data() + at, dq + at, dk + at, dkr + at, dv + at,
+                   : backward_head<0>)(dims, rows(bh), go.data() + o_offset(bh), dq + at, dk + at, dkr + at, dv + at,
                                        dl_rows.data() + bh * M * d);
       }
     }

@@ -15,7 +15,8 @@ struct Dims {
 struct HeadRows {
   const float *q, *k, *kr, *v;  // (T, d) each: R_t q_t, k_t, R_t k_t, v_t
   const float* l;               // (M, d)
-  float* o;                     // (T, d)
+  float* o;                     // (T, d) rows o_stride apart; the op's gradient dO has the same layout
+  int64_t o_stride;
   float *mu, *Z;                // (T, M)        saved: running max, normaliser (>= 1)
   float* E;                     // (T, M)        saved: e_t = exp(a_t - mu_t) <= 1
   float* P;                     // (T, M + W)    saved: probabilities, window slot j <-> s = t - W + 1 + j

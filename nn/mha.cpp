@@ -55,7 +55,7 @@ Tensor causal_attention_composed(const Tensor& q, const Tensor& k, const Tensor&
 }
 
 Tensor CausalSelfAttention::forward(const Tensor& x, int64_t first_position) {
-  if (core == Core::Fused) return merge_heads(causal_attention_fused(project_packed(x, first_position)));
+  if (core == Core::Fused) return proj->forward(causal_attention_fused(project_packed(x, first_position)));
   Tensor q, k, v;
   project(x, first_position, q, k, v);
   return merge_heads(causal_attention_composed(q, k, v));  // (B, T, D)

@@ -27,9 +27,10 @@ struct MHAState : AttentionState {
 // Fused: one op, its backward hand-written (nn/causal_attention_fused.cpp); saves one
 // log-sum-exp per row instead of the (B, H, T, T) probabilities.
 Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v);
-// The same on q, k, v packed as one (3, B, H, T, d) tensor (split_heads_rope's output): the
-// backward writes the three gradients into one buffer, which becomes qkv's gradient as it is,
-// instead of each adding into a zeroed buffer of the whole through a select.
+// The same on q, k, v packed as one (3, B, H, T, d) tensor (split_heads_rope's output), with
+// the heads merged: -> (B, T, H d), what the output projection takes. The backward reads the
+// gradient in that layout and writes the three gradients into one buffer, which becomes qkv's
+// gradient as it is: no copy on either side of the op.
 Tensor causal_attention_fused(const Tensor& qkv);
 // Composed: matmul, masked_fill, softmax, matmul; autograd gives the backward (the reference).
 Tensor causal_attention_composed(const Tensor& q, const Tensor& k, const Tensor& v);

@@ -186,16 +186,19 @@ TEST_CASE("causal_attention_fused equals the composed path: values and every gra
               "(B, H, T, d)");
 }
 
-TEST_CASE("causal_attention_fused on packed (3, B, H, T, d) q, k, v: the same values and gradients") {
+TEST_CASE("causal_attention_fused on packed (3, B, H, T, d) q, k, v, heads merged: the same values and gradients") {
   for (auto [T, d] : {std::pair<int64_t, int64_t>{5, 8}, {64, 32}, {33, 64}, {9, 6}}) {
     CAPTURE(T);
     CAPTURE(d);
-    Tensor qkv = random_leaf({3, 2, 3, T, d}, 80, 2.0f), r = random_leaf({2, 3, T, d}, 81);
-    Tensor packed = nn::causal_attention_fused(qkv);
+    Tensor qkv = random_leaf({3, 2, 3, T, d}, 80, 2.0f), r = random_leaf({2, T, 3 * d}, 81);
+    Tensor packed = nn::causal_attention_fused(qkv);  // heads merged: (B, T, H d)
+    CHECK(packed.shape() == Shape{2, T, 3 * d});
     sum(packed * r).backward();
     Tensor packed_grad = qkv.grad();
     qkv.zero_grad();
-    Tensor split = nn::causal_attention_fused(select(qkv, 0, 0), select(qkv, 0, 1), select(qkv, 0, 2));
+    Tensor split = reshape(
+        permute(nn::causal_attention_fused(select(qkv, 0, 0), select(qkv, 0, 1), select(qkv, 0, 2)), {0, 2, 1, 3}),
+        {2, T, 3 * d});
     sum(split * r).backward();
     CHECK(max_abs_diff(packed, split) == 0.0f);  // the same kernels on the same rows
     CHECK(max_abs_diff(packed_grad, qkv.grad()) == 0.0f);
