@@ -60,7 +60,33 @@ void block_scores(const HeadView& rows, int64_t first, int64_t R, const float* x
   const int64_t d = kD > 0 ? kD : d_runtime;
   const float* a[kRows];
   for (int64_t r = 0; r < kRows; ++r) a[r] = rows.row(first + std::min(r, R - 1));
-  for (int64_t s0 = 0; s0 < n; s0 += kLanes) {
+  int64_t s0 = 0;
+#if defined(__AVX512F__)
+  // 32 keys at a time while two blocks remain: 4 rows x 2 registers, eight independent sums, enough
+  // to keep both FMA units busy (one block's four would wait on each FMA's latency). Each score
+  // is the same FMA chain over i as below: the same values.
+  if constexpr (kD == 32) {
+    for (; s0 + kLanes < n; s0 += 2 * kLanes) {
+      __m512 acc[kRows][2];
+      for (int64_t r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      for (int64_t i = 0; i < kD; ++i) {
+        const float* x = xt + i * Tp + s0;
+        const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + kLanes);
+        for (int64_t r = 0; r < kRows; ++r) {
+          const __m512 ar = _mm512_set1_ps(a[r][i]);
+          acc[r][0] = _mm512_fmadd_ps(ar, x0, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(ar, x1, acc[r][1]);
+        }
+      }
+      const __m512 sc = _mm512_set1_ps(scale);
+      for (int64_t r = 0; r < R; ++r) {
+        _mm512_storeu_ps(out + r * Tp + s0, _mm512_mul_ps(acc[r][0], sc));
+        _mm512_storeu_ps(out + r * Tp + s0 + kLanes, _mm512_mul_ps(acc[r][1], sc));
+      }
+    }
+  }
+#endif
+  for (; s0 < n; s0 += kLanes) {
     float acc[kRows][kLanes] = {};
     for (int64_t i = 0; i < d; ++i) {
       const float* x = xt + i * Tp + s0;
@@ -85,6 +111,48 @@ void transpose_head(const HeadView& x, int64_t T, int64_t d, float* xt) {
   }
 }
 
+#if defined(__AVX512F__)
+// o_t = sum_{s <= t} P_ts v_s for the block's rows t = t0 + r, r < R, at d = 32, from the
+// probabilities p (rows Tp apart): each v_s is loaded once for the block's rows instead of once
+// per row. Like weighted_rows, even and odd s go to two sums added at the end, so each o_t gets
+// the same operations in the same order as there: the same values. Keys past a row's causal
+// edge, up to the block's last, are given weight 0, which adds exactly 0 (rows past R: all 0).
+inline void block_pv_32(float* p, int64_t Tp, int64_t t0, int64_t R, int64_t cols, const HeadView& vh, float* o,
+                        int64_t o_row_stride) {
+  for (int64_t r = 0; r < kRows; ++r) std::fill(p + r * Tp + (r < R ? t0 + r + 1 : 0), p + r * Tp + cols, 0.0f);
+  __m512 even[kRows][2], odd[kRows][2];
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int h = 0; h < 2; ++h) even[r][h] = odd[r][h] = _mm512_setzero_ps();
+  int64_t s = 0;
+  for (; s + 2 <= cols; s += 2) {
+    const float *v0 = vh.row(s), *v1 = vh.row(s + 1);
+    const __m512 a0 = _mm512_loadu_ps(v0), a1 = _mm512_loadu_ps(v0 + 16);
+    const __m512 b0 = _mm512_loadu_ps(v1), b1 = _mm512_loadu_ps(v1 + 16);
+    for (int64_t r = 0; r < kRows; ++r) {
+      const __m512 we = _mm512_set1_ps(p[r * Tp + s]), wo = _mm512_set1_ps(p[r * Tp + s + 1]);
+      even[r][0] = _mm512_fmadd_ps(we, a0, even[r][0]);
+      even[r][1] = _mm512_fmadd_ps(we, a1, even[r][1]);
+      odd[r][0] = _mm512_fmadd_ps(wo, b0, odd[r][0]);
+      odd[r][1] = _mm512_fmadd_ps(wo, b1, odd[r][1]);
+    }
+  }
+  if (s < cols) {
+    const float* v0 = vh.row(s);
+    const __m512 a0 = _mm512_loadu_ps(v0), a1 = _mm512_loadu_ps(v0 + 16);
+    for (int64_t r = 0; r < kRows; ++r) {
+      const __m512 we = _mm512_set1_ps(p[r * Tp + s]);
+      even[r][0] = _mm512_fmadd_ps(we, a0, even[r][0]);
+      even[r][1] = _mm512_fmadd_ps(we, a1, even[r][1]);
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    float* ot = o + (t0 + r) * o_row_stride;
+    _mm512_storeu_ps(ot, _mm512_add_ps(even[r][0], odd[r][0]));
+    _mm512_storeu_ps(ot + 16, _mm512_add_ps(even[r][1], odd[r][1]));
+  }
+}
+#endif
+
 // One (batch, head). kD > 0 fixes the head size at compile time (32 and 64): the d-long loops unroll.
 template <int64_t kD>
 void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, int64_t T, int64_t d_runtime,
@@ -92,17 +160,27 @@ void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, in
   const int64_t d = kD > 0 ? kD : d_runtime;
   const int64_t Tp = padded(T);
   transpose_head(kh, T, d, kt);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t n = t + 1, r = t % kRows;
-    if (r == 0) block_scores<kD>(qh, t, std::min(kRows, T - t), kt, Tp, d, std::min(T, t + kRows), scale, p);
-    float* pr = p + r * Tp;
-    const float mx = max_of(pr, n);
-    const float z = exp_shift_sum(pr, n, mx);
-    const float inv = 1.0f / z;
+  for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+    const int64_t R = std::min(kRows, T - t0), cols = std::min(T, t0 + kRows);  // keys s < cols
+    block_scores<kD>(qh, t0, R, kt, Tp, d, cols, scale, p);
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t t = t0 + r, n = t + 1;
+      float* pr = p + r * Tp;
+      const float mx = max_of(pr, n);
+      const float z = exp_shift_sum(pr, n, mx);
+      const float inv = 1.0f / z;
 #pragma omp simd
-    for (int64_t s = 0; s < n; ++s) pr[s] *= inv;
-    weighted_rows<kD>(pr, vh.row(0), vh.row_stride, n, d, o + t * o_row_stride);
-    lse[t] = mx + std::log(z);
+      for (int64_t s = 0; s < n; ++s) pr[s] *= inv;
+      lse[t] = mx + std::log(z);
+    }
+#if defined(__AVX512F__)
+    if constexpr (kD == 32) {
+      block_pv_32(p, Tp, t0, R, cols, vh, o, o_row_stride);
+      continue;
+    }
+#endif
+    for (int64_t r = 0; r < R; ++r)
+      weighted_rows<kD>(p + r * Tp, vh.row(0), vh.row_stride, t0 + r + 1, d, o + (t0 + r) * o_row_stride);
   }
 }
 
