@@ -97,18 +97,29 @@ inline __m512 sum_rows32(const float* x, const float (*rows)[kM]) {
   return _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
 }
 
-// (o0, o1) = sum_m w[m] rows[m] over 16 rows of 32 floats, with two pairs of accumulators.
-inline void weighted16(const float* w, const float* rows, int64_t stride, __m512& o0, __m512& o1) {
+// (o0, o1) += sum_{j < n} w[j] rows[j] over n rows of 32 floats, with two pairs of accumulators.
+inline void add_weighted(const float* w, const float* rows, int64_t stride, int64_t n, __m512& o0, __m512& o1) {
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-  for (int m = 0; m < kM; m += 2) {
-    const float *r0 = rows + m * stride, *r1 = r0 + stride;
-    a0 = _mm512_fmadd_ps(bcast(w + m), _mm512_loadu_ps(r0), a0);
-    a1 = _mm512_fmadd_ps(bcast(w + m), _mm512_loadu_ps(r0 + 16), a1);
-    b0 = _mm512_fmadd_ps(bcast(w + m + 1), _mm512_loadu_ps(r1), b0);
-    b1 = _mm512_fmadd_ps(bcast(w + m + 1), _mm512_loadu_ps(r1 + 16), b1);
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {
+    const float *r0 = rows + j * stride, *r1 = r0 + stride;
+    a0 = _mm512_fmadd_ps(bcast(w + j), _mm512_loadu_ps(r0), a0);
+    a1 = _mm512_fmadd_ps(bcast(w + j), _mm512_loadu_ps(r0 + 16), a1);
+    b0 = _mm512_fmadd_ps(bcast(w + j + 1), _mm512_loadu_ps(r1), b0);
+    b1 = _mm512_fmadd_ps(bcast(w + j + 1), _mm512_loadu_ps(r1 + 16), b1);
   }
-  o0 = _mm512_add_ps(a0, b0);
-  o1 = _mm512_add_ps(a1, b1);
+  if (j < n) {
+    a0 = _mm512_fmadd_ps(bcast(w + j), _mm512_loadu_ps(rows + j * stride), a0);
+    a1 = _mm512_fmadd_ps(bcast(w + j), _mm512_loadu_ps(rows + j * stride + 16), a1);
+  }
+  o0 = _mm512_add_ps(o0, _mm512_add_ps(a0, b0));
+  o1 = _mm512_add_ps(o1, _mm512_add_ps(a1, b1));
+}
+
+// (o0, o1) = sum_m w[m] rows[m] over the 16 latents' rows.
+inline void weighted16(const float* w, const float* rows, int64_t stride, __m512& o0, __m512& o1) {
+  o0 = o1 = _mm512_setzero_ps();
+  add_weighted(w, rows, stride, kM, o0, o1);
 }
 
 // The 16 dot products x . row(s), row(s) = rows + s d for s = s0 + j, lane j, for the lanes in
@@ -193,11 +204,8 @@ void forward_head_avx512(const Dims& n, const HeadRows& h) {
     weighted16(wb, SV[0], kD, o0, o1);
     if (W > 0) {
       _mm512_store_ps(pwb, p_win);
-      for (int64_t j = W - 1 - std::min<int64_t>(W - 1, t); j < W; ++j) {
-        const float* vs = h.v + (t - W + 1 + j) * kD;
-        o0 = _mm512_fmadd_ps(bcast(pwb + j), _mm512_loadu_ps(vs), o0);
-        o1 = _mm512_fmadd_ps(bcast(pwb + j), _mm512_loadu_ps(vs + 16), o1);
-      }
+      const int64_t j0 = W - 1 - std::min<int64_t>(W - 1, t);  // slots j < j0 are before position 0
+      add_weighted(pwb + j0, h.v + (t - W + 1 + j0) * kD, kD, W - j0, o0, o1);
     }
     _mm512_storeu_ps(h.o + t * h.o_stride, o0);
     _mm512_storeu_ps(h.o + t * h.o_stride + 16, o1);
@@ -209,11 +217,13 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
   const int64_t T = n.T, W = n.W, Pw = kM + W;
   const __m512 scale = _mm512_set1_ps(n.scale), one = _mm512_set1_ps(1.0f);
   const __mmask16 window_slots = static_cast<__mmask16>((1u << W) - 1);
-  // Per position: dP_m = dO_t . Vl_{t,m} (16 floats) and dsigma, latents then window (32).
-  thread_local std::vector<float> dP_rows, dsigma_rows;
-  dP_rows.resize(std::max<size_t>(dP_rows.size(), T * kM));
-  dsigma_rows.resize(std::max<size_t>(dsigma_rows.size(), T * 2 * kM));
-  alignas(64) float buf_a[kM], buf_b[kM], buf_c[kM], buf_d[kM];
+  // Per position, what pass 2 needs of pass 1, 16 floats each: x, y (X_t / Z_t = x q_t and
+  // Y_t / Z_t = y dO_t), c_t / Z_t, the rescale factor r_t = exp(mu_{t-1} - mu_t) (pass 2's decay
+  // at t - 1), and the window's dsigma / sqrt(d).
+  enum { kX, kY, kC, kR, kWin, kRow };
+  thread_local std::vector<float> rows;
+  rows.resize(std::max<size_t>(rows.size(), T * kRow * kM));
+  alignas(64) float buf_a[kM], buf_b[kM], buf_d[kM];
 
   // Pass 1, t = 0, 1, ...: replay the sums (SK as rows, SV transposed), then the read's softmax
   // backward and dq's latent part.
@@ -222,6 +232,7 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
     __m512 mu_prev = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t t = 0; t < T; ++t) {
       const float *krt = h.kr + t * kD, *vt = h.v + t * kD, *got = go + t * h.o_stride;
+      float* row = rows.data() + t * kRow * kM;
       const __m512 mu = _mm512_loadu_ps(h.mu + t * kM), e = _mm512_loadu_ps(h.E + t * kM);
       const __m512 r = exp16(_mm512_sub_ps(mu_prev, mu));
       mu_prev = mu;
@@ -246,13 +257,16 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
           _mm512_set1_ps(_mm512_reduce_add_ps(_mm512_fmadd_ps(p_lat, dp, _mm512_mul_ps(p_win, dp_win))));
       const __m512 ds_lat = _mm512_mul_ps(p_lat, _mm512_sub_ps(dp, p_dp));
       const __m512 ds_win = _mm512_mul_ps(p_win, _mm512_sub_ps(dp_win, p_dp));
-      _mm512_storeu_ps(dP_rows.data() + t * kM, dp);
-      _mm512_storeu_ps(dsigma_rows.data() + t * 2 * kM, ds_lat);
-      _mm512_storeu_ps(dsigma_rows.data() + t * 2 * kM + kM, ds_win);
-      // dq_t = sum_m dsigma_m / sqrt(d) / Z_m SK_m  (+ the window's part, in pass 2)
-      _mm512_store_ps(buf_c, _mm512_mul_ps(_mm512_mul_ps(ds_lat, scale), inv_z));
+      // X / Z = x q_t, Y / Z = y dO_t; c / Z = x (q_t . Kl) + y (dO_t . Vl) = x S + y dP
+      const __m512 x = _mm512_mul_ps(_mm512_mul_ps(ds_lat, scale), inv_z), y = _mm512_mul_ps(p_lat, inv_z);
+      _mm512_storeu_ps(row + kX * kM, x);
+      _mm512_storeu_ps(row + kY * kM, y);
+      _mm512_storeu_ps(row + kC * kM, _mm512_fmadd_ps(x, _mm512_loadu_ps(h.S + t * kM), _mm512_mul_ps(y, dp)));
+      _mm512_storeu_ps(row + kR * kM, r);
+      _mm512_storeu_ps(row + kWin * kM, _mm512_mul_ps(ds_win, scale));
+      // dq_t = sum_m x_m SK_m  (+ the window's part, in pass 2)
       __m512 q0, q1;
-      weighted16(buf_c, SK[0], kD, q0, q1);
+      weighted16(row + kX * kM, SK[0], kD, q0, q1);
       _mm512_storeu_ps(dq + t * kD, q0);
       _mm512_storeu_ps(dq + t * kD + 16, q1);
     }
@@ -265,16 +279,17 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
   for (int64_t t = T - 1; t >= 0; --t) {
     const float *qt = h.q + t * kD, *got = go + t * h.o_stride, *kt = h.k + t * kD, *krt = h.kr + t * kD,
                 *vt = h.v + t * kD;
+    const float* row = rows.data() + t * kRow * kM;
     const __m512 q0 = _mm512_loadu_ps(qt), q1 = _mm512_loadu_ps(qt + 16);
     const __m512 g0 = _mm512_loadu_ps(got), g1 = _mm512_loadu_ps(got + 16);
     __m512 dq0 = _mm512_loadu_ps(dq + t * kD), dq1 = _mm512_loadu_ps(dq + t * kD + 16);
     if (W > 0) {
-      _mm512_store_ps(buf_a, _mm512_mul_ps(_mm512_loadu_ps(dsigma_rows.data() + t * 2 * kM + kM), scale));
-      _mm512_store_ps(buf_b, _mm512_maskz_loadu_ps(window_slots, h.P + t * Pw + kM));
+      const float* ds_win = row + kWin * kM;
+      const float* p_win = h.P + t * Pw + kM;
       for (int64_t j = W - 1 - std::min<int64_t>(W - 1, t); j < W; ++j) {
         const int64_t s = t - W + 1 + j;
         const float* krs = h.kr + s * kD;
-        const __m512 ds = bcast(buf_a + j), p = bcast(buf_b + j);
+        const __m512 ds = bcast(ds_win + j), p = bcast(p_win + j);
         dq0 = _mm512_fmadd_ps(ds, _mm512_loadu_ps(krs), dq0);
         dq1 = _mm512_fmadd_ps(ds, _mm512_loadu_ps(krs + 16), dq1);
         float *dkrs = dkr + s * kD, *dvs = dv + s * kD;
@@ -287,24 +302,18 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
     // The window terms of positions t' >= t are in, so dkr_t, dv_t go on in registers.
     __m512 dkr0 = _mm512_loadu_ps(dkr + t * kD), dkr1 = _mm512_loadu_ps(dkr + t * kD + 16);
     __m512 dv0 = _mm512_loadu_ps(dv + t * kD), dv1 = _mm512_loadu_ps(dv + t * kD + 16);
-    const __m512 inv_z = _mm512_div_ps(one, _mm512_loadu_ps(h.Z + t * kM));
-    const __m512 p_lat = _mm512_loadu_ps(h.P + t * Pw), dp = _mm512_loadu_ps(dP_rows.data() + t * kM);
-    const __m512 ds_lat = _mm512_loadu_ps(dsigma_rows.data() + t * 2 * kM);
-    const __m512 mu = _mm512_loadu_ps(h.mu + t * kM), e = _mm512_loadu_ps(h.E + t * kM);
-    const __m512 decay =
-        t + 1 < T ? exp16(_mm512_sub_ps(mu, _mm512_loadu_ps(h.mu + (t + 1) * kM))) : _mm512_setzero_ps();
-    // X / Z = x q_t, Y / Z = y dO_t; c / Z = x (q_t . Kl) + y (dO_t . Vl) = x S + y dP
-    const __m512 x = _mm512_mul_ps(_mm512_mul_ps(ds_lat, scale), inv_z), y = _mm512_mul_ps(p_lat, inv_z);
-    Rc = _mm512_fmadd_ps(decay, Rc, _mm512_fmadd_ps(x, _mm512_loadu_ps(h.S + t * kM), _mm512_mul_ps(y, dp)));
-    _mm512_store_ps(buf_a, decay);
-    _mm512_store_ps(buf_b, x);
-    _mm512_store_ps(buf_c, y);
+    const __m512 e = _mm512_loadu_ps(h.E + t * kM);
+    const float* decay = t + 1 < T ? row + kRow * kM + kR * kM : nullptr;  // r_{t+1}; 0 past the end
+    const __m512 c = _mm512_loadu_ps(row + kC * kM);
+    Rc = decay ? _mm512_fmadd_ps(_mm512_loadu_ps(decay), Rc, c) : c;
+    _mm512_store_ps(buf_a, decay ? _mm512_loadu_ps(decay) : _mm512_setzero_ps());
     _mm512_store_ps(buf_d, e);
+    const float *xs = row + kX * kM, *ys = row + kY * kM;
     const __m512 kr0 = _mm512_loadu_ps(krt), kr1 = _mm512_loadu_ps(krt + 16);
     const __m512 v0 = _mm512_loadu_ps(vt), v1 = _mm512_loadu_ps(vt + 16);
     __m512 part[kM];  // kr_t . RX_m + v_t . RY_m, lane by lane
     for (int m = 0; m < kM; ++m) {
-      const __m512 dc = bcast(buf_a + m), xm = bcast(buf_b + m), ym = bcast(buf_c + m), em = bcast(buf_d + m);
+      const __m512 dc = bcast(buf_a + m), xm = bcast(xs + m), ym = bcast(ys + m), em = bcast(buf_d + m);
       const __m512 rx0 = _mm512_fmadd_ps(dc, _mm512_load_ps(RX[m]), _mm512_mul_ps(xm, q0));
       const __m512 rx1 = _mm512_fmadd_ps(dc, _mm512_load_ps(RX[m] + 16), _mm512_mul_ps(xm, q1));
       const __m512 ry0 = _mm512_fmadd_ps(dc, _mm512_load_ps(RY[m]), _mm512_mul_ps(ym, g0));
