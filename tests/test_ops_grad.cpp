@@ -207,3 +207,32 @@ TEST_CASE("every differentiable op has a gradient check") {
     CHECK_MESSAGE(lg::testing::checked_ops().count(std::string(op)) == 1,
                   "op '" << op << "' is listed in core/ops.h but no gradient check builds it");
 }
+
+TEST_CASE("linear backward over many rows: the weight gradient in parts, the same on one thread and two") {
+  // N = 2100 rows: over 2 x 1024, so dW = g^T x is summed in two parts of rows, each its own
+  // product, added in order. The values must not depend on the thread count, and must be the
+  // sum over all rows (checked against a double-precision loop and finite differences).
+  const int64_t N = 2100, in = 5, out = 3;
+  Tensor x = random_leaf({N, in}, 100), w = random_leaf({out, in}, 101), b = random_leaf({out}, 102);
+  Tensor r = random_leaf({N, out}, 103);
+  std::vector<float> grads[2];
+  const int before = omp_get_max_threads();
+  for (int i = 0; i < 2; ++i) {
+    omp_set_num_threads(i == 0 ? 1 : 2);
+    w.zero_grad();
+    sum(linear(x, w, b) * r).backward();
+    grads[i] = w.grad().to_vector();
+  }
+  omp_set_num_threads(before);
+  CHECK(grads[0] == grads[1]);
+  const std::vector<float> xv = x.to_vector(), rv = r.to_vector();
+  float worst = 0;
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t j = 0; j < in; ++j) {
+      double ref = 0;
+      for (int64_t n = 0; n < N; ++n) ref += static_cast<double>(rv[n * out + o]) * xv[n * in + j];
+      worst = std::max(worst, static_cast<float>(std::abs(grads[1][o * in + j] - ref)));
+    }
+  CHECK(worst < 1e-3f);  // sums of 2100 products of order 1
+  check_gradients([&] { return linear(x, w, b); }, {w, b});
+}
