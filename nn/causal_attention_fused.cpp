@@ -154,14 +154,17 @@ inline void block_pv_32(float* p, int64_t Tp, int64_t t0, int64_t R, int64_t col
 #endif
 
 // One (batch, head). kD > 0 fixes the head size at compile time (32 and 64): the d-long loops unroll.
+// p: the probabilities of one block of rows (4, Tp), or with `keep`, of all the head's rows
+// (padded(T) rows), kept for the backward.
 template <int64_t kD>
 void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, int64_t T, int64_t d_runtime,
-                  float scale, float* o, int64_t o_row_stride, float* lse, float* kt, float* p) {
+                  float scale, float* o, int64_t o_row_stride, float* lse, float* kt, float* p_rows, bool keep) {
   const int64_t d = kD > 0 ? kD : d_runtime;
   const int64_t Tp = padded(T);
   transpose_head(kh, T, d, kt);
   for (int64_t t0 = 0; t0 < T; t0 += kRows) {
     const int64_t R = std::min(kRows, T - t0), cols = std::min(T, t0 + kRows);  // keys s < cols
+    float* p = keep ? p_rows + t0 * Tp : p_rows;
     block_scores<kD>(qh, t0, R, kt, Tp, d, cols, scale, p);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t t = t0 + r, n = t + 1;
@@ -227,25 +230,27 @@ inline void block_updates_32(const HeadView& qh, const HeadView& kh, const HeadV
 }
 #endif
 
-// dk, dv are zeroed by the caller; dq rows are written whole.
+// dk, dv are zeroed by the caller; dq rows are written whole. kept: the forward's probabilities
+// of all the head's rows (rows Tp apart), or null: recompute them per block into p_scratch.
 template <int64_t kD>
 void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, const HeadView& gh,
-                   const HeadView& oh, const float* lse, int64_t T, int64_t d_runtime, float scale, float* dq,
-                   float* dk, float* dv, float* kt, float* vt, float* p_block, float* ds_block) {
+                   const HeadView& oh, const float* lse, float* kept, int64_t T, int64_t d_runtime, float scale,
+                   float* dq, float* dk, float* dv, float* kt, float* vt, float* p_scratch, float* ds_block) {
   const int64_t d = kD > 0 ? kD : d_runtime;
   const int64_t Tp = padded(T);
-  transpose_head(kh, T, d, kt);
+  if (!kept) transpose_head(kh, T, d, kt);
   transpose_head(vh, T, d, vt);
   for (int64_t t0 = 0; t0 < T; t0 += kRows) {
     const int64_t R = std::min(kRows, T - t0), cols = std::min(T, t0 + kRows);  // keys s < cols
-    block_scores<kD>(qh, t0, R, kt, Tp, d, cols, scale, p_block);
+    float* p_block = kept ? kept + t0 * Tp : p_scratch;
+    if (!kept) block_scores<kD>(qh, t0, R, kt, Tp, d, cols, scale, p_block);
     block_scores<kD>(gh, t0, R, vt, Tp, d, cols, 1.0f, ds_block);
-    // Each row's P (recomputed from the saved log-sum-exp) and dS = P (dP - D) / sqrt(d), with
-    // D_t = dO_t . o_t, over keys s <= t; zero from the causal edge to the block's last key.
+    // Each row's P (kept, or recomputed from the saved log-sum-exp) and dS = P (dP - D) / sqrt(d),
+    // with D_t = dO_t . o_t, over keys s <= t; zero from the causal edge to the block's last key.
     for (int64_t r = 0; r < R; ++r) {
       const int64_t t = t0 + r, n = t + 1;
       float *p = p_block + r * Tp, *ds = ds_block + r * Tp;
-      exp_shift_sum(p, n, lse[t]);
+      if (!kept) exp_shift_sum(p, n, lse[t]);
       const float D = dot(gh.row(t), oh.row(t), d);
       for (int64_t s = 0; s < n; ++s) ds[s] = p[s] * (ds[s] - D) * scale;
       std::fill(p + n, p + cols, 0.0f);
@@ -280,29 +285,42 @@ Tensor heads_view(const Tensor& x, int64_t H) {
   return permute(reshape(x, {x.size(0), x.size(1), H, x.size(2) / H}), {0, 2, 1, 3});
 }
 
+// Sequences up to this long keep their probabilities for the backward (padded(T)^2 floats per
+// head: 16 KB at T = 64), which then needs neither the scores q k^T nor their exponentials
+// again. Longer ones save one log-sum-exp per row and recompute them.
+constexpr int64_t kKeepUpTo = 128;
+
+// Probabilities kept per head, or an undefined tensor when the forward builds no graph or T is long.
+Tensor kept_probabilities(int64_t BH, int64_t T, bool grad) {
+  if (!grad || T > kKeepUpTo) return Tensor();
+  return Tensor::empty({BH, padded(T), padded(T)});
+}
+
 // Forward over every (batch, head) of q, k, v (B, H, T, d), unit stride along d, into out
-// (B, H, T, d) with unit stride along d; lse gets each row's log-sum-exp.
-void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float scale, const Tensor& out, Tensor& lse) {
-  const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3);
+// (B, H, T, d) with unit stride along d; lse gets each row's log-sum-exp, kept (when defined)
+// every row's probabilities.
+void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float scale, const Tensor& out, Tensor& lse,
+                 const Tensor& kept) {
+  const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3), Tp = padded(T);
   lse = Tensor::empty({B, H, T});
-  const bool parallel = B * H > 1 && T * T * d > 8192;
+  const bool parallel = B * H > 1 && T * T * d > 8192, keep = kept.defined();
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> kt(d * padded(T)), p(kRows * padded(T));  // K^T (d, Tp), scores (4, Tp)
+    std::vector<float> kt(d * Tp), p(keep ? 0 : kRows * Tp);  // K^T (d, Tp), scores (4, Tp)
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       float* o = out.data() + (bh / H) * out.strides()[0] + (bh % H) * out.strides()[1];
       (d == 32 ? forward_head<32> : d == 64 ? forward_head<64> : forward_head<0>)(
           head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), T, d, scale, o,
-          out.strides()[2], lse.data() + bh * T, kt.data(), p.data());
+          out.strides()[2], lse.data() + bh * T, kt.data(), keep ? kept.data() + bh * Tp * Tp : p.data(), keep);
     }
   }
 }
 
 // Gradients into dq, dk, dv: (B, H, T, d) contiguous each, every element written.
 void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Tensor& g, const Tensor& out,
-                  const Tensor& lse, float scale, float* dq, float* dk, float* dv) {
-  const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3);
+                  const Tensor& lse, const Tensor& kept, float scale, float* dq, float* dk, float* dv) {
+  const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3), Tp = padded(T);
   Tensor go = unit_last_stride(g);
   const bool parallel = B * H > 1 && T * T * d > 8192;
 #pragma omp parallel if (parallel)
@@ -315,8 +333,8 @@ void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Te
       std::fill_n(dv + at, T * d, 0.0f);
       (d == 32 ? backward_head<32> : d == 64 ? backward_head<64> : backward_head<0>)(
           head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), head_view(go, bh, H),
-          head_view(out, bh, H), lse.data() + bh * T, T, d, scale, dq + at, dk + at, dv + at, kt.data(), vt.data(),
-          p.data(), dp.data());
+          head_view(out, bh, H), lse.data() + bh * T, kept.defined() ? kept.data() + bh * Tp * Tp : nullptr, T, d,
+          scale, dq + at, dk + at, dv + at, kt.data(), vt.data(), p.data(), dp.data());
     }
   }
 }
@@ -337,11 +355,14 @@ Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v)
   // Stored (B, T, H, d) and returned as a (B, H, T, d) view: merging the heads afterwards
   // (permute back, reshape to (B, T, D)) then copies nothing.
   Tensor out = heads_view(Tensor::empty({q.size(0), q.size(2), q.size(1) * q.size(3)}), q.size(1));
-  run_forward(qc, kc, vc, scale, out, lse);
+  const bool grad = grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+  Tensor kept = kept_probabilities(q.size(0) * q.size(1), q.size(2), grad);
+  run_forward(qc, kc, vc, scale, out, lse, kept);
   Tensor out_saved = out.detach();
-  return attach_node(out, "causal_attention", {q, k, v}, [q, k, v, qc, kc, vc, out_saved, lse, scale](const Tensor& g) {
+  return attach_node(out, "causal_attention", {q, k, v},
+                     [q, k, v, qc, kc, vc, out_saved, lse, kept, scale](const Tensor& g) {
     Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(qc.shape()), dv = Tensor::empty(qc.shape());
-    run_backward(qc, kc, vc, g, out_saved, lse, scale, dq.data(), dk.data(), dv.data());
+    run_backward(qc, kc, vc, g, out_saved, lse, kept, scale, dq.data(), dk.data(), dv.data());
     accumulate_grad(q, std::move(dq));  // moved: a first gradient takes the buffer instead of a copy
     accumulate_grad(k, std::move(dk));
     accumulate_grad(v, std::move(dv));
@@ -365,13 +386,15 @@ Tensor causal_attention_fused(const Tensor& qkv) {
   Tensor lse;
   Tensor merged = Tensor::empty({B, T, H * d});  // the output, heads side by side
   Tensor out = heads_view(merged, H);
-  run_forward(q, k, v, scale, out, lse);
+  Tensor kept = kept_probabilities(B * H, T, grad_enabled() && qkv.requires_grad());
+  run_forward(q, k, v, scale, out, lse, kept);
   Tensor out_saved = out.detach();
-  return attach_node(merged, "causal_attention", {qkv}, [qkv, q, k, v, out_saved, lse, scale, H](const Tensor& g) {
+  return attach_node(merged, "causal_attention", {qkv}, [qkv, q, k, v, out_saved, lse, kept, scale, H](const Tensor& g) {
     // dq, dk, dv side by side, every element written: one buffer, taken as qkv's gradient.
     Tensor grads = Tensor::empty(qkv.shape());
     const int64_t n = q.numel();
-    run_backward(q, k, v, heads_view(g, H), out_saved, lse, scale, grads.data(), grads.data() + n, grads.data() + 2 * n);
+    run_backward(q, k, v, heads_view(g, H), out_saved, lse, kept, scale, grads.data(), grads.data() + n,
+                 grads.data() + 2 * n);
     accumulate_grad(qkv, std::move(grads));
   });
 }
