@@ -22,7 +22,7 @@
 #include <vector>
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
+#include "core/intrinsics.h"
 #endif
 
 #include "core/fastmath.h"
@@ -101,11 +101,47 @@ void block_scores(const HeadView& rows, int64_t first, int64_t R, const float* x
   }
 }
 
+#if defined(__AVX512F__)
+// out row i = column i of in, for a 16 x 16 block: rows `is` and `os` floats apart.
+inline void transpose16(const float* in, int64_t is, float* out, int64_t os) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(in + i * is);
+  for (int k = 0; k < 8; ++k) {  // interleave pairs of rows: 2 x 2 blocks
+    t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {  // 4 x 4 blocks
+    const __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * k + 2]), e = _mm512_castps_pd(t[4 * k + 3]);
+    r[4 * k + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+    r[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+  }
+  for (int k = 0; k < 2; ++k)  // 8 x 8 blocks, by 128-bit lanes
+    for (int j = 0; j < 4; ++j) {
+      t[8 * k + j] = _mm512_shuffle_f32x4(r[8 * k + j], r[8 * k + 4 + j], 0x88);
+      t[8 * k + 4 + j] = _mm512_shuffle_f32x4(r[8 * k + j], r[8 * k + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {  // 16 x 16
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(out + i * os, r[i]);
+}
+#endif
+
 // X^T (d, Tp) of one head's rows, Tp = T rounded up to whole blocks (the padding is never read
 // as a score: rows use keys s <= t < T only).
 void transpose_head(const HeadView& x, int64_t T, int64_t d, float* xt) {
   const int64_t Tp = padded(T);
-  for (int64_t s = 0; s < T; ++s) {
+  int64_t s0 = 0;
+#if defined(__AVX512F__)
+  if (d % 16 == 0)
+    for (; s0 + 16 <= T; s0 += 16)
+      for (int64_t i0 = 0; i0 < d; i0 += 16) transpose16(x.row(s0) + i0, x.row_stride, xt + i0 * Tp + s0, Tp);
+#endif
+  for (int64_t s = s0; s < T; ++s) {
     const float* r = x.row(s);
     for (int64_t i = 0; i < d; ++i) xt[i * Tp + s] = r[i];
   }

@@ -22,12 +22,7 @@
 #include "nn/latent_attention_scan.h"
 
 #if defined(__AVX512F__)
-// GCC 12's AVX-512 headers start some intrinsics from _mm512_undefined_ps() and then warn, at
-// every use, that it may be used uninitialized (GCC bug 105593, fixed in GCC 13).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
+#include "core/intrinsics.h"
 
 #include <algorithm>
 #include <limits>
