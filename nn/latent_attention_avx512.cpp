@@ -35,6 +35,7 @@ namespace lg::nn::latent_scan {
 
 bool avx512_fits(const Dims&) { return false; }
 void forward_head_avx512(const Dims&, const HeadRows&) {}
+void forward_head_pair_avx512(const Dims&, const HeadRows&, const HeadRows&) {}
 void backward_head_avx512(const Dims&, const HeadRows&, const float*, float*, float*, float*, float*, float*) {}
 
 #else
@@ -143,68 +144,108 @@ inline __mmask16 window_mask(int64_t t, int64_t W) {
 
 bool avx512_fits(const Dims& n) { return n.M == kM && n.d == kD && n.W <= 16; }
 
-void forward_head_avx512(const Dims& n, const HeadRows& h) {
+namespace {
+
+// One head's state in the forward: the latents and the running sums, transposed where the read
+// takes 16 dot products (LT, SKT), and small buffers from which single lanes are broadcast.
+struct ForwardState {
+  alignas(64) float LT[kD][kM], SKT[kD][kM], SV[kM][kD];
+  alignas(64) float rb[kM], eb[kM], wb[kM], pwb[16];
+  __m512 mu, Z;
+};
+
+// NH heads in lockstep, stage by stage. A position's stages form one chain of dependent steps
+// (scores, max, exponentials, normaliser, the read's softmax and its sums); with two heads, one
+// head's step runs while the other's waits on its latency.
+template <int NH>
+void forward_heads(const Dims& n, const HeadRows* hs) {
   const int64_t T = n.T, W = n.W, Pw = kM + W;
   const __m512 scale = _mm512_set1_ps(n.scale), neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  alignas(64) float LT[kD][kM], SKT[kD][kM] = {}, SV[kM][kD] = {};
-  alignas(64) float rb[kM], eb[kM], wb[kM], pwb[16];
-  for (int m = 0; m < kM; ++m)
-    for (int i = 0; i < kD; ++i) LT[i][m] = h.l[m * kD + i];
-  __m512 mu = neg_inf, Z = _mm512_setzero_ps();
+  ForwardState st[NH];
+  for (int k = 0; k < NH; ++k) {
+    for (int m = 0; m < kM; ++m)
+      for (int i = 0; i < kD; ++i) st[k].LT[i][m] = hs[k].l[m * kD + i];
+    std::fill_n(&st[k].SKT[0][0], kD * kM, 0.0f);
+    std::fill_n(&st[k].SV[0][0], kM * kD, 0.0f);
+    st[k].mu = neg_inf;
+    st[k].Z = _mm512_setzero_ps();
+  }
   for (int64_t t = 0; t < T; ++t) {
-    const float *qt = h.q + t * kD, *kt = h.k + t * kD, *krt = h.kr + t * kD, *vt = h.v + t * kD;
+    __m512 inv_z[NH];
     // Write: a = l . k_t / sqrt(d), the running max, rescale r and new-term weight e, then
     // Z <- Z r + e, SK <- SK r + e kr_t, SV <- SV r + e v_t.
-    const __m512 a = _mm512_mul_ps(sum_rows32(kt, LT), scale);
-    const __m512 mu_new = _mm512_max_ps(mu, a);
-    const __m512 r = exp16(_mm512_sub_ps(mu, mu_new)), e = exp16(_mm512_sub_ps(a, mu_new));
-    mu = mu_new;
-    Z = _mm512_fmadd_ps(Z, r, e);
-    const __m512 inv_z = _mm512_div_ps(_mm512_set1_ps(1.0f), Z);
-    if (h.mu) {
-      _mm512_storeu_ps(h.mu + t * kM, mu);
-      _mm512_storeu_ps(h.Z + t * kM, Z);
-      _mm512_storeu_ps(h.E + t * kM, e);
-    }
-    for (int i = 0; i < kD; ++i)
-      _mm512_store_ps(SKT[i], _mm512_fmadd_ps(_mm512_load_ps(SKT[i]), r, _mm512_mul_ps(e, bcast(krt + i))));
-    _mm512_store_ps(rb, r);
-    _mm512_store_ps(eb, e);
-    const __m512 v0 = _mm512_loadu_ps(vt), v1 = _mm512_loadu_ps(vt + 16);
-    for (int m = 0; m < kM; ++m) {
-      const __m512 rm = bcast(rb + m), em = bcast(eb + m);
-      _mm512_store_ps(SV[m], _mm512_fmadd_ps(_mm512_load_ps(SV[m]), rm, _mm512_mul_ps(em, v0)));
-      _mm512_store_ps(SV[m] + 16, _mm512_fmadd_ps(_mm512_load_ps(SV[m] + 16), rm, _mm512_mul_ps(em, v1)));
+    for (int k = 0; k < NH; ++k) {
+      const HeadRows& h = hs[k];
+      ForwardState& S = st[k];
+      const float *kt = h.k + t * kD, *krt = h.kr + t * kD, *vt = h.v + t * kD;
+      const __m512 a = _mm512_mul_ps(sum_rows32(kt, S.LT), scale);
+      const __m512 mu_new = _mm512_max_ps(S.mu, a);
+      const __m512 r = exp16(_mm512_sub_ps(S.mu, mu_new)), e = exp16(_mm512_sub_ps(a, mu_new));
+      S.mu = mu_new;
+      S.Z = _mm512_fmadd_ps(S.Z, r, e);
+      inv_z[k] = _mm512_div_ps(_mm512_set1_ps(1.0f), S.Z);
+      if (h.mu) {
+        _mm512_storeu_ps(h.mu + t * kM, S.mu);
+        _mm512_storeu_ps(h.Z + t * kM, S.Z);
+        _mm512_storeu_ps(h.E + t * kM, e);
+      }
+      for (int i = 0; i < kD; ++i)
+        _mm512_store_ps(S.SKT[i], _mm512_fmadd_ps(_mm512_load_ps(S.SKT[i]), r, _mm512_mul_ps(e, bcast(krt + i))));
+      _mm512_store_ps(S.rb, r);
+      _mm512_store_ps(S.eb, e);
+      const __m512 v0 = _mm512_loadu_ps(vt), v1 = _mm512_loadu_ps(vt + 16);
+      for (int m = 0; m < kM; ++m) {
+        const __m512 rm = bcast(S.rb + m), em = bcast(S.eb + m);
+        _mm512_store_ps(S.SV[m], _mm512_fmadd_ps(_mm512_load_ps(S.SV[m]), rm, _mm512_mul_ps(em, v0)));
+        _mm512_store_ps(S.SV[m] + 16, _mm512_fmadd_ps(_mm512_load_ps(S.SV[m] + 16), rm, _mm512_mul_ps(em, v1)));
+      }
     }
     // Read: one softmax over the 16 latent scores q . SK_m / Z_m and the window's q . kr_s.
-    const __m512 s = _mm512_mul_ps(sum_rows32(qt, SKT), inv_z);
-    if (h.S) _mm512_storeu_ps(h.S + t * kM, s);
-    const __m512 s_lat = _mm512_mul_ps(s, scale);
-    __m512 s_win = neg_inf;
+    __m512 p_lat[NH], p_win[NH];
     const __mmask16 valid = window_mask(t, W);
-    if (W > 0) s_win = _mm512_mask_mul_ps(neg_inf, valid, window_dots(qt, h.kr, t - W + 1, valid), scale);
-    const float mx = std::max(_mm512_reduce_max_ps(s_lat), _mm512_reduce_max_ps(s_win));
-    __m512 p_lat = exp16(_mm512_sub_ps(s_lat, _mm512_set1_ps(mx)));
-    __m512 p_win = exp16(_mm512_sub_ps(s_win, _mm512_set1_ps(mx)));
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_add_ps(p_lat, p_win)));
-    p_lat = _mm512_mul_ps(p_lat, inv);
-    p_win = _mm512_mul_ps(p_win, inv);
-    if (h.P) {
-      _mm512_storeu_ps(h.P + t * Pw, p_lat);
-      _mm512_mask_storeu_ps(h.P + t * Pw + kM, static_cast<__mmask16>((1u << W) - 1), p_win);
+    for (int k = 0; k < NH; ++k) {
+      const HeadRows& h = hs[k];
+      const float* qt = h.q + t * kD;
+      const __m512 s = _mm512_mul_ps(sum_rows32(qt, st[k].SKT), inv_z[k]);
+      if (h.S) _mm512_storeu_ps(h.S + t * kM, s);
+      const __m512 s_lat = _mm512_mul_ps(s, scale);
+      __m512 s_win = neg_inf;
+      if (W > 0) s_win = _mm512_mask_mul_ps(neg_inf, valid, window_dots(qt, h.kr, t - W + 1, valid), scale);
+      const float mx = std::max(_mm512_reduce_max_ps(s_lat), _mm512_reduce_max_ps(s_win));
+      p_lat[k] = exp16(_mm512_sub_ps(s_lat, _mm512_set1_ps(mx)));
+      p_win[k] = exp16(_mm512_sub_ps(s_win, _mm512_set1_ps(mx)));
     }
     // o_t = sum_m (P_m / Z_m) SV_m + sum_j P_j v_s
-    _mm512_store_ps(wb, _mm512_mul_ps(p_lat, inv_z));
-    __m512 o0, o1;
-    weighted16(wb, SV[0], kD, o0, o1);
-    if (W > 0) {
-      _mm512_store_ps(pwb, p_win);
-      const int64_t j0 = W - 1 - std::min<int64_t>(W - 1, t);  // slots j < j0 are before position 0
-      add_weighted(pwb + j0, h.v + (t - W + 1 + j0) * kD, kD, W - j0, o0, o1);
+    for (int k = 0; k < NH; ++k) {
+      const HeadRows& h = hs[k];
+      ForwardState& S = st[k];
+      const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_add_ps(p_lat[k], p_win[k])));
+      const __m512 pl = _mm512_mul_ps(p_lat[k], inv), pw = _mm512_mul_ps(p_win[k], inv);
+      if (h.P) {
+        _mm512_storeu_ps(h.P + t * Pw, pl);
+        _mm512_mask_storeu_ps(h.P + t * Pw + kM, static_cast<__mmask16>((1u << W) - 1), pw);
+      }
+      _mm512_store_ps(S.wb, _mm512_mul_ps(pl, inv_z[k]));
+      __m512 o0, o1;
+      weighted16(S.wb, S.SV[0], kD, o0, o1);
+      if (W > 0) {
+        _mm512_store_ps(S.pwb, pw);
+        const int64_t j0 = W - 1 - std::min<int64_t>(W - 1, t);  // slots j < j0 are before position 0
+        add_weighted(S.pwb + j0, h.v + (t - W + 1 + j0) * kD, kD, W - j0, o0, o1);
+      }
+      _mm512_storeu_ps(h.o + t * h.o_stride, o0);
+      _mm512_storeu_ps(h.o + t * h.o_stride + 16, o1);
     }
-    _mm512_storeu_ps(h.o + t * h.o_stride, o0);
-    _mm512_storeu_ps(h.o + t * h.o_stride + 16, o1);
   }
+}
+
+}  // namespace
+
+void forward_head_avx512(const Dims& n, const HeadRows& h) { forward_heads<1>(n, &h); }
+
+void forward_head_pair_avx512(const Dims& n, const HeadRows& h0, const HeadRows& h1) {
+  const HeadRows hs[2] = {h0, h1};
+  forward_heads<2>(n, hs);
 }
 
 void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, float* dq, float* dk, float* dkr,

@@ -33,6 +33,7 @@
 // Neither pass stores Kl = SK / Z or Vl = SV / Z: products with them are products with SK, SV
 // scaled by 1 / Z.
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -382,11 +383,18 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
     }
     return r;
   };
+  // The AVX-512 forward runs two heads in lockstep where there are heads enough for every thread.
+  const int64_t per_task = fast && B * H >= 2 * omp_get_max_threads() ? 2 : 1;
 #pragma omp parallel for schedule(static) if (B * H > 1 && T * M * d > 4096)
-  for (int64_t bh = 0; bh < B * H; ++bh) {
+  for (int64_t task = 0; task < (B * H + per_task - 1) / per_task; ++task) {
+    const int64_t bh = task * per_task;
     HeadRows r = rows(bh);
     r.o = out.data() + o_offset(bh);
-    if (fast) {
+    if (fast && per_task == 2 && bh + 1 < B * H) {
+      HeadRows r1 = rows(bh + 1);
+      r1.o = out.data() + o_offset(bh + 1);
+      latent_scan::forward_head_pair_avx512(dims, r, r1);
+    } else if (fast) {
       latent_scan::forward_head_avx512(dims, r);
     } else {
       (d == 32 ? forward_head<32> : d == 64 ? forward_head<64> : forward_head<0>)(dims, r);

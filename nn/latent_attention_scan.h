@@ -28,6 +28,8 @@ struct HeadRows {
 // built (the compiler targets AVX-512F) and fit these sizes.
 bool avx512_fits(const Dims& n);
 void forward_head_avx512(const Dims& n, const HeadRows& h);
+// The same for two heads at once, in lockstep (the same values as one at a time).
+void forward_head_pair_avx512(const Dims& n, const HeadRows& h0, const HeadRows& h1);
 // dkr, dv (T, d) and dl (M, d) zeroed by the caller; dq, dk written whole.
 void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, float* dq, float* dk, float* dkr,
                           float* dv, float* dl);

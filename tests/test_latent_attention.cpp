@@ -6,6 +6,8 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <omp.h>
+
 #include <cmath>
 
 #include "nn/latent_attention.h"
@@ -363,6 +365,20 @@ TEST_CASE("latent attention (5f): the fused op's AVX-512 kernels (16 latents, d 
         CHECK(any_bit_differs);
 #endif
       }
+  // The forward runs heads in pairs where there are at least two per thread: 3 heads on one
+  // thread are a pair and a single, on two threads three singles. The same values either way.
+  {
+    Tensor packed = lg::testing::random_leaf({4, 1, 3, 50, 32}, 75, 0.5f);
+    Tensor latents = lg::testing::random_leaf({3, 16, 32}, 76);
+    const int before = omp_get_max_threads();
+    Tensor outs[2];
+    for (int i = 0; i < 2; ++i) {
+      omp_set_num_threads(i + 1);
+      outs[i] = nn::latent_attention_fused(packed, latents, 16);
+    }
+    omp_set_num_threads(before);
+    CHECK(max_abs_diff(outs[0], outs[1]) == 0.0f);
+  }
   // Against the chunked path too, and finite differences on a short sequence.
   check_fused_equals_chunked({2, 2, 40, 32}, 16, 16, 8, 70);
   nn::LatentInputs in;
