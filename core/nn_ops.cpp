@@ -186,6 +186,8 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets) 
 // LayerNorm over the last axis: y = (x - mean) * rstd * gamma + beta
 // ============================================================================
 
+constexpr int64_t kRowBlock = 4;  // layer_norm's rows per block
+
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) {
   int64_t rows, D;
   rows_cols(x, "layer_norm", rows, D);
@@ -201,22 +203,37 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
   const float* pgamma = gc.data();
   const float* pbeta = bc.data();
   float* pstats = mean_rstd.data();
+  // Rows go kRowBlock at a time: each row's two sums are a chain of dependent additions, and
+  // four rows' chains side by side keep the adder busy (a row of 128 floats is short).
+  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) if (rows > kRowsGrain)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* in = xc.data() + r * D;
-    float* out = y.data() + r * D;
-    float m = 0.0f;
-#pragma omp simd reduction(+ : m)
-    for (int64_t j = 0; j < D; ++j) m += in[j];
-    m /= static_cast<float>(D);
-    float v = 0.0f;
-#pragma omp simd reduction(+ : v)
-    for (int64_t j = 0; j < D; ++j) v += (in[j] - m) * (in[j] - m);
-    v /= static_cast<float>(D);
-    float rs = 1.0f / std::sqrt(v + eps);
-    for (int64_t j = 0; j < D; ++j) out[j] = (in[j] - m) * rs * pgamma[j] + pbeta[j];
-    pstats[2 * r] = m;
-    pstats[2 * r + 1] = rs;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t r0 = blk * kRowBlock, nr = std::min(kRowBlock, rows - r0);
+    float m[kRowBlock] = {}, v[kRowBlock] = {};
+    for (int64_t k = 0; k < nr; ++k) {
+      const float* in = xc.data() + (r0 + k) * D;
+      float mk = 0.0f;
+#pragma omp simd reduction(+ : mk)
+      for (int64_t j = 0; j < D; ++j) mk += in[j];
+      m[k] = mk / static_cast<float>(D);
+    }
+    for (int64_t k = 0; k < nr; ++k) {
+      const float* in = xc.data() + (r0 + k) * D;
+      const float mk = m[k];
+      float vk = 0.0f;
+#pragma omp simd reduction(+ : vk)
+      for (int64_t j = 0; j < D; ++j) vk += (in[j] - mk) * (in[j] - mk);
+      v[k] = vk / static_cast<float>(D);
+    }
+    for (int64_t k = 0; k < nr; ++k) {
+      const int64_t r = r0 + k;
+      const float* in = xc.data() + r * D;
+      float* out = y.data() + r * D;
+      const float mk = m[k], rs = 1.0f / std::sqrt(v[k] + eps);
+      for (int64_t j = 0; j < D; ++j) out[j] = (in[j] - mk) * rs * pgamma[j] + pbeta[j];
+      pstats[2 * r] = mk;
+      pstats[2 * r + 1] = rs;
+    }
   }
   return attach_node(y, "layer_norm", {x, gamma, beta}, [x, xc, gamma, gc, beta, mean_rstd, rows, D](const Tensor& g) {
     Tensor dy = g.is_contiguous() ? g : contiguous_copy(g);
