@@ -304,41 +304,15 @@ Tensor relu(const Tensor& x) {
 
 // GELU, tanh form (Hendrycks & Gimpel; GPT-2): 0.5 x (1 + tanh(c (x + 0.044715 x^3))).
 static constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2 / pi)
-// The forward computes the derivative along with the value (both need the same tanh) and
-// saves it instead of x, so the backward is one multiply per element rather than a second tanh.
 Tensor gelu(const Tensor& x) {
-  Tensor xc = x.is_contiguous() ? x : contiguous_copy(x);
-  Tensor out = Tensor::empty(x.shape());
-  const bool save = grad_enabled() && x.requires_grad();
-  Tensor slope = save ? Tensor::empty(x.shape()) : Tensor();  // gelu'(x)
-  const float* px = xc.data();
-  float* po = out.data();
-  float* pd = save ? slope.data() : nullptr;
-  const int64_t n = out.numel();
-  if (save) {
-#pragma omp parallel for schedule(static) if (n > kParallelGrain)
-    for (int64_t i = 0; i < n; ++i) {
-      const float v = px[i], t = fast_tanh(kGeluC * (v + 0.044715f * v * v * v));
-      po[i] = 0.5f * v * (1.0f + t);
-      pd[i] = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * (kGeluC * (1.0f + 3.0f * 0.044715f * v * v));
-    }
-  } else {
-#pragma omp parallel for schedule(static) if (n > kParallelGrain)
-    for (int64_t i = 0; i < n; ++i) po[i] = 0.5f * px[i] * (1.0f + fast_tanh(kGeluC * (px[i] + 0.044715f * px[i] * px[i] * px[i])));
-  }
-  if (!save) return out;
-  return attach_node(out, "gelu", {x}, [x, slope](Tensor g) {
-    Tensor gc = g.is_contiguous() ? std::move(g) : contiguous_copy(g);
-    Tensor gx = owns_buffer(gc) ? gc : Tensor::empty(x.shape());  // dx over dy where we may
-    const float* pg = gc.data();
-    const float* pd = slope.data();
-    float* pgx = gx.data();
-    const int64_t m = gx.numel();
-#pragma omp parallel for schedule(static) if (m > kParallelGrain)
-    for (int64_t i = 0; i < m; ++i) pgx[i] = pg[i] * pd[i];
-    gc = Tensor();  // gx alone holds the result, so accumulate_grad can take it
-    accumulate_grad(x, std::move(gx));
-  });
+  return unary(
+      "gelu", x,
+      [](float v) { return 0.5f * v * (1.0f + fast_tanh(kGeluC * (v + 0.044715f * v * v * v))); },
+      [](float v, float) {
+        float t = fast_tanh(kGeluC * (v + 0.044715f * v * v * v));
+        float dinner = kGeluC * (1.0f + 3.0f * 0.044715f * v * v);
+        return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * dinner;
+      });
 }
 
 Tensor dropout(const Tensor& x, float p, Rng& rng) {
