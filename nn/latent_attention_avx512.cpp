@@ -22,6 +22,7 @@
 #include "nn/latent_attention_scan.h"
 
 #if defined(__AVX512F__)
+#include "core/fastmath.h"
 #include "core/intrinsics.h"
 
 #include <algorithm>
@@ -43,28 +44,6 @@ void backward_head_avx512(const Dims&, const HeadRows&, const float*, float*, fl
 namespace {
 
 constexpr int kM = 16, kD = 32;
-
-// e^x as core/fastmath.h's fast_exp, 16 at a time: x = n ln2 + r, Cephes' polynomial for e^r,
-// 2^n into the exponent bits; 0 below -87.3 (so e^-inf = 0).
-inline __m512 exp16(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.3365447504f);
-  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.3762626647949f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
-  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
-  const __m512 e = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
-  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), e);
-}
 
 // out[j] = the sum of v[j]'s 16 lanes, for j = 0..15: halving the lanes and the vectors together
 // (4 rounds, 15 additions) instead of 16 separate reductions.
@@ -180,7 +159,7 @@ void forward_heads(const Dims& n, const HeadRows* hs) {
       const float *kt = h.k + t * kD, *krt = h.kr + t * kD, *vt = h.v + t * kD;
       const __m512 a = _mm512_mul_ps(sum_rows32(kt, S.LT), scale);
       const __m512 mu_new = _mm512_max_ps(S.mu, a);
-      const __m512 r = exp16(_mm512_sub_ps(S.mu, mu_new)), e = exp16(_mm512_sub_ps(a, mu_new));
+      const __m512 r = fast_exp16(_mm512_sub_ps(S.mu, mu_new)), e = fast_exp16(_mm512_sub_ps(a, mu_new));
       S.mu = mu_new;
       S.Z = _mm512_fmadd_ps(S.Z, r, e);
       inv_z[k] = _mm512_div_ps(_mm512_set1_ps(1.0f), S.Z);
@@ -212,8 +191,8 @@ void forward_heads(const Dims& n, const HeadRows* hs) {
       __m512 s_win = neg_inf;
       if (W > 0) s_win = _mm512_mask_mul_ps(neg_inf, valid, window_dots(qt, h.kr, t - W + 1, valid), scale);
       const float mx = std::max(_mm512_reduce_max_ps(s_lat), _mm512_reduce_max_ps(s_win));
-      p_lat[k] = exp16(_mm512_sub_ps(s_lat, _mm512_set1_ps(mx)));
-      p_win[k] = exp16(_mm512_sub_ps(s_win, _mm512_set1_ps(mx)));
+      p_lat[k] = fast_exp16(_mm512_sub_ps(s_lat, _mm512_set1_ps(mx)));
+      p_win[k] = fast_exp16(_mm512_sub_ps(s_win, _mm512_set1_ps(mx)));
     }
     // o_t = sum_m (P_m / Z_m) SV_m + sum_j P_j v_s
     for (int k = 0; k < NH; ++k) {
@@ -270,7 +249,7 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
       const float *krt = h.kr + t * kD, *vt = h.v + t * kD, *got = go + t * h.o_stride;
       float* row = rows.data() + t * kRow * kM;
       const __m512 mu = _mm512_loadu_ps(h.mu + t * kM), e = _mm512_loadu_ps(h.E + t * kM);
-      const __m512 r = exp16(_mm512_sub_ps(mu_prev, mu));
+      const __m512 r = fast_exp16(_mm512_sub_ps(mu_prev, mu));
       mu_prev = mu;
       _mm512_store_ps(buf_a, r);
       _mm512_store_ps(buf_b, e);

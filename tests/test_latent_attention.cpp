@@ -20,17 +20,19 @@ using lg::nn::LatentAttention;
 
 namespace {
 
-AttentionConfig small_config(int64_t window, int64_t chunk) {
+AttentionConfig latent_config(int64_t dim, int64_t heads, int64_t latents, int64_t window, int64_t chunk) {
   AttentionConfig c;
   c.kind = nn::AttentionKind::Latent;
-  c.dim = 8;
-  c.heads = 2;
-  c.latents = 3;
+  c.dim = dim;
+  c.heads = heads;
+  c.latents = latents;
   c.window = window;
   c.chunk = chunk;
   c.layers = 2;
   return c;
 }
+
+AttentionConfig small_config(int64_t window, int64_t chunk) { return latent_config(8, 2, 3, window, chunk); }
 
 // Latents at std 1 (the layer's scale), the rest at 0.4: see lg::testing::randomize_parameters.
 void randomize(nn::Module& module, uint64_t seed) {
@@ -397,15 +399,8 @@ TEST_CASE("latent attention (5g): a layer of the AVX-512 kernels' sizes is causa
   // kernels take (on a CPU without them, the generic ones: the properties hold either way).
   for (int64_t window : {0, 16}) {
     CAPTURE(window);
-    AttentionConfig c;
-    c.kind = nn::AttentionKind::Latent;
-    c.dim = 64;
-    c.heads = 2;
-    c.latents = 16;
-    c.window = window;
-    c.layers = 2;
     Rng rng(90);
-    LatentAttention layer(c, rng);
+    LatentAttention layer(latent_config(64, 2, 16, window, 32), rng);
     randomize(layer, 91);
     NoGradGuard no_grad;
     const int64_t T = 40;
