@@ -8,7 +8,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "core/ops.h"
 
@@ -186,7 +185,7 @@ static void weight_gradient(const float* g, const float* x, int64_t N, int64_t o
     sgemm(true, false, out, in, N, g, out, x, in, 0.0f, gw, in);
     return;
   }
-  std::vector<float> partial(static_cast<size_t>((parts - 1) * out * in));
+  Tensor partial = Tensor::empty({parts - 1, out, in});  // every element written below
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < parts; ++p) {
     const int64_t r0 = N * p / parts, r1 = N * (p + 1) / parts;
@@ -194,10 +193,11 @@ static void weight_gradient(const float* g, const float* x, int64_t N, int64_t o
     sgemm(true, false, out, in, r1 - r0, g + r0 * out, out, x + r0 * in, in, 0.0f, dst, in);
   }
   const int64_t n = out * in;
+  const float* rest = partial.data();
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     float acc = gw[i];
-    for (int64_t p = 1; p < parts; ++p) acc += partial[(p - 1) * n + i];
+    for (int64_t p = 1; p < parts; ++p) acc += rest[(p - 1) * n + i];
     gw[i] = acc;
   }
 }

@@ -2,8 +2,9 @@
 //
 // The composed path (causal_attention_composed, mha.cpp) records five nodes per layer and
 // stores the (B, H, T, T) scores, the masked scores and the probabilities, and runs B H
-// small sgemms one after another. This op runs every (batch, head) on its own thread, skips
-// the masked half, and saves only the output and one log-sum-exp per row: the backward
+// small sgemms one after another. This op runs every (batch, head) on its own thread and skips
+// the masked half. For sequences up to 128 it keeps the probabilities (16 KB per head at
+// T = 64); past that it saves only the output and one log-sum-exp per row, and the backward
 // recomputes the probabilities (FlashAttention's trick, Dao et al. 2022, Alg. 2 without tiling).
 //
 // Per head, rows t = 0..T-1, s <= t, with scale = 1 / sqrt(d):
@@ -191,7 +192,7 @@ inline void block_pv_32(float* p, int64_t Tp, int64_t t0, int64_t R, int64_t col
 
 // One (batch, head). kD > 0 fixes the head size at compile time (32 and 64): the d-long loops unroll.
 // p: the probabilities of one block of rows (4, Tp), or with `keep`, of all the head's rows
-// (padded(T) rows), kept for the backward.
+// (padded(T) rows), kept for the backward. lse (T) gets each row's log-sum-exp, unless null.
 template <int64_t kD>
 void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, int64_t T, int64_t d_runtime,
                   float scale, float* o, int64_t o_row_stride, float* lse, float* kt, float* p_rows, bool keep) {
@@ -210,7 +211,7 @@ void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, in
       const float inv = 1.0f / z;
 #pragma omp simd
       for (int64_t s = 0; s < n; ++s) pr[s] *= inv;
-      lse[t] = mx + std::log(z);
+      if (lse) lse[t] = mx + std::log(z);
     }
 #if defined(__AVX512F__)
     if constexpr (kD == 32) {
@@ -333,13 +334,13 @@ Tensor kept_probabilities(int64_t BH, int64_t T, bool grad) {
 }
 
 // Forward over every (batch, head) of q, k, v (B, H, T, d), unit stride along d, into out
-// (B, H, T, d) with unit stride along d; lse gets each row's log-sum-exp, kept (when defined)
-// every row's probabilities.
+// (B, H, T, d) with unit stride along d. With kept defined, it gets every row's probabilities;
+// otherwise lse gets each row's log-sum-exp, from which the backward recomputes them.
 void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float scale, const Tensor& out, Tensor& lse,
                  const Tensor& kept) {
   const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3), Tp = padded(T);
-  lse = Tensor::empty({B, H, T});
   const bool parallel = B * H > 1 && T * T * d > 8192, keep = kept.defined();
+  lse = keep ? Tensor() : Tensor::empty({B, H, T});  // needed only to recompute the probabilities
 #pragma omp parallel if (parallel)
   {
     std::vector<float> kt(d * Tp), p(keep ? 0 : kRows * Tp);  // K^T (d, Tp), scores (4, Tp)
@@ -348,7 +349,7 @@ void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float sca
       float* o = out.data() + (bh / H) * out.strides()[0] + (bh % H) * out.strides()[1];
       (d == 32 ? forward_head<32> : d == 64 ? forward_head<64> : forward_head<0>)(
           head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), T, d, scale, o,
-          out.strides()[2], lse.data() + bh * T, kt.data(), keep ? kept.data() + bh * Tp * Tp : p.data(), keep);
+          out.strides()[2], keep ? nullptr : lse.data() + bh * T, kt.data(), keep ? kept.data() + bh * Tp * Tp : p.data(), keep);
     }
   }
 }
@@ -369,7 +370,8 @@ void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Te
       std::fill_n(dv + at, T * d, 0.0f);
       (d == 32 ? backward_head<32> : d == 64 ? backward_head<64> : backward_head<0>)(
           head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), head_view(go, bh, H),
-          head_view(out, bh, H), lse.data() + bh * T, kept.defined() ? kept.data() + bh * Tp * Tp : nullptr, T, d,
+          head_view(out, bh, H), kept.defined() ? nullptr : lse.data() + bh * T,
+          kept.defined() ? kept.data() + bh * Tp * Tp : nullptr, T, d,
           scale, dq + at, dk + at, dv + at, kt.data(), vt.data(), p.data(), dp.data());
     }
   }

@@ -24,8 +24,8 @@ struct MHAState : AttentionState {
 
 // The attention core: per head softmax_{s <= t}(q_t . k_s / sqrt(d)) v_s. q, k, v (B, H, T, d),
 // any strides with unit stride along d; -> (B, H, T, d).
-// Fused: one op, its backward hand-written (nn/causal_attention_fused.cpp); saves one
-// log-sum-exp per row instead of the (B, H, T, T) probabilities.
+// Fused: one op, its backward hand-written (nn/causal_attention_fused.cpp); keeps the
+// probabilities up to T = 128, and past that one log-sum-exp per row instead of them.
 Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v);
 // The same on q, k, v packed as one (3, B, H, T, d) tensor (split_heads_rope's output), with
 // the heads merged: -> (B, T, H d), what the output projection takes. The backward reads the

@@ -5,10 +5,10 @@
 // chunked path composed from core ops), with chunk lengths that do and do not divide T.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
-
 #include <omp.h>
 
 #include <cmath>
+#include <functional>
 
 #include "nn/latent_attention.h"
 #include "tests/gradcheck.h"
@@ -265,27 +265,42 @@ TEST_CASE(
   }
 }
 
-// Random inputs of `shape` (B, H, T, d) with `latents` latents per head; outputs and every
-// input gradient of the fused op against the chunked path (chunk `chunk`) on sum(out * R).
-static void check_fused_equals_chunked(const Shape& shape, int64_t latents, int64_t window, int64_t chunk,
-                                       uint64_t seed) {
+// Random inputs of `shape` (B, H, T, d) with `latents` latents per head at `latent_scale`.
+static nn::LatentInputs random_latent_inputs(const Shape& shape, int64_t latents, uint64_t seed,
+                                             float latent_scale = 1.0f) {
   nn::LatentInputs in;
   in.queries = lg::testing::random_leaf(shape, seed, 0.5f);
   in.keys = lg::testing::random_leaf(shape, seed + 1, 0.5f);
   in.rotated_keys = lg::testing::random_leaf(shape, seed + 2, 0.5f);
   in.values = lg::testing::random_leaf(shape, seed + 3);
-  in.latents = lg::testing::random_leaf({shape[1], latents, shape[3]}, seed + 4);
-  Rng wrng(seed + 5);
-  Tensor weights = randn(shape, wrng);
+  in.latents = lg::testing::random_leaf({shape[1], latents, shape[3]}, seed + 4, latent_scale);
+  return in;
+}
+
+// outs[i] = run(i) for i = 0, 1, and every input's gradient of sum(outs[i] * weights).
+static void run_both(const nn::LatentInputs& in, const Tensor& weights, const std::function<Tensor(int)>& run,
+                     Tensor outs[2], std::vector<std::vector<float>> grads[2]) {
   std::vector<Tensor> leaves{in.queries, in.keys, in.rotated_keys, in.values, in.latents};
-  std::vector<std::vector<float>> grads[2];
-  Tensor outs[2];
   for (int i = 0; i < 2; ++i) {
     for (Tensor& t : leaves) t.zero_grad();
-    outs[i] = i == 0 ? nn::latent_attention_fused(in, window) : nn::latent_attention_chunked(in, window, chunk);
+    outs[i] = run(i);
     sum(mul(outs[i], weights)).backward();
     for (Tensor& t : leaves) grads[i].push_back(t.grad().to_vector());
   }
+}
+
+// Random inputs of `shape` (B, H, T, d) with `latents` latents per head; outputs and every
+// input gradient of the fused op against the chunked path (chunk `chunk`) on sum(out * R).
+static void check_fused_equals_chunked(const Shape& shape, int64_t latents, int64_t window, int64_t chunk,
+                                       uint64_t seed) {
+  nn::LatentInputs in = random_latent_inputs(shape, latents, seed);
+  Rng wrng(seed + 5);
+  Tensor weights = randn(shape, wrng);
+  std::vector<std::vector<float>> grads[2];
+  Tensor outs[2];
+  run_both(in, weights, [&](int i) {
+    return i == 0 ? nn::latent_attention_fused(in, window) : nn::latent_attention_chunked(in, window, chunk);
+  }, outs, grads);
   CHECK(max_abs_diff(outs[0], outs[1]) < 2e-5f);
   {
     NoGradGuard no_grad;  // the forward without saving gives the same outputs
@@ -321,23 +336,14 @@ TEST_CASE("latent attention (5d): the fused op's backward over a long sequence e
 // allowed or not; the scale of the latents sets the spread of the write scores.
 static void fused_with_and_without_avx512(const Shape& shape, int64_t window, float latent_scale, uint64_t seed,
                                           Tensor outs[2], std::vector<std::vector<float>> grads[2]) {
-  nn::LatentInputs in;
-  in.queries = lg::testing::random_leaf(shape, seed, 0.5f);
-  in.keys = lg::testing::random_leaf(shape, seed + 1, 0.5f);
-  in.rotated_keys = lg::testing::random_leaf(shape, seed + 2, 0.5f);
-  in.values = lg::testing::random_leaf(shape, seed + 3);
-  in.latents = lg::testing::random_leaf({shape[1], 16, shape[3]}, seed + 4, latent_scale);
+  nn::LatentInputs in = random_latent_inputs(shape, 16, seed, latent_scale);
   Rng wrng(seed + 5);
   Tensor weights = randn(shape, wrng);
-  std::vector<Tensor> leaves{in.queries, in.keys, in.rotated_keys, in.values, in.latents};
   const bool was = nn::latent_attention_fused_avx512(true);
-  for (int i = 0; i < 2; ++i) {
+  run_both(in, weights, [&](int i) {
     nn::latent_attention_fused_avx512(i == 0);
-    for (Tensor& t : leaves) t.zero_grad();
-    outs[i] = nn::latent_attention_fused(in, window);
-    sum(mul(outs[i], weights)).backward();
-    for (Tensor& t : leaves) grads[i].push_back(t.grad().to_vector());
-  }
+    return nn::latent_attention_fused(in, window);
+  }, outs, grads);
   nn::latent_attention_fused_avx512(was);
 }
 
@@ -383,13 +389,7 @@ TEST_CASE("latent attention (5f): the fused op's AVX-512 kernels (16 latents, d 
   }
   // Against the chunked path too, and finite differences on a short sequence.
   check_fused_equals_chunked({2, 2, 40, 32}, 16, 16, 8, 70);
-  nn::LatentInputs in;
-  Shape shape{1, 1, 6, 32};
-  in.queries = lg::testing::random_leaf(shape, 80, 0.5f);
-  in.keys = lg::testing::random_leaf(shape, 81, 0.5f);
-  in.rotated_keys = lg::testing::random_leaf(shape, 82, 0.5f);
-  in.values = lg::testing::random_leaf(shape, 83);
-  in.latents = lg::testing::random_leaf({1, 16, 32}, 84);
+  nn::LatentInputs in = random_latent_inputs({1, 1, 6, 32}, 16, 80);
   lg::testing::check_gradients([&] { return nn::latent_attention_fused(in, 4); },
                                {in.queries, in.keys, in.rotated_keys, in.values, in.latents});
 }
