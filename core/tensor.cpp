@@ -242,6 +242,11 @@ Tensor Tensor::grad() const { return impl().grad ? Tensor(impl().grad) : Tensor(
 void Tensor::zero_grad() { impl().grad.reset(); }
 const char* Tensor::op() const { return impl().node ? impl().node->op : "leaf"; }
 
+void Tensor::set_grad_ready_hook(std::function<void()> hook) {
+  if (impl().node) throw Error(fmt::format("set_grad_ready_hook: '{}' output is not a leaf", impl().node->op));
+  impl().on_grad_ready = std::move(hook);
+}
+
 Tensor Tensor::detach() const {
   auto d = std::make_shared<TensorImpl>();
   d->storage = impl().storage;
@@ -336,12 +341,28 @@ void Tensor::backward(const Tensor& grad_output) const {
     }
   }
 
+  // Leaves with a grad-ready hook: how many uses (node inputs) each has left to run. A leaf's
+  // gradient is final once the last op reading it has run its backward.
+  std::unordered_map<TensorImpl*, int64_t> uses_left;
+  for (const auto& t : order)
+    if (!t->node && t->on_grad_ready) uses_left[t.get()] = 0;
+  if (!uses_left.empty())
+    for (const auto& t : order)
+      if (t->node)
+        for (const Tensor& in : t->node->inputs)
+          if (auto u = uses_left.find(in.impl_ptr().get()); u != uses_left.end()) ++u->second;
+
   accumulate_grad(*this, grad_output);
+  if (!impl().node && impl().on_grad_ready) impl().on_grad_ready();  // backward from a leaf
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     TensorImpl& t = **it;
     if (!t.node) continue;  // a leaf: its .grad is the result
     // The node's output gradient is handed over (moved): nobody reads it after this point.
     if (t.grad) t.node->backward(Tensor(std::move(t.grad)));
+    if (!uses_left.empty())
+      for (const Tensor& in : t.node->inputs)
+        if (auto u = uses_left.find(in.impl_ptr().get()); u != uses_left.end() && --u->second == 0)
+          u->first->on_grad_ready();
     // Release the graph: drop the closure and inputs (the activations they hold) and
     // the intermediate gradient, which nobody reads after this point.
     t.node->backward = nullptr;

@@ -63,6 +63,10 @@ struct TensorImpl {
   bool requires_grad = false;
   std::shared_ptr<TensorImpl> grad;   // contiguous, same shape; created on first accumulation
   std::shared_ptr<Node> node;         // null for leaves and for tensors made without grad
+  // Leaves only: called by backward() once this tensor's gradient of that pass is complete
+  // (every op that reads it has added its part). Distributed training starts reducing a
+  // gradient here, while backward goes on (dist/dist.h).
+  std::function<void()> on_grad_ready;
 };
 
 class Tensor {
@@ -102,6 +106,10 @@ class Tensor {
   void backward() const;
   void backward(const Tensor& grad_output) const;
   Tensor detach() const;                                // same storage, no graph
+  // A leaf's hook, run by each backward() through it as soon as its .grad is final for that
+  // pass (PyTorch: register_post_accumulate_grad_hook). Runs on the thread running backward;
+  // an empty function removes it.
+  void set_grad_ready_hook(std::function<void()> hook);
 
   TensorImpl& impl() const {
     if (!impl_) throw_undefined();

@@ -11,6 +11,7 @@
 
 #include <omp.h>
 
+#include "dist/dist.h"
 #include "models/charlm_data.h"
 
 namespace lg::charlm {
@@ -172,73 +173,119 @@ DataParallel::DataParallel(CharLM& model, int64_t shards) : model_(model) {
 
 float DataParallel::forward_backward(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
                                      int64_t B, int64_t T, Rng& dropout_rng) {
+  const int64_t S = std::min(shards(), std::max<int64_t>(B, 1));
+  std::vector<double> losses;
+  forward_backward_shards(ids, targets, B, T, dropout_rng, ShardRange{S, 0, S}, losses);
+  double total = 0;
+  for (double l : losses) total += l;
+  return static_cast<float>(total);
+}
+
+void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                                           int64_t B, int64_t T, Rng& dropout_rng, const ShardRange& range,
+                                           std::vector<double>& shard_losses, dist::GradReducer* reducer) {
   if (static_cast<int64_t>(ids.size()) != B * T || static_cast<int64_t>(targets.size()) != B * T)
     throw Error(fmt::format("DataParallel: {} ids and {} targets for a ({}, {}) batch", ids.size(),
                             targets.size(), B, T));
-  const int64_t S = std::min(shards(), B);
-  if (S == 1) {
-    Tensor loss = CharLM::loss(model_.forward(ids, B, T, dropout_rng), targets);
-    loss.backward();
-    return loss.item();
-  }
+  const int64_t S = range.total, C = range.count;
+  if (S < 1 || S > B || range.first < 0 || C < 0 || range.first + C > S || C > shards())
+    throw Error(fmt::format("DataParallel: shards [{}, {}) of {} for a batch of {} on {} local shards",
+                            range.first, range.first + C, S, B, shards()));
+  shard_losses.assign(static_cast<size_t>(S), 0.0);
   std::vector<CharLM*> models{&model_};
   for (auto& r : replicas_) {
     r->train(model_.is_training());
     r->zero_grad();
     models.push_back(r.get());
   }
-  std::vector<Rng> rngs;
-  for (int64_t s = 0; s < S; ++s) rngs.emplace_back(dropout_rng.next_u64());
-  std::vector<double> losses(static_cast<size_t>(S), 0.0);
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(S));
+  // The reducer hears of every local shard's gradients as backward finishes them.
+  std::vector<std::vector<Tensor>> sources(params_.begin(), params_.begin() + C);
+  if (reducer) {
+    reducer->begin(sources);
+    for (int64_t s = 0; s < C; ++s)
+      for (size_t i = 0; i < sources[s].size(); ++i)
+        sources[s][i].set_grad_ready_hook([reducer, s, i] { reducer->grad_ready(static_cast<size_t>(s), i); });
+  }
+  auto unhook = [&] {
+    for (auto& list : sources)
+      for (Tensor& p : list) p.set_grad_ready_hook({});
+  };
 
-  // Shard s: sequences [B s / S, B (s + 1) / S). Its loss is a mean over its own tokens, so
-  // its gradient is weighted by its share of the batch.
-#pragma omp parallel for num_threads(static_cast<int>(S)) schedule(static, 1)
-  for (int64_t s = 0; s < S; ++s) {
-    try {
-      const int64_t b0 = B * s / S, b1 = B * (s + 1) / S;
-      std::vector<int32_t> x(ids.begin() + b0 * T, ids.begin() + b1 * T);
-      std::vector<int32_t> y(targets.begin() + b0 * T, targets.begin() + b1 * T);
-      Tensor loss = CharLM::loss(models[s]->forward(x, b1 - b0, T, rngs[s]), y);
-      losses[s] = loss.item();
-      loss.backward(Tensor::full({}, static_cast<float>(b1 - b0) / static_cast<float>(B)));
-      losses[s] *= static_cast<double>(b1 - b0) / static_cast<double>(B);
-    } catch (...) {
-      errors[s] = std::current_exception();
+  if (S == 1) {  // the whole batch here: exactly the plain forward and backward
+    if (C == 1) {
+      try {
+        Tensor loss = CharLM::loss(model_.forward(ids, B, T, dropout_rng), targets);
+        loss.backward();
+        shard_losses[0] = loss.item();
+      } catch (...) {
+        unhook();
+        throw;
+      }
     }
+  } else {
+    std::vector<Rng> rngs;
+    for (int64_t s = 0; s < S; ++s) rngs.emplace_back(dropout_rng.next_u64());
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(C));
+    // Shard s: sequences [B s / S, B (s + 1) / S). Its loss is a mean over its own tokens, so
+    // its gradient is weighted by its share of the batch.
+    auto run_shard = [&](int64_t local) {
+      try {
+        const int64_t s = range.first + local;
+        const int64_t b0 = B * s / S, b1 = B * (s + 1) / S;
+        std::vector<int32_t> x(ids.begin() + b0 * T, ids.begin() + b1 * T);
+        std::vector<int32_t> y(targets.begin() + b0 * T, targets.begin() + b1 * T);
+        Tensor loss = CharLM::loss(models[local]->forward(x, b1 - b0, T, rngs[s]), y);
+        const double value = loss.item();
+        loss.backward(Tensor::full({}, static_cast<float>(b1 - b0) / static_cast<float>(B)));
+        shard_losses[s] = value * static_cast<double>(b1 - b0) / static_cast<double>(B);
+      } catch (...) {
+        errors[local] = std::current_exception();
+      }
+    };
+    if (C == 1) {
+      run_shard(0);
+    } else {
+#pragma omp parallel for num_threads(static_cast<int>(C)) schedule(static, 1)
+      for (int64_t local = 0; local < C; ++local) run_shard(local);
+    }
+    for (auto& e : errors)
+      if (e) {
+        unhook();
+        std::rethrow_exception(e);
+      }
   }
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
 
-  // The model's gradients += each replica's, in shard order; every thread takes one slice
-  // of every parameter.
-  const std::vector<std::vector<Tensor>>& params = params_;
-  for (size_t i = 0; i < params[0].size(); ++i) {
-    bool any = false;
-    for (int64_t s = 1; s < S; ++s) any = any || params[s][i].grad().defined();
-    if (any && !params[0][i].grad().defined()) accumulate_grad(params[0][i], Tensor::zeros(params[0][i].shape()));
-  }
-#pragma omp parallel num_threads(static_cast<int>(S))
-  {
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+  if (reducer) {
+    unhook();
+    reducer->finish();
+  } else if (C > 1) {
+    // The model's gradients += each replica's, in shard order; every thread takes one slice
+    // of every parameter.
+    const std::vector<std::vector<Tensor>>& params = params_;
     for (size_t i = 0; i < params[0].size(); ++i) {
-      Tensor acc = params[0][i].grad();
-      if (!acc.defined()) continue;
-      const int64_t n = acc.numel(), lo = n * t / nt, hi = n * (t + 1) / nt;
-      float* out = acc.data();
-      for (int64_t s = 1; s < S; ++s) {
-        Tensor g = params[s][i].grad();
-        if (!g.defined()) continue;
-        const float* in = g.data();
-        for (int64_t k = lo; k < hi; ++k) out[k] += in[k];
+      bool any = false;
+      for (int64_t s = 1; s < C; ++s) any = any || params[s][i].grad().defined();
+      if (any && !params[0][i].grad().defined())
+        accumulate_grad(params[0][i], Tensor::zeros(params[0][i].shape()));
+    }
+#pragma omp parallel num_threads(static_cast<int>(C))
+    {
+      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      for (size_t i = 0; i < params[0].size(); ++i) {
+        Tensor acc = params[0][i].grad();
+        if (!acc.defined()) continue;
+        const int64_t n = acc.numel(), lo = n * t / nt, hi = n * (t + 1) / nt;
+        float* out = acc.data();
+        for (int64_t s = 1; s < C; ++s) {
+          Tensor g = params[s][i].grad();
+          if (!g.defined()) continue;
+          const float* in = g.data();
+          for (int64_t k = lo; k < hi; ++k) out[k] += in[k];
+        }
       }
     }
   }
-  for (int64_t s = 1; s < S; ++s) models[s]->zero_grad();
-  double total = 0;
-  for (double l : losses) total += l;
-  return static_cast<float>(total);
+  for (int64_t s = 1; s < C; ++s) models[s]->zero_grad();
 }
 
 // ============================================================================
@@ -265,7 +312,19 @@ static void score_rows(const Tensor& logits, const std::vector<int32_t>& targets
   r.tokens += rows;
 }
 
-EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64_t batch) {
+// The sums of an evaluation added over ranks (in rank order: the same bits on every rank).
+static void sum_over_ranks(EvalResult& r, const dist::World& world) {
+  if (world.size == 1) return;
+  std::vector<double> sums{r.loss, static_cast<double>(r.tokens), static_cast<double>(r.correct),
+                           static_cast<double>(r.unknown)};
+  dist::sum_over_ranks(sums);
+  r.loss = sums[0];
+  r.tokens = static_cast<int64_t>(sums[1]);
+  r.correct = static_cast<int64_t>(sums[2]);
+  r.unknown = static_cast<int64_t>(sums[3]);
+}
+
+EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64_t batch, const dist::World& world) {
   auto start = std::chrono::steady_clock::now();
   int64_t n = static_cast<int64_t>(ids.size()), ctx = model.config().ctx;
   if (n < 2) throw Error(fmt::format("evaluation needs at least 2 tokens, got {}", n));
@@ -276,18 +335,21 @@ EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64
   EvalResult r;
   int64_t predictions = n - 1;
   int64_t full = predictions / ctx;  // windows of exactly ctx predictions
+  // This rank's windows: [first, last) of the full ones, and the short one on the last rank.
+  const int64_t first = full * world.rank / world.size, last = full * (world.rank + 1) / world.size;
   std::vector<int32_t> x, y;
-  for (int64_t w0 = 0; w0 < full; w0 += batch) {
-    int64_t b = std::min(batch, full - w0);
+  for (int64_t w0 = first; w0 < last; w0 += batch) {
+    int64_t b = std::min(batch, last - w0);
     x.assign(ids.begin() + w0 * ctx, ids.begin() + (w0 + b) * ctx);
     y.assign(ids.begin() + w0 * ctx + 1, ids.begin() + (w0 + b) * ctx + 1);
     score_rows(model.forward(x, b, ctx, unused), y, r);
   }
-  if (int64_t rest = predictions - full * ctx; rest > 0) {
+  if (int64_t rest = predictions - full * ctx; rest > 0 && world.rank == world.size - 1) {
     x.assign(ids.begin() + full * ctx, ids.begin() + full * ctx + rest);
     y.assign(ids.begin() + full * ctx + 1, ids.end());
     score_rows(model.forward(x, 1, rest, unused), y, r);
   }
+  sum_over_ranks(r, world);
   r.loss /= static_cast<double>(r.tokens);
   model.train(was_training);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -295,20 +357,25 @@ EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64
 }
 
 double estimate_loss(CharLM& model, const std::vector<int32_t>& ids, int64_t batches, int64_t batch,
-                     uint64_t seed) {
+                     uint64_t seed, const dist::World& world) {
   bool was_training = model.is_training();
   model.eval();
   NoGradGuard no_grad;
   Rng rng(seed), unused(0);
   int64_t T = model.config().ctx;
   std::vector<int32_t> x, y;
-  double total = 0;
+  // Every rank draws the same windows and scores its slice [b0, b1) of each batch.
+  const int64_t b0 = batch * world.rank / world.size, b1 = batch * (world.rank + 1) / world.size;
+  EvalResult r;
   for (int64_t i = 0; i < batches; ++i) {
     sample_batch(ids, batch, T, rng, x, y);
-    total += CharLM::loss(model.forward(x, batch, T, unused), y).item();
+    if (b1 == b0) continue;
+    std::vector<int32_t> xs(x.begin() + b0 * T, x.begin() + b1 * T), ys(y.begin() + b0 * T, y.begin() + b1 * T);
+    score_rows(model.forward(xs, b1 - b0, T, unused), ys, r);
   }
+  sum_over_ranks(r, world);
   model.train(was_training);
-  return total / static_cast<double>(batches);
+  return r.loss / static_cast<double>(r.tokens);
 }
 
 // ============================================================================

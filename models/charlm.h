@@ -18,6 +18,7 @@
 #include "nn/embedding.h"
 #include "nn/layer_norm.h"
 #include "nn/transformer_block.h"
+#include "dist/dist.h"
 
 namespace lg::charlm {
 
@@ -88,6 +89,17 @@ class CharLM : public nn::Module {
 // Deterministic for a given shard count. With one shard (or B = 1) it is exactly the plain
 // forward/backward, drawing dropout masks from dropout_rng; with more, shard s draws from
 // its own generator seeded from dropout_rng.
+//
+// Across processes (dist/dist.h), the batch is cut into the shards of all ranks together and
+// each rank runs its own range of them: the shards, their dropout streams and their weights
+// are those of one process running all of them, so the result does not depend on how the
+// shards are spread over ranks and threads (up to the order of float additions).
+struct ShardRange {
+  int64_t total = 1;  // shards of the whole batch (<= B)
+  int64_t first = 0;  // the ones run here: [first, first + count)
+  int64_t count = 1;  // <= shards()
+};
+
 class DataParallel {
  public:
   DataParallel(CharLM& model, int64_t shards);
@@ -96,6 +108,14 @@ class DataParallel {
   // the model's parameters' .grad (like backward(); zero them first) and returns that loss.
   float forward_backward(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets, int64_t B,
                          int64_t T, Rng& dropout_rng);
+  // The same for the shards of `range` only. shard_losses (resized to range.total) gets each
+  // shard's loss weighted by its share of the batch (0 for shards run elsewhere): their sum
+  // over all ranks is the batch's loss. With a reducer, the shards' gradients reach the
+  // model's .grad through it (summed over shards and ranks, overlapping backward); without
+  // one, they are added here.
+  void forward_backward_shards(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets, int64_t B,
+                               int64_t T, Rng& dropout_rng, const ShardRange& range,
+                               std::vector<double>& shard_losses, dist::GradReducer* reducer = nullptr);
 
  private:
   CharLM& model_;
@@ -119,13 +139,16 @@ struct EvalResult {
 // Every token of `ids` after the first is predicted exactly once: non-overlapping windows
 // [s, s + ctx) for s = 0, ctx, 2 ctx, ... predict ids[s + 1 .. s + ctx], the last window
 // being shorter. Windows go through the model `batch` at a time, in eval mode, without a
-// graph. Needs at least 2 ids.
-EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64_t batch);
+// graph. Needs at least 2 ids. Across ranks (world.size > 1, every rank calling), each rank
+// scores its share of the windows and the sums are added over ranks: every rank gets the result.
+EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64_t batch,
+                           const dist::World& world = {});
 
-// Mean loss over `batches` random (batch, ctx) windows drawn from Rng(seed): the cheap
-// estimate used during training. Eval mode, no graph; the caller's rngs are untouched.
+// Mean loss over every token of `batches` random (batch, ctx) windows drawn from Rng(seed): the
+// cheap estimate used during training. Eval mode, no graph; the caller's rngs are untouched.
+// Across ranks, each rank scores its slice of every batch, as above.
 double estimate_loss(CharLM& model, const std::vector<int32_t>& ids, int64_t batches, int64_t batch,
-                     uint64_t seed);
+                     uint64_t seed, const dist::World& world = {});
 
 // ---- sampling -----------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 # scripts/deps.sh: installs the Debian packages the build needs (as root), or prints the command to run.
 set -euo pipefail
 # libopenblas-openmp-dev: OpenBLAS on the same OpenMP threads as our kernels (see CMakeLists.txt)
-packages=(g++ cmake make libopenblas-dev libopenblas-openmp-dev libfmt-dev doctest-dev)
+# openmpi-bin, libopenmpi-dev: training on several processes or machines (dist/)
+packages=(g++ cmake make libopenblas-dev libopenblas-openmp-dev libfmt-dev doctest-dev openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
