@@ -4,12 +4,15 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <map>
 #include <ostream>
 #include <set>
+#include <thread>
 
+#include "dist/dist.h"
 #include "models/charlm_checkpoint.h"
 
 namespace lg::charlm {
@@ -76,10 +79,19 @@ evaluation and logging:
                         Each step cuts the batch into one shard per thread, run side by
                         side (data parallel). A run is bitwise reproducible for a given
                         thread count; another count changes the float rounding only.
+several processes or machines (started by mpirun; see the README):
+  --bucket-mb X         gradients all-reduced in buckets of about X MB, each as soon
+                        as backward has produced it                   [1]
+  --no-overlap          all-reduce after backward instead (slower; for measuring)
+  Under `mpirun -np K`, --batch stays the whole batch: it is cut into one shard per thread
+  of every rank (shards of B/S or B/S + 1 sequences, weighted by size), the gradients are
+  summed across ranks, and the run equals one process with that many threads (up to float
+  rounding). Rank 0 prints and writes every file; every rank reads --data (--resume: also
+  DIR, so DIR must be on storage every rank sees).
 
 At the end the best checkpoint is evaluated on EVERY token of the val and test splits
-(non-overlapping windows of ctx) and a sample is printed. Ctrl-C saves a checkpoint
-and exits (code 130); run again with --resume to continue.
+(non-overlapping windows of ctx) and a sample is printed. Ctrl-C (SIGINT) or SIGTERM
+saves a checkpoint and exits (code 130 or 143); run again with --resume to continue.
 )";
 }
 
@@ -95,6 +107,9 @@ unknown id (they are reported, and cost a high loss).
   --data PATH           text file to evaluate
   --json                print one JSON object with the metrics on stdout
   --threads N           OpenMP/BLAS threads (0 = OMP_NUM_THREADS)     [0]
+
+Under `mpirun -np K`, each rank evaluates its share of the windows (every rank reads DIR
+and PATH) and rank 0 prints the totals.
 )";
 }
 
@@ -267,7 +282,7 @@ int eval_command(const std::vector<std::string>& args, Console& console) {
     throw Error(fmt::format("{} has {} byte; evaluation needs at least 2", data, text.size()));
   const std::vector<int32_t> ids = m.meta.vocab.encode(text);
   const int64_t unknown = m.meta.vocab.count_unknown(text);
-  EvalResult r = evaluate_tokens(*m.model, ids, 16);
+  EvalResult r = evaluate_tokens(*m.model, ids, 16, dist::world());
   human << fmt::format(
       "charlm eval: {} (step {}, {} attention, {} parameters) on {} ({} bytes, {} outside the "
       "vocabulary)\n",
@@ -315,6 +330,8 @@ int sample_command(const std::vector<std::string>& args, Console& console) {
     console.out << sample_help();
     return 0;
   }
+  if (dist::world().size > 1)
+    throw UsageError("sample generates one sequence in one process: run it without mpirun");
   const std::string ckpt = required(f, "--ckpt", "sample");
   const std::string prompt = f.has("--prompt") ? f.get("--prompt") : "";
   const int64_t tokens = f.has("--tokens") ? to_positive_int("--tokens", f.get("--tokens")) : 500;
@@ -364,7 +381,8 @@ TrainInvocation parse_train_args(const std::vector<std::string>& args) {
       {"--rope-dim", true},   {"--dropout", true},      {"--steps", true},        {"--lr", true},
       {"--min-lr", true},     {"--warmup", true},       {"--weight-decay", true}, {"--grad-clip", true},
       {"--eval-every", true}, {"--eval-batches", true}, {"--log-every", true},    {"--split", true},
-      {"--seed", true},       {"--threads", true},      {"--resume", false},      {"--json", false}};
+      {"--seed", true},       {"--threads", true},      {"--resume", false},      {"--json", false},
+      {"--bucket-mb", true},  {"--no-overlap", false}};
   ParsedFlags f = parse_flags(args, specs, "train");
   TrainInvocation call;
   call.help = f.help;
@@ -420,6 +438,8 @@ TrainInvocation parse_train_args(const std::vector<std::string>& args) {
     if (seed < 0) throw UsageError(fmt::format("--seed must be >= 0, got {}", seed));
     s.seed = static_cast<uint64_t>(seed);
   }
+  real_flag("--bucket-mb", s.bucket_mb);
+  s.overlap = !f.has("--no-overlap");
   s.resume = f.has("--resume");
   s.json = f.has("--json");
   try {
@@ -434,6 +454,18 @@ TrainInvocation parse_train_args(const std::vector<std::string>& args) {
 // ============================================================================
 // Dispatch
 // ============================================================================
+
+// Prints an error and returns its exit code. Under mpirun, where the other ranks may be waiting
+// for this one, it ends the whole job instead; rank 0 goes first, so that an error every rank
+// meets (a bad flag) is printed once.
+static int report_error(Console& console, const std::string& message, int code) {
+  const dist::World& world = dist::world();
+  if (world.size > 1 && world.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(1));
+  console.err << "charlm: error: " << (world.rank != 0 ? fmt::format("rank {}: ", world.rank) : "") << message
+              << std::endl;
+  if (world.size > 1) dist::abort(code);
+  return code;
+}
 
 int charlm_main(const std::vector<std::string>& args, Console& console) {
   try {
@@ -453,14 +485,11 @@ int charlm_main(const std::vector<std::string>& args, Console& console) {
     throw UsageError(
         fmt::format("unknown command '{}' (expected train, eval or sample; see charlm --help)", command));
   } catch (const UsageError& e) {
-    console.err << "charlm: error: " << e.what() << std::endl;
-    return kExitUsage;
+    return report_error(console, e.what(), kExitUsage);
   } catch (const std::bad_alloc&) {
-    console.err << "charlm: error: out of memory" << std::endl;
-    return kExitError;
+    return report_error(console, "out of memory", kExitError);
   } catch (const std::exception& e) {
-    console.err << "charlm: error: " << e.what() << std::endl;
-    return kExitError;
+    return report_error(console, e.what(), kExitError);
   }
 }
 

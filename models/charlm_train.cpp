@@ -10,8 +10,10 @@
 #include <csignal>
 #include <limits>
 #include <ostream>
+#include <thread>
 
 #include "core/files.h"
+#include "dist/dist.h"
 #include "models/charlm_checkpoint.h"
 #include "models/svg_plot.h"
 #include "optim/adamw.h"
@@ -55,6 +57,8 @@ void TrainSettings::validate(bool vocab_known) const {
     throw Error(fmt::format("--grad-clip must be >= 0 (0 = off), got {}", grad_clip));
   if (threads < 0) throw Error(fmt::format("--threads must be >= 0 (0 = OMP_NUM_THREADS), got {}", threads));
   if (seed > (1ull << 53)) throw Error(fmt::format("--seed must be at most 2^53, got {}", seed));
+  if (!(bucket_mb > 0) || !std::isfinite(bucket_mb) || bucket_mb > 1024)
+    throw Error(fmt::format("--bucket-mb must be in (0, 1024], got {}", bucket_mb));
   ModelConfig m = model;
   if (!vocab_known) m.vocab = 256;  // checked later, once the training split is read
   m.validate();
@@ -127,7 +131,8 @@ TrainSettings TrainSettings::from_json(const json::Value& v) {
 
 bool resume_may_override(const std::string& flag) {
   return flag == "--steps" || flag == "--eval-every" || flag == "--eval-batches" || flag == "--log-every" ||
-         flag == "--threads" || flag == "--json" || flag == "--data" || flag == "--out" || flag == "--resume";
+         flag == "--threads" || flag == "--json" || flag == "--data" || flag == "--out" || flag == "--resume" ||
+         flag == "--bucket-mb";
 }
 
 uint64_t stream_seed(uint64_t seed, Stream stream) {
@@ -135,21 +140,25 @@ uint64_t stream_seed(uint64_t seed, Stream stream) {
 }
 
 // ============================================================================
-// Stop requests (SIGINT)
+// Stop requests (SIGINT, SIGTERM)
 // ============================================================================
 
-static volatile std::sig_atomic_t g_stop = 0;
+static volatile std::sig_atomic_t g_stop = 0;  // the signal's number
 
-void request_stop() { g_stop = 1; }
+void request_stop(int signal_number) { g_stop = signal_number; }
 bool stop_requested() { return g_stop != 0; }
+int stop_signal() { return g_stop; }
 void clear_stop() { g_stop = 0; }
 
-static void on_sigint(int) {
-  g_stop = 1;
-  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
+static void on_stop_signal(int signal_number) {
+  g_stop = signal_number;
+  std::signal(signal_number, SIG_DFL);  // a second one ends the process at once
 }
 
-void install_sigint_handler() { std::signal(SIGINT, on_sigint); }
+void install_stop_handlers() {
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+}
 
 // ============================================================================
 // Formatting
@@ -252,6 +261,66 @@ std::string shape_text(const Shape& shape) {
   return s + ")";
 }
 
+// ---- several ranks (dist/dist.h) -----------------------------------------------------------
+
+// Fingerprint of this program's binary: ranks running another build refuse to start together.
+uint64_t build_fingerprint() {
+  try {
+    return files::fnv1a64(files::read_file("/proc/self/exe"));
+  } catch (const Error&) {
+    return 0;  // no /proc: builds are not compared
+  }
+}
+
+// What a rank is about to run; every rank must agree with rank 0 before training starts.
+struct StartCheck {
+  std::string error;      // this rank's setup error, "" when it is ready
+  uint64_t settings = 0;  // hash of the settings that change results (flags, resumed checkpoint)
+  uint64_t corpus = 0;    // FNV-1a of the corpus
+  int64_t corpus_bytes = 0;
+  uint64_t build = 0;
+};
+
+// Every rank takes part (a collective), ready or not: all start, or all return false with the
+// reason printed once (by rank 0, or by the rank that alone knows it).
+bool agree_to_start(const dist::World& world, const StartCheck& mine, const std::vector<std::string>& hosts,
+                    std::ostream& err) {
+  const std::vector<uint64_t> ok = dist::all_gather(mine.error.empty() ? 1 : 0);
+  const std::vector<uint64_t> error = dist::all_gather(files::fnv1a64(mine.error));
+  const std::vector<uint64_t> settings = dist::all_gather(mine.settings);
+  const std::vector<uint64_t> corpus = dist::all_gather(mine.corpus);
+  const std::vector<uint64_t> bytes = dist::all_gather(static_cast<uint64_t>(mine.corpus_bytes));
+  const std::vector<uint64_t> build = dist::all_gather(mine.build);
+  const size_t r = static_cast<size_t>(world.rank);
+  auto where = [&](size_t rank) { return fmt::format("rank {} ({})", rank, hosts[rank]); };
+  if (std::find(ok.begin(), ok.end(), 0) != ok.end()) {
+    // Rank 0 prints its own error; another rank prints its error where rank 0's is different.
+    if (!mine.error.empty() && (r == 0 || error[r] != error[0]))
+      err << "charlm: error: " << (r == 0 ? "" : where(r) + ": ") << mine.error << std::endl;
+    if (r == 0 && ok[0] == 1)
+      for (size_t q = 1; q < ok.size(); ++q)
+        if (!ok[q]) err << fmt::format("charlm: error: {} could not start (its error is above)", where(q)) << std::endl;
+    return false;
+  }
+  for (size_t q = 1; q < ok.size(); ++q) {
+    std::string what;
+    if (build[q] != build[0])
+      what = "runs another build of charlm (the binaries differ)";
+    else if (corpus[q] != corpus[0] || bytes[q] != bytes[0])
+      what = fmt::format("reads another corpus ({} bytes, FNV-1a {:016x}; rank 0: {} bytes, {:016x})", bytes[q],
+                         corpus[q], bytes[0], corpus[0]);
+    else if (settings[q] != settings[0])
+      what = "has other settings (flags, or the checkpoint it resumes from)";
+    if (what.empty()) continue;
+    if (r == 0)
+      err << fmt::format("charlm: error: {} disagrees with rank 0: it {}; every rank must run the same job",
+                         where(q), what)
+          << std::endl;
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 TrainResult run_train(TrainSettings settings, const std::set<std::string>& given, Console& console,
@@ -259,16 +328,43 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
   using clock = std::chrono::steady_clock;
   const auto wall_start = clock::now();
   TrainResult result;
-  std::ostream& human = settings.json ? console.err : console.out;
+  // Several ranks (started by mpirun): rank 0 prints and writes every file; the others compute.
+  const dist::World& world = dist::world();
+  const bool ranks = world.size > 1;
+  std::ostream silent(nullptr);  // discards what ranks other than 0 would print
+  std::ostream& human = world.rank != 0 ? silent : settings.json ? console.err : console.out;
   const bool tty = settings.json ? console.err_is_tty : console.out_is_tty;
   bool progress_open = false;  // a \r progress line is on screen and needs ending before other output
   auto end_progress = [&] {
     if (progress_open) human << "\n";
     progress_open = false;
   };
+  const std::vector<std::string> hosts = dist::all_hosts();
+  StartCheck start_check;
+  bool started = false;  // every rank agreed to start
+  // An error on this rank. Before training starts every rank hears of it (agree_to_start) and
+  // returns; once it has started, the other ranks would wait for this one forever, so the job ends.
   auto fail = [&](const std::string& message) {
     end_progress();
-    console.err << "charlm: error: " << message << std::endl;
+    result.exit_code = 1;
+    if (!ranks) {
+      console.err << "charlm: error: " << message << std::endl;
+    } else if (!started) {
+      start_check.error = message;
+      agree_to_start(world, start_check, hosts, console.err);
+    } else {
+      // Rank 0 first: an error every rank meets is printed once, as rank 0's abort ends the others.
+      if (world.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(1));
+      console.err << fmt::format("charlm: error: rank {} ({}): {}", world.rank, hosts[world.rank], message)
+                  << std::endl;
+      dist::abort(1);
+    }
+    return result;
+  };
+  // An error that every rank meets at the same step (a non-finite loss): rank 0 reports it.
+  auto fail_everywhere = [&](const std::string& message) {
+    end_progress();
+    if (world.rank == 0) console.err << "charlm: error: " << message << std::endl;
     result.exit_code = 1;
     return result;
   };
@@ -323,7 +419,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const Vocab vocab = settings.resume ? resumed.vocab : Vocab::from_text(splits.train);
     settings.model.vocab = vocab.size();
     settings.validate(true);
-    if (!settings.resume && (files::exists(latest_dir) || files::exists(best_dir)))
+    if (world.rank == 0 && !settings.resume && (files::exists(latest_dir) || files::exists(best_dir)))
       return fail(
           fmt::format("{} already holds a training run; pass --resume to continue it or choose another --out",
                       settings.out));
@@ -365,9 +461,41 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       best_step = resumed.best_step;
       train_seconds_before = resumed.train_seconds;
     }
-    files::ensure_writable_dir(settings.out);
+    if (world.rank == 0) files::ensure_writable_dir(settings.out);
     result.first_step = result.last_step = step;
     result.params = model.parameter_count();
+
+    // ---- several ranks: all run the same job, and each knows its shards of every batch ----
+    // The batch is cut into S = min(threads of all ranks, B) shards, as one process with that
+    // many threads would cut it; rank r runs the next ones in order, one per thread.
+    const std::vector<uint64_t> rank_threads = dist::all_gather(static_cast<uint64_t>(get_num_threads()));
+    int64_t all_threads = 0, threads_before = 0;
+    for (size_t r = 0; r < rank_threads.size(); ++r) {
+      if (static_cast<int>(r) < world.rank) threads_before += static_cast<int64_t>(rank_threads[r]);
+      all_threads += static_cast<int64_t>(rank_threads[r]);
+    }
+    ShardRange shards;
+    shards.total = std::min(all_threads, settings.batch);
+    shards.first = shards.total * threads_before / all_threads;
+    shards.count = shards.total * (threads_before + get_num_threads()) / all_threads - shards.first;
+    std::unique_ptr<dist::GradReducer> reducer;
+    if (ranks) {
+      TrainSettings same = settings;  // ranks may run different thread counts
+      same.threads = 0;
+      start_check.settings = files::fnv1a64(fmt::format("{} resume {} step {} bucket-mb {} overlap {}",
+                                                        same.to_json().dump(), settings.resume, step,
+                                                        settings.bucket_mb, settings.overlap));
+      start_check.corpus = corpus_info.fnv1a;
+      start_check.corpus_bytes = corpus_info.bytes;
+      start_check.build = build_fingerprint();
+      if (!agree_to_start(world, start_check, hosts, console.err)) {
+        result.exit_code = 1;
+        return result;
+      }
+      reducer = std::make_unique<dist::GradReducer>(
+          model.parameters(), static_cast<int64_t>(settings.bucket_mb * 1024 * 1024), settings.overlap);
+    }
+    started = true;
 
     // ---- the configuration and the parameters ----
     human << fmt::format("charlm train: {} {}\n", settings.resume ? "resuming" : "starting",
@@ -385,8 +513,30 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const json::Value settings_json = settings.to_json();
     for (const auto& [key, value] : settings_json.items())
       human << fmt::format("  {:<14}{}\n", key, value.is_string() ? value.as_string() : value.dump());
-    human << fmt::format("  {:<14}{} (each step: {} data-parallel shards of the batch, one per thread)\n",
-                         "threads used", get_num_threads(), std::min<int64_t>(get_num_threads(), settings.batch));
+    if (!ranks) {
+      human << fmt::format("  {:<14}{} (each step: {} data-parallel shards of the batch, one per thread)\n",
+                           "threads used", get_num_threads(), shards.total);
+    } else {
+      std::string placement;  // "vm1: ranks 0-1, vm2: ranks 2-3"
+      for (size_t r = 0; r < hosts.size();) {
+        size_t q = r;
+        while (q + 1 < hosts.size() && hosts[q + 1] == hosts[r]) ++q;
+        placement += fmt::format("{}{}: {}", placement.empty() ? "" : ", ", hosts[r],
+                                 q == r ? fmt::format("rank {}", r) : fmt::format("ranks {}-{}", r, q));
+        r = q + 1;
+      }
+      const bool same_threads =
+          std::all_of(rank_threads.begin(), rank_threads.end(), [&](uint64_t t) { return t == rank_threads[0]; });
+      human << fmt::format("  {:<14}{} ranks x {} ({})\n", "world", world.size,
+                           same_threads ? fmt::format("{} thread{}", rank_threads[0], rank_threads[0] == 1 ? "" : "s")
+                                        : std::string("threads of each rank's own"),
+                           placement);
+      human << fmt::format(
+          "  {:<14}each step: {} data-parallel shards of the batch of {}, one per rank and thread; "
+          "gradients ({} MB) all-reduced in {} buckets of <= {} MB while backward runs{}\n",
+          "layout", shards.total, settings.batch, fmt::format("{:.1f}", reducer->bytes() / 1048576.0),
+          reducer->buckets(), settings.bucket_mb, settings.overlap ? "" : " (--no-overlap: after backward)");
+    }
     human << "parameters (the output head reuses wte.weight):\n";
     for (const auto& [name, tensor] : model.named_parameters())
       human << fmt::format("  {:<34}{:<14}{:>10}\n", name, shape_text(tensor.shape()),
@@ -394,7 +544,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     human << fmt::format("  {:<48}{:>10}\n", "total", human_count(result.params));
     human.flush();
 
-    std::vector<EvalPoint> points = read_metrics(settings.out + "/metrics.jsonl", step);
+    std::vector<EvalPoint> points;
+    if (world.rank == 0) points = read_metrics(settings.out + "/metrics.jsonl", step);
     auto make_meta = [&] {
       CheckpointMeta m;
       m.model = settings.model;
@@ -415,18 +566,37 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const int64_t B = settings.batch, T = settings.model.ctx;
     const int64_t start_step = step;
     double train_seconds = 0;  // this process's time inside training steps
+    double comm_seconds = 0;   // of which waiting on other ranks
+    int stop = 0;              // the signal every rank agreed to stop on
     const auto loop_start = clock::now();
     std::vector<int32_t> x, y;
-    DataParallel parallel(model, get_num_threads());
+    std::vector<double> shard_losses;
+    DataParallel parallel(model, std::max<int64_t>(shards.count, 1));
     model.train();
     while (step < settings.steps) {
-      if (stop_requested()) break;
+      if (!ranks && stop_requested()) break;
       const auto step_start = clock::now();
       const float lr = optim::lr_at(schedule, step + 1);  // the k-th update (k = step + 1) uses lr_at(k)
       optimizer.config.lr = lr;
-      sample_batch(train_ids, B, T, data_rng, x, y);
+      sample_batch(train_ids, B, T, data_rng, x, y);  // the whole batch, on every rank
       optimizer.zero_grad();
-      const float loss_value = parallel.forward_backward(x, y, B, T, dropout_rng);  // one shard per thread
+      // This rank's shards, one per thread; across ranks, the reducer sums the gradients.
+      parallel.forward_backward_shards(x, y, B, T, dropout_rng, shards, shard_losses, reducer.get());
+      if (ranks) {
+        // One small collective: every shard's loss, and whether any rank was asked to stop.
+        const auto comm_start = clock::now();
+        std::vector<double> sums = shard_losses;
+        sums.push_back(stop_signal() == SIGTERM ? 1 : 0);
+        sums.push_back(stop_signal() == SIGINT ? 1 : 0);
+        dist::sum_over_ranks(sums);
+        comm_seconds += reducer->wait_seconds() + seconds_since(comm_start);
+        stop = sums[shard_losses.size()] > 0 ? SIGTERM : sums[shard_losses.size() + 1] > 0 ? SIGINT : 0;
+        sums.resize(shard_losses.size());
+        shard_losses = sums;
+      }
+      double batch_loss = 0;  // shard order: the same sum on any number of ranks
+      for (double l : shard_losses) batch_loss += l;
+      const float loss_value = static_cast<float>(batch_loss);
       const float grad_norm =
           settings.grad_clip > 0
               ? optim::clip_grad_norm(model.parameters(), static_cast<float>(settings.grad_clip))
@@ -434,7 +604,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       if (!std::isfinite(loss_value) || !std::isfinite(grad_norm)) {
         std::string what = !std::isfinite(loss_value) ? fmt::format("loss is {}", loss_value)
                                                       : fmt::format("gradient norm is {}", grad_norm);
-        return fail(fmt::format(
+        return fail_everywhere(fmt::format(
             "{} at step {}; training stopped without updating the weights. {}", what, step + 1,
             latest_saved ? fmt::format("The last good checkpoint is {} (step {}).", latest_dir, latest_step)
                          : std::string("No checkpoint had been saved yet.")));
@@ -453,6 +623,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       std::string line = fmt::format("step {:>{}}/{}  loss {:.4f}  lr {:.2e}  {:>7} tok/s  ETA {}", step,
                                      std::to_string(settings.steps).size(), settings.steps, loss_value, lr,
                                      human_count(std::llround(tokens_per_s)), human_duration(eta));
+      if (ranks)
+        line += fmt::format("  comm {:.1f} ms/step", 1e3 * comm_seconds / static_cast<double>(done_here));
       if (tty) {
         human << "\r\x1b[2K" << line << std::flush;
         progress_open = true;
@@ -463,14 +635,14 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       if (step % settings.eval_every == 0 || step == settings.steps) {
         EvalPoint p{step,
                     estimate_loss(model, train_ids, settings.eval_batches, B,
-                                  stream_seed(settings.seed, Stream::TrainEstimate)),
+                                  stream_seed(settings.seed, Stream::TrainEstimate), world),
                     estimate_loss(model, val_ids, settings.eval_batches, B,
-                                  stream_seed(settings.seed, Stream::ValEstimate)),
+                                  stream_seed(settings.seed, Stream::ValEstimate), world),
                     lr,
                     tokens_per_s,
                     train_seconds_before + train_seconds};
         if (!std::isfinite(p.train_loss) || !std::isfinite(p.val_loss))
-          return fail(fmt::format(
+          return fail_everywhere(fmt::format(
               "evaluation at step {} gave a non-finite loss (train {}, val {}); training stopped. {}", step,
               p.train_loss, p.val_loss,
               latest_saved ? fmt::format("The last good checkpoint is {} (step {}).", latest_dir, latest_step)
@@ -480,12 +652,14 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
           best_val = p.val_loss;
           best_step = step;
         }
-        points.push_back(p);
-        write_reports(settings.out, points);
-        CheckpointMeta meta = make_meta();
-        meta.train_seconds = train_seconds_before + train_seconds;
-        save_checkpoint(latest_dir, meta, model, &optimizer);
-        if (improved) save_checkpoint(best_dir, meta, model, &optimizer);
+        if (world.rank == 0) {  // the one writer
+          points.push_back(p);
+          write_reports(settings.out, points);
+          CheckpointMeta meta = make_meta();
+          meta.train_seconds = train_seconds_before + train_seconds;
+          save_checkpoint(latest_dir, meta, model, &optimizer);
+          if (improved) save_checkpoint(best_dir, meta, model, &optimizer);
+        }
         latest_saved = true;
         latest_step = step;
         end_progress();
@@ -499,33 +673,42 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
               << std::flush;
       }
       if (after_step) after_step(step, model);
+      if (!ranks) stop = stop_signal();
+      if (stop) break;
     }
     end_progress();
     result.tokens_per_s =
         train_seconds > 0 ? static_cast<double>((step - start_step) * B * T) / train_seconds : 0;
+    result.comm_ms_per_step = step > start_step ? 1e3 * comm_seconds / static_cast<double>(step - start_step) : 0;
 
-    if (stop_requested()) {
-      if (!latest_saved || latest_step != step) {
+    if (stop) {
+      if (world.rank == 0 && (!latest_saved || latest_step != step)) {
         CheckpointMeta meta = make_meta();
         meta.train_seconds = train_seconds_before + train_seconds;
         save_checkpoint(latest_dir, meta, model, &optimizer);
       }
+      dist::barrier();  // no rank exits (which ends the job) before rank 0 has saved
       human << fmt::format("interrupted at step {}: checkpoint saved to {}; continue with --resume\n", step,
                            latest_dir);
-      if (settings.json)
+      if (settings.json && world.rank == 0)
         console.out << fmt::format("{{\"interrupted\": true, \"step\": {}, \"checkpoint\": \"{}\"}}\n", step,
                                    latest_dir);
       console.out.flush();
-      result.exit_code = 130;
+      result.exit_code = 128 + stop;
       return result;
     }
 
     // ---- final evaluation on every token of val and test, with the best checkpoint ----
-    std::string final_dir = files::exists(best_dir + "/checkpoint.json") ? best_dir : latest_dir;
-    CheckpointMeta final_meta = read_checkpoint_meta(final_dir);
-    load_checkpoint_weights(final_dir, model);
-    result.val = evaluate_tokens(model, val_ids, kEvalBatch);
-    result.test = evaluate_tokens(model, test_ids, kEvalBatch);
+    std::string final_dir;
+    CheckpointMeta final_meta;
+    if (world.rank == 0) {
+      final_dir = files::exists(best_dir + "/checkpoint.json") ? best_dir : latest_dir;
+      final_meta = read_checkpoint_meta(final_dir);
+      load_checkpoint_weights(final_dir, model);
+    }
+    for (Tensor& p : model.parameters()) dist::broadcast(p.data(), p.numel());  // rank 0's weights
+    result.val = evaluate_tokens(model, val_ids, kEvalBatch, world);
+    result.test = evaluate_tokens(model, test_ids, kEvalBatch, world);
     const double wall = seconds_since(wall_start);
     human << fmt::format("final evaluation, every token, with {} (step {}):\n", final_dir, final_meta.step);
     human << "  " << metrics_line("val", result.val) << "\n";
@@ -534,7 +717,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                          human_duration(wall), wall, human_count(std::llround(result.tokens_per_s)),
                          step - start_step);
     human << fmt::format("sample ({} characters, temperature {}):\n", kSampleTokens, kSampleTemperature);
-    {
+    if (world.rank == 0) {
       Rng sample_rng(stream_seed(settings.seed, Stream::Sample));
       Generator gen(model);
       int32_t newline = vocab.id_of('\n');
@@ -547,7 +730,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       }
       human << text << "\n" << std::flush;
     }
-    if (settings.json) {
+    if (settings.json && world.rank == 0) {
       json::Value j = json::Value::object();
       const EvalResult& v = result.val;
       const EvalResult& t = result.test;
@@ -567,6 +750,11 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       j.set("wall_s", wall);
       j.set("attn", nn::attention_kind_name(settings.model.attention));
       j.set("checkpoint", final_dir);
+      j.set("ranks", static_cast<int64_t>(world.size));
+      j.set("comm_ms_per_step", result.comm_ms_per_step);
+      json::Value losses = json::Value::array();  // every step run here, in order
+      for (float l : result.losses) losses.push(static_cast<double>(l));
+      j.set("step_losses", losses);
       console.out << j.dump() << "\n" << std::flush;
     }
     return result;

@@ -38,6 +38,8 @@ struct TrainSettings {
   SplitFractions split;
   uint64_t seed = 1337;
   int64_t threads = 0;  // 0: as OMP_NUM_THREADS says
+  double bucket_mb = 1.0;  // gradient all-reduce bucket size, across ranks (dist/dist.h)
+  bool overlap = true;     // all-reduce buckets while backward runs (--no-overlap: after it)
   bool resume = false, json = false;
 
   // Throws lg::Error naming the flag of any invalid value (model ones via ModelConfig::validate,
@@ -51,19 +53,23 @@ struct TrainSettings {
 // Flags that --resume lets the command line change; every other flag must match the checkpoint.
 bool resume_may_override(const std::string& flag);
 
-// Stop requests (SIGINT): the training loop checks between steps, saves a checkpoint and returns.
-void request_stop();
+// Stop requests (SIGINT from Ctrl-C, SIGTERM from a cluster scheduler or `kill`): the training
+// loop stops after the step in progress (on every rank, at the same step), saves a checkpoint
+// and returns 128 + the signal's number (130, 143).
+void request_stop(int signal_number);
 bool stop_requested();
+int stop_signal();  // the signal that asked to stop; 0 if none
 void clear_stop();
-void install_sigint_handler();  // first SIGINT calls request_stop(); a second one kills as usual
+void install_stop_handlers();  // the first SIGINT or SIGTERM calls request_stop(); a second one kills as usual
 
 struct TrainResult {
-  int exit_code = 0;          // 0 done, 1 error, 130 interrupted (checkpoint saved)
+  int exit_code = 0;          // 0 done, 1 error, 130 or 143 interrupted (checkpoint saved)
   int64_t first_step = 0;     // step the run started from (0, or the resumed step)
   int64_t last_step = 0;      // steps completed when it returned
   std::vector<float> losses;  // training loss of each step run here: losses[i] is step first_step + i + 1
   EvalResult val, test;       // every-token evaluations at the end (best checkpoint)
   double tokens_per_s = 0;
+  double comm_ms_per_step = 0;  // waiting on other ranks (gradients, losses), per step
   int64_t params = 0;
 };
 

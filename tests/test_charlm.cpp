@@ -389,7 +389,7 @@ TEST_CASE("training lowers the loss and writes checkpoints, metrics.jsonl and lo
 }
 
 TEST_CASE("resume after SIGINT continues exactly: bitwise the losses of an uninterrupted run") {
-  install_sigint_handler();
+  install_stop_handlers();
   for (const char* kind : {"latent", "mha"}) {
     CAPTURE(kind);
     TempDir dir(std::string("resume-") + kind);
@@ -409,7 +409,7 @@ TEST_CASE("resume after SIGINT continues exactly: bitwise the losses of an unint
           if (step == 13) std::raise(SIGINT);
         },
         &err);
-    install_sigint_handler();  // the handler resets itself after one signal
+    install_stop_handlers();  // the handler resets itself after one signal
     CHECK(first.exit_code == 130);
     CHECK(first.last_step == 13);
     CHECK(err.empty());
