@@ -153,6 +153,10 @@ void clear_stop() { g_stop = 0; }
 static void on_stop_signal(int signal_number) {
   g_stop = signal_number;
   std::signal(signal_number, SIG_DFL);  // a second one ends the process at once
+  // Whoever sent the signal may be closing our terminal or pipe too (mpirun does, when it is
+  // stopped): the checkpoint matters more than the report, so losing them must not kill us.
+  std::signal(SIGHUP, SIG_IGN);
+  std::signal(SIGPIPE, SIG_IGN);
 }
 
 void install_stop_handlers() {
@@ -569,6 +573,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     double comm_seconds = 0;   // of which waiting on other ranks
     int stop = 0;              // the signal every rank agreed to stop on
     const auto loop_start = clock::now();
+    auto last_redraw = loop_start - std::chrono::seconds(1);
     std::vector<int32_t> x, y;
     std::vector<double> shard_losses;
     DataParallel parallel(model, std::max<int64_t>(shards.count, 1));
@@ -625,9 +630,14 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                                      human_count(std::llround(tokens_per_s)), human_duration(eta));
       if (ranks)
         line += fmt::format("  comm {:.1f} ms/step", 1e3 * comm_seconds / static_cast<double>(done_here));
+      // On a terminal, the line is redrawn at most 5 times a second: a flood of redraws costs
+      // time, and under mpirun a terminal that stopped reading would block us before a save.
       if (tty) {
-        human << "\r\x1b[2K" << line << std::flush;
-        progress_open = true;
+        if (seconds_since(last_redraw) >= 0.2 || step == settings.steps || step % settings.eval_every == 0) {
+          human << "\r\x1b[2K" << line << std::flush;
+          progress_open = true;
+          last_redraw = clock::now();
+        }
       } else if (step % settings.log_every == 0 || step == start_step + 1) {
         human << line << "\n" << std::flush;
       }
