@@ -73,7 +73,7 @@ const World& init() {
   g_initialised = true;
   if (!launched_by_mpi()) return g_world;
   // Serialized: the reducer's threads take turns calling MPI (under its mutex).
-  ScopedLeakCheckOff mpi_init_allocations;
+  [[maybe_unused]] ScopedLeakCheckOff mpi_init_allocations;
   check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &g_thread_level), "MPI_Init_thread");
   keep_libraries_loaded();
   MPI_Comm_rank(MPI_COMM_WORLD, &g_world.rank);
@@ -86,7 +86,7 @@ const World& world() { return g_world; }
 
 void finalize() {
   keep_libraries_loaded();
-  ScopedLeakCheckOff mpi_finalize_allocations;
+  [[maybe_unused]] ScopedLeakCheckOff mpi_finalize_allocations;
   if (g_world.mpi) MPI_Finalize();
   g_world.mpi = false;
 }

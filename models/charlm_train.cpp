@@ -575,7 +575,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const auto loop_start = clock::now();
     auto last_redraw = loop_start - std::chrono::seconds(1);
     std::vector<int32_t> x, y;
-    std::vector<double> shard_losses;
+    std::vector<double> shard_losses, step_seconds;
     DataParallel parallel(model, std::max<int64_t>(shards.count, 1));
     model.train();
     while (step < settings.steps) {
@@ -616,7 +616,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       }
       optimizer.step();
       ++step;
-      train_seconds += seconds_since(step_start);
+      step_seconds.push_back(seconds_since(step_start));
+      train_seconds += step_seconds.back();
       result.losses.push_back(loss_value);
       result.last_step = step;
 
@@ -690,6 +691,10 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     result.tokens_per_s =
         train_seconds > 0 ? static_cast<double>((step - start_step) * B * T) / train_seconds : 0;
     result.comm_ms_per_step = step > start_step ? 1e3 * comm_seconds / static_cast<double>(step - start_step) : 0;
+    if (!step_seconds.empty()) {
+      std::nth_element(step_seconds.begin(), step_seconds.begin() + step_seconds.size() / 2, step_seconds.end());
+      result.step_ms_median = 1e3 * step_seconds[step_seconds.size() / 2];
+    }
 
     if (stop) {
       if (world.rank == 0 && (!latest_saved || latest_step != step)) {
@@ -762,6 +767,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       j.set("checkpoint", final_dir);
       j.set("ranks", static_cast<int64_t>(world.size));
       j.set("comm_ms_per_step", result.comm_ms_per_step);
+      j.set("step_ms_median", result.step_ms_median);
       json::Value losses = json::Value::array();  // every step run here, in order
       for (float l : result.losses) losses.push(static_cast<double>(l));
       j.set("step_losses", losses);

@@ -70,6 +70,7 @@ struct TrainResult {
   EvalResult val, test;       // every-token evaluations at the end (best checkpoint)
   double tokens_per_s = 0;
   double comm_ms_per_step = 0;  // waiting on other ranks (gradients, losses), per step
+  double step_ms_median = 0;    // median time of this run's steps
   int64_t params = 0;
 };
 
