@@ -4,6 +4,7 @@
 //   charlm_bench train    [model flags] [--steps N --warmup N --threads N --data PATH --json]
 //   charlm_bench generate [model flags] [--positions 100,1000,10000 --threads N --json]
 //   charlm_bench peak     [--threads N --size N]
+//   mpirun -np K charlm_bench allreduce [--kb 4,64,1024,16384 --reps N]
 //
 // Figures are medians over the timed steps. "peak" is the machine's measured sgemm rate, the
 // denominator of model FLOP utilisation (MFU).
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/dist.h"
 #include "models/charlm.h"
 #include "models/charlm_data.h"
 #include "optim/adamw.h"
@@ -90,6 +92,10 @@ usage:
       time per token around each position, and resident memory there.
   charlm_bench peak     [--threads N --size N=1024]
       The sgemm rate of an N x N x N product: the MFU denominator.
+  mpirun -np K charlm_bench allreduce [--kb 4,64,1024,16384 --reps N=30]
+      The trainer's gradient all-reduce (dist::GradReducer, one bucket) of each size across
+      the ranks: median time, and bus bandwidth 2 (K - 1) / K x bytes / time, the figure that
+      the ring all-reduce formula in docs/distributed.md uses.
 
 model flags (defaults: the baseline config):
   --attn latent|mla|mha (latent)  --layers N (4)  --heads N (4)  --dim N (128)  --ctx N (64)
@@ -286,7 +292,46 @@ static int run_generate(const Flags& f) {
   return 0;
 }
 
+// ---- allreduce ------------------------------------------------------------------------------
+
+static int run_allreduce(const Flags& f) {
+  const dist::World& world = dist::world();
+  const std::vector<int64_t> sizes_kb = parse_list(f.get("kb", "4,64,1024,16384"));
+  const int64_t reps = f.integer("reps", 30);
+  if (world.rank == 0)
+    fmt::print("all-reduce across {} ranks (one bucket, GradReducer), median of {}:\n  {:>10}  {:>10}  {:>12}\n",
+               world.size, reps, "KB", "us", "bus GB/s");
+  for (int64_t kb : sizes_kb) {
+    Tensor param = Tensor::zeros({std::max<int64_t>(1, kb * 256)}).set_requires_grad();
+    accumulate_grad(param, Tensor::ones(param.shape()));
+    std::vector<std::vector<Tensor>> sources{{param}};
+    dist::GradReducer reducer({param}, kb * 1024 + 1024);
+    std::vector<double> times;
+    for (int64_t r = 0; r < reps + 3; ++r) {
+      dist::barrier();
+      auto t0 = Clock::now();
+      reducer.begin(sources);
+      reducer.grad_ready(0, 0);
+      reducer.finish();
+      if (r >= 3) times.push_back(seconds_since(t0));
+    }
+    const double t = median(times), bytes = static_cast<double>(param.numel()) * 4;
+    const double bus = 2.0 * (world.size - 1) / world.size * bytes / t / 1e9;
+    if (world.rank == 0) fmt::print("  {:>10}  {:>10.1f}  {:>12.2f}\n", kb, t * 1e6, bus);
+  }
+  return 0;
+}
+
+static int bench_main(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  dist::init();
+  const int code = bench_main(argc, argv);
+  dist::finalize();
+  return code;
+}
+
+static int bench_main(int argc, char** argv) {
   try {
     if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
       fmt::print("{}", kHelp);
@@ -295,6 +340,7 @@ int main(int argc, char** argv) {
     std::string cmd = argv[1];
     Flags f = parse_flags(argc, argv, 2);
     if (cmd == "train") return run_train(f);
+    if (cmd == "allreduce") return run_allreduce(f);
     if (cmd == "generate") return run_generate(f);
     if (cmd == "peak") {
       set_num_threads(static_cast<int>(f.integer("threads", 0)));
@@ -302,7 +348,7 @@ int main(int argc, char** argv) {
       fmt::print("sgemm {}x{}x{}, {} threads: {:.2f} GFLOP/s\n", n, n, n, get_num_threads(), sgemm_gflops(n));
       return 0;
     }
-    throw Error(fmt::format("unknown command '{}' (train, generate, peak; see --help)", cmd));
+    throw Error(fmt::format("unknown command '{}' (train, generate, peak, allreduce; see --help)", cmd));
   } catch (const std::exception& e) {
     fmt::print(stderr, "charlm_bench: {}\n", e.what());
     return 1;
