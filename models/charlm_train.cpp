@@ -470,18 +470,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     result.params = model.parameter_count();
 
     // ---- several ranks: all run the same job, and each knows its shards of every batch ----
-    // The batch is cut into S = min(threads of all ranks, B) shards, as one process with that
-    // many threads would cut it; rank r runs the next ones in order, one per thread.
-    const std::vector<uint64_t> rank_threads = dist::all_gather(static_cast<uint64_t>(get_num_threads()));
-    int64_t all_threads = 0, threads_before = 0;
-    for (size_t r = 0; r < rank_threads.size(); ++r) {
-      if (static_cast<int>(r) < world.rank) threads_before += static_cast<int64_t>(rank_threads[r]);
-      all_threads += static_cast<int64_t>(rank_threads[r]);
-    }
-    ShardRange shards;
-    shards.total = std::min(all_threads, settings.batch);
-    shards.first = shards.total * threads_before / all_threads;
-    shards.count = shards.total * (threads_before + get_num_threads()) / all_threads - shards.first;
+    // (A rank that failed above joins the agreement from fail(): nothing collective may come
+    // before it.)
     std::unique_ptr<dist::GradReducer> reducer;
     if (ranks) {
       TrainSettings same = settings;  // ranks may run different thread counts
@@ -500,6 +490,18 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
           model.parameters(), static_cast<int64_t>(settings.bucket_mb * 1024 * 1024), settings.overlap);
     }
     started = true;
+    // The batch is cut into S = min(threads of all ranks, B) shards, as one process with that
+    // many threads would cut it; rank r runs the next ones in order, one per thread.
+    const std::vector<uint64_t> rank_threads = dist::all_gather(static_cast<uint64_t>(get_num_threads()));
+    int64_t all_threads = 0, threads_before = 0;
+    for (size_t r = 0; r < rank_threads.size(); ++r) {
+      if (static_cast<int>(r) < world.rank) threads_before += static_cast<int64_t>(rank_threads[r]);
+      all_threads += static_cast<int64_t>(rank_threads[r]);
+    }
+    ShardRange shards;
+    shards.total = std::min(all_threads, settings.batch);
+    shards.first = shards.total * threads_before / all_threads;
+    shards.count = shards.total * (threads_before + get_num_threads()) / all_threads - shards.first;
 
     // ---- the configuration and the parameters ----
     human << fmt::format("charlm train: {} {}\n", settings.resume ? "resuming" : "starting",

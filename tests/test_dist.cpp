@@ -434,6 +434,14 @@ TEST_CASE("ranks that disagree on flags or corpus refuse to start, with one clea
   CHECK(corpus.wait(60) == 1);
   CHECK(corpus.err().find("reads another corpus") != std::string::npos);
 
+  // A setup error on one rank only: that rank says what, rank 0 says who.
+  Job alone(std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + with(first, "--data", dir / "none.txt"),
+            dir / "a.out", dir / "a.err");
+  CHECK(alone.wait(60) == 1);
+  CHECK(alone.err().find("none.txt") != std::string::npos);
+  CHECK(alone.err().find("rank 1") != std::string::npos);
+  CHECK(alone.err().find("could not start") != std::string::npos);
+
   // A setup error on every rank is printed once.
   Job missing(mpirun(2) + std::vector<std::string>{kCharlm, "train", "--data", dir / "none.txt", "--out", dir / "x"},
               dir / "m.out", dir / "m.err");
