@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 #include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -100,9 +101,8 @@ std::vector<std::string> all_hosts() {
   char name[MPI_MAX_PROCESSOR_NAME] = {};
   int length = 0;
   if (!g_world.mpi) {
-    std::vector<std::string> one(1, "localhost");
-    if (const char* h = std::getenv("HOSTNAME")) one[0] = h;
-    return one;
+    if (gethostname(name, sizeof name - 1) != 0) std::strcpy(name, "localhost");
+    return {name};
   }
   MPI_Get_processor_name(name, &length);
   std::vector<char> all(static_cast<size_t>(g_world.size) * MPI_MAX_PROCESSOR_NAME);

@@ -381,7 +381,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     if (settings.resume) {
       if (!files::exists(latest_dir + "/checkpoint.json") &&
           !files::exists(latest_dir + ".old/checkpoint.json"))
-        return fail(fmt::format("--resume: no checkpoint at {}/checkpoint.json", latest_dir));
+        return fail(fmt::format("--resume: no checkpoint at {}/checkpoint.json{}", latest_dir,
+                                ranks ? " (every rank reads it: --out must be on storage all ranks see)" : ""));
       std::string dir = resolve_checkpoint_dir(latest_dir);
       resumed = read_checkpoint_meta(dir);
       TrainSettings saved = TrainSettings::from_json(resumed.training);

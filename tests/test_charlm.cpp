@@ -395,6 +395,24 @@ TEST_CASE("resume after SIGINT continues exactly: bitwise the losses of an unint
   }
 }
 
+TEST_CASE("SIGTERM (what a cluster scheduler sends) saves a checkpoint like Ctrl-C, exit 143") {
+  install_stop_handlers();
+  TempDir dir("sigterm");
+  write_text(dir / "corpus.txt", generated_text(12000));
+  std::string err;
+  TrainResult r = train_with_hook(
+      tiny_train(dir / "corpus.txt", dir / "run", {"--steps", "24", "--eval-every", "8"}),
+      [](int64_t step, CharLM&) {
+        if (step == 11) std::raise(SIGTERM);
+      },
+      &err);
+  install_stop_handlers();  // the handler resets itself after one signal
+  CHECK(r.exit_code == 143);
+  CHECK(r.last_step == 11);
+  CHECK(err.empty());
+  CHECK(read_checkpoint_meta(dir / "run/latest").step == 11);
+}
+
 TEST_CASE("eval of the checkpoint reproduces the test loss reported at the end of training; --json output") {
   TempDir dir("eval");
   std::string corpus = generated_text(10000);
