@@ -35,7 +35,8 @@ void keep_libraries_loaded() {
 #if defined(__SANITIZE_ADDRESS__)
   dl_iterate_phdr(
       [](dl_phdr_info* info, size_t, void*) {
-        if (info->dlpi_name && info->dlpi_name[0]) dlopen(info->dlpi_name, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+        if (info->dlpi_name && info->dlpi_name[0])
+          dlopen(info->dlpi_name, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
         return 0;
       },
       nullptr);
@@ -110,14 +111,16 @@ std::vector<std::string> all_hosts() {
                       MPI_COMM_WORLD),
         "MPI_Allgather");
   std::vector<std::string> hosts;
-  for (int r = 0; r < g_world.size; ++r) hosts.emplace_back(all.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME);
+  for (int r = 0; r < g_world.size; ++r)
+    hosts.emplace_back(all.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME);
   return hosts;
 }
 
 std::vector<uint64_t> all_gather(uint64_t value) {
   std::vector<uint64_t> all(static_cast<size_t>(g_world.size), value);
   if (g_world.mpi)
-    check(MPI_Allgather(&value, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD), "MPI_Allgather");
+    check(MPI_Allgather(&value, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD),
+          "MPI_Allgather");
   return all;
 }
 
@@ -125,7 +128,8 @@ void sum_over_ranks(std::vector<double>& values) {
   if (!g_world.mpi || g_world.size == 1) return;
   const int n = static_cast<int>(values.size());
   std::vector<double> all(static_cast<size_t>(n) * static_cast<size_t>(g_world.size));
-  check(MPI_Allgather(values.data(), n, MPI_DOUBLE, all.data(), n, MPI_DOUBLE, MPI_COMM_WORLD), "MPI_Allgather");
+  check(MPI_Allgather(values.data(), n, MPI_DOUBLE, all.data(), n, MPI_DOUBLE, MPI_COMM_WORLD),
+        "MPI_Allgather");
   for (int i = 0; i < n; ++i) {
     double total = 0;
     for (int r = 0; r < g_world.size; ++r) total += all[static_cast<size_t>(r) * n + i];
@@ -154,7 +158,9 @@ struct GradReducer::Requests {
 };
 
 GradReducer::GradReducer(std::vector<Tensor> params, int64_t bucket_bytes, bool overlap)
-    : params_(std::move(params)), bucket_of_(params_.size()), overlap_(overlap),
+    : params_(std::move(params)),
+      bucket_of_(params_.size()),
+      overlap_(overlap),
       any_thread_may_call_mpi_(!g_world.mpi || g_thread_level >= MPI_THREAD_SERIALIZED),
       requests_(std::make_unique<Requests>()) {
   // Last parameter first: roughly the order in which backward finishes them.
@@ -186,7 +192,8 @@ GradReducer::~GradReducer() = default;
 void GradReducer::begin(const std::vector<std::vector<Tensor>>& sources) {
   for (const auto& s : sources)
     if (s.size() != params_.size())
-      throw Error(fmt::format("GradReducer: a shard lists {} parameters, the model {}", s.size(), params_.size()));
+      throw Error(
+          fmt::format("GradReducer: a shard lists {} parameters, the model {}", s.size(), params_.size()));
   sources_ = &sources;
   for (auto& b : buckets_) {
     b->pending = static_cast<int64_t>(b->params.size() * sources.size());
@@ -221,7 +228,7 @@ void GradReducer::sum_shards(Bucket& b) {
 void GradReducer::launch_ready() {
   while (next_launch_ < buckets_.size() && buckets_[next_launch_]->summed) {
     Bucket& b = *buckets_[next_launch_];
-      if (g_world.mpi && g_world.size > 1)
+    if (g_world.mpi && g_world.size > 1)
       check(MPI_Iallreduce(MPI_IN_PLACE, b.flat.data(), static_cast<int>(b.flat.numel()), MPI_FLOAT, MPI_SUM,
                            MPI_COMM_WORLD, &requests_->handles[next_launch_]),
             "MPI_Iallreduce");
@@ -262,7 +269,8 @@ void GradReducer::finish() {
   launch_ready();
   const auto start = std::chrono::steady_clock::now();
   if (g_world.mpi)
-    check(MPI_Waitall(static_cast<int>(requests_->handles.size()), requests_->handles.data(), MPI_STATUSES_IGNORE),
+    check(MPI_Waitall(static_cast<int>(requests_->handles.size()), requests_->handles.data(),
+                      MPI_STATUSES_IGNORE),
           "MPI_Waitall");
   wait_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (auto& b : buckets_)

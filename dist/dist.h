@@ -83,14 +83,14 @@ class GradReducer {
 
  private:
   struct Bucket {
-    std::vector<size_t> params;   // indices into params_
-    std::vector<int64_t> offset;  // each one's place in `flat`
-    Tensor flat;                  // (n,) the bucket's gradients, summed over shards then ranks
+    std::vector<size_t> params;       // indices into params_
+    std::vector<int64_t> offset;      // each one's place in `flat`
+    Tensor flat;                      // (n,) the bucket's gradients, summed over shards then ranks
     std::atomic<int64_t> pending{0};  // shard gradients still to come this step
-    bool summed = false;          // flat holds the local sum (guarded by mutex_)
+    bool summed = false;              // flat holds the local sum (guarded by mutex_)
   };
   void sum_shards(Bucket& b);
-  void launch_ready();  // needs mutex_
+  void launch_ready();   // needs mutex_
   void make_progress();  // needs mutex_
 
   std::vector<Tensor> params_;

@@ -2,14 +2,13 @@
 #include "models/charlm.h"
 
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <exception>
 #include <numeric>
-
-#include <omp.h>
 
 #include "dist/dist.h"
 #include "models/charlm_data.h"
@@ -181,8 +180,9 @@ float DataParallel::forward_backward(const std::vector<int32_t>& ids, const std:
   return static_cast<float>(total);
 }
 
-void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
-                                           int64_t B, int64_t T, Rng& dropout_rng, const ShardRange& range,
+void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids,
+                                           const std::vector<int32_t>& targets, int64_t B, int64_t T,
+                                           Rng& dropout_rng, const ShardRange& range,
                                            std::vector<double>& shard_losses, dist::GradReducer* reducer) {
   if (static_cast<int64_t>(ids.size()) != B * T || static_cast<int64_t>(targets.size()) != B * T)
     throw Error(fmt::format("DataParallel: {} ids and {} targets for a ({}, {}) batch", ids.size(),
@@ -204,7 +204,8 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids, cons
     reducer->begin(sources);
     for (int64_t s = 0; s < C; ++s)
       for (size_t i = 0; i < sources[s].size(); ++i)
-        sources[s][i].set_grad_ready_hook([reducer, s, i] { reducer->grad_ready(static_cast<size_t>(s), i); });
+        sources[s][i].set_grad_ready_hook(
+            [reducer, s, i] { reducer->grad_ready(static_cast<size_t>(s), i); });
   }
   auto unhook = [&] {
     for (auto& list : sources)
@@ -245,7 +246,7 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids, cons
     if (C == 1) {
       run_shard(0);
     } else {
-#pragma omp parallel for num_threads(static_cast<int>(C)) schedule(static, 1)
+#pragma omp parallel for num_threads(static_cast <int>(C)) schedule(static, 1)
       for (int64_t local = 0; local < C; ++local) run_shard(local);
     }
     for (auto& e : errors)
@@ -268,7 +269,7 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids, cons
       if (any && !params[0][i].grad().defined())
         accumulate_grad(params[0][i], Tensor::zeros(params[0][i].shape()));
     }
-#pragma omp parallel num_threads(static_cast<int>(C))
+#pragma omp parallel num_threads(static_cast <int>(C))
     {
       const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
       for (size_t i = 0; i < params[0].size(); ++i) {
@@ -324,7 +325,8 @@ static void sum_over_ranks(EvalResult& r, const dist::World& world) {
   r.unknown = static_cast<int64_t>(sums[3]);
 }
 
-EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64_t batch, const dist::World& world) {
+EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64_t batch,
+                           const dist::World& world) {
   auto start = std::chrono::steady_clock::now();
   int64_t n = static_cast<int64_t>(ids.size()), ctx = model.config().ctx;
   if (n < 2) throw Error(fmt::format("evaluation needs at least 2 tokens, got {}", n));
@@ -370,7 +372,8 @@ double estimate_loss(CharLM& model, const std::vector<int32_t>& ids, int64_t bat
   for (int64_t i = 0; i < batches; ++i) {
     sample_batch(ids, batch, T, rng, x, y);
     if (b1 == b0) continue;
-    std::vector<int32_t> xs(x.begin() + b0 * T, x.begin() + b1 * T), ys(y.begin() + b0 * T, y.begin() + b1 * T);
+    std::vector<int32_t> xs(x.begin() + b0 * T, x.begin() + b1 * T),
+        ys(y.begin() + b0 * T, y.begin() + b1 * T);
     score_rows(model.forward(xs, b1 - b0, T, unused), ys, r);
   }
   sum_over_ranks(r, world);

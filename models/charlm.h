@@ -14,11 +14,11 @@
 #include <vector>
 
 #include "core/json.h"
+#include "dist/dist.h"
 #include "nn/attention.h"
 #include "nn/embedding.h"
 #include "nn/layer_norm.h"
 #include "nn/transformer_block.h"
-#include "dist/dist.h"
 
 namespace lg::charlm {
 
@@ -113,8 +113,8 @@ class DataParallel {
   // over all ranks is the batch's loss. With a reducer, the shards' gradients reach the
   // model's .grad through it (summed over shards and ranks, overlapping backward); without
   // one, they are added here.
-  void forward_backward_shards(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets, int64_t B,
-                               int64_t T, Rng& dropout_rng, const ShardRange& range,
+  void forward_backward_shards(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                               int64_t B, int64_t T, Rng& dropout_rng, const ShardRange& range,
                                std::vector<double>& shard_losses, dist::GradReducer* reducer = nullptr);
 
  private:

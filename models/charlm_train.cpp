@@ -131,8 +131,8 @@ TrainSettings TrainSettings::from_json(const json::Value& v) {
 
 bool resume_may_override(const std::string& flag) {
   return flag == "--steps" || flag == "--eval-every" || flag == "--eval-batches" || flag == "--log-every" ||
-         flag == "--threads" || flag == "--json" || flag == "--data" || flag == "--out" || flag == "--resume" ||
-         flag == "--bucket-mb";
+         flag == "--threads" || flag == "--json" || flag == "--data" || flag == "--out" ||
+         flag == "--resume" || flag == "--bucket-mb";
 }
 
 uint64_t stream_seed(uint64_t seed, Stream stream) {
@@ -303,7 +303,8 @@ bool agree_to_start(const dist::World& world, const StartCheck& mine, const std:
       err << "charlm: error: " << (r == 0 ? "" : where(r) + ": ") << mine.error << std::endl;
     if (r == 0 && ok[0] == 1)
       for (size_t q = 1; q < ok.size(); ++q)
-        if (!ok[q]) err << fmt::format("charlm: error: {} could not start (its error is above)", where(q)) << std::endl;
+        if (!ok[q])
+          err << fmt::format("charlm: error: {} could not start (its error is above)", where(q)) << std::endl;
     return false;
   }
   for (size_t q = 1; q < ok.size(); ++q) {
@@ -311,8 +312,8 @@ bool agree_to_start(const dist::World& world, const StartCheck& mine, const std:
     if (build[q] != build[0])
       what = "runs another build of charlm (the binaries differ)";
     else if (corpus[q] != corpus[0] || bytes[q] != bytes[0])
-      what = fmt::format("reads another corpus ({} bytes, FNV-1a {:016x}; rank 0: {} bytes, {:016x})", bytes[q],
-                         corpus[q], bytes[0], corpus[0]);
+      what = fmt::format("reads another corpus ({} bytes, FNV-1a {:016x}; rank 0: {} bytes, {:016x})",
+                         bytes[q], corpus[q], bytes[0], corpus[0]);
     else if (settings[q] != settings[0])
       what = "has other settings (flags, or the checkpoint it resumes from)";
     if (what.empty()) continue;
@@ -381,8 +382,9 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     if (settings.resume) {
       if (!files::exists(latest_dir + "/checkpoint.json") &&
           !files::exists(latest_dir + ".old/checkpoint.json"))
-        return fail(fmt::format("--resume: no checkpoint at {}/checkpoint.json{}", latest_dir,
-                                ranks ? " (every rank reads it: --out must be on storage all ranks see)" : ""));
+        return fail(
+            fmt::format("--resume: no checkpoint at {}/checkpoint.json{}", latest_dir,
+                        ranks ? " (every rank reads it: --out must be on storage all ranks see)" : ""));
       std::string dir = resolve_checkpoint_dir(latest_dir);
       resumed = read_checkpoint_meta(dir);
       TrainSettings saved = TrainSettings::from_json(resumed.training);
@@ -477,9 +479,9 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     if (ranks) {
       TrainSettings same = settings;  // ranks may run different thread counts
       same.threads = 0;
-      start_check.settings = files::fnv1a64(fmt::format("{} resume {} step {} bucket-mb {} overlap {}",
-                                                        same.to_json().dump(), settings.resume, step,
-                                                        settings.bucket_mb, settings.overlap));
+      start_check.settings =
+          files::fnv1a64(fmt::format("{} resume {} step {} bucket-mb {} overlap {}", same.to_json().dump(),
+                                     settings.resume, step, settings.bucket_mb, settings.overlap));
       start_check.corpus = corpus_info.fnv1a;
       start_check.corpus_bytes = corpus_info.bytes;
       start_check.build = build_fingerprint();
@@ -532,11 +534,12 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                                  q == r ? fmt::format("rank {}", r) : fmt::format("ranks {}-{}", r, q));
         r = q + 1;
       }
-      const bool same_threads =
-          std::all_of(rank_threads.begin(), rank_threads.end(), [&](uint64_t t) { return t == rank_threads[0]; });
+      const bool same_threads = std::all_of(rank_threads.begin(), rank_threads.end(),
+                                            [&](uint64_t t) { return t == rank_threads[0]; });
       human << fmt::format("  {:<14}{} ranks x {} ({})\n", "world", world.size,
-                           same_threads ? fmt::format("{} thread{}", rank_threads[0], rank_threads[0] == 1 ? "" : "s")
-                                        : std::string("threads of each rank's own"),
+                           same_threads
+                               ? fmt::format("{} thread{}", rank_threads[0], rank_threads[0] == 1 ? "" : "s")
+                               : std::string("threads of each rank's own"),
                            placement);
       human << fmt::format(
           "  {:<14}each step: {} data-parallel shards of the batch of {}, one per rank and thread; "
@@ -693,9 +696,11 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     end_progress();
     result.tokens_per_s =
         train_seconds > 0 ? static_cast<double>((step - start_step) * B * T) / train_seconds : 0;
-    result.comm_ms_per_step = step > start_step ? 1e3 * comm_seconds / static_cast<double>(step - start_step) : 0;
+    result.comm_ms_per_step =
+        step > start_step ? 1e3 * comm_seconds / static_cast<double>(step - start_step) : 0;
     if (!step_seconds.empty()) {
-      std::nth_element(step_seconds.begin(), step_seconds.begin() + step_seconds.size() / 2, step_seconds.end());
+      std::nth_element(step_seconds.begin(), step_seconds.begin() + step_seconds.size() / 2,
+                       step_seconds.end());
       result.step_ms_median = 1e3 * step_seconds[step_seconds.size() / 2];
     }
 

@@ -37,7 +37,7 @@ struct TrainSettings {
   int64_t eval_every = 250, eval_batches = 20, log_every = 10;
   SplitFractions split;
   uint64_t seed = 1337;
-  int64_t threads = 0;  // 0: as OMP_NUM_THREADS says
+  int64_t threads = 0;     // 0: as OMP_NUM_THREADS says
   double bucket_mb = 1.0;  // gradient all-reduce bucket size, across ranks (dist/dist.h)
   bool overlap = true;     // all-reduce buckets while backward runs (--no-overlap: after it)
   bool resume = false, json = false;
@@ -60,7 +60,8 @@ void request_stop(int signal_number);
 bool stop_requested();
 int stop_signal();  // the signal that asked to stop; 0 if none
 void clear_stop();
-void install_stop_handlers();  // the first SIGINT or SIGTERM calls request_stop(); a second one kills as usual
+void install_stop_handlers();  // the first SIGINT or SIGTERM calls request_stop(); a second one kills as
+                               // usual
 
 struct TrainResult {
   int exit_code = 0;          // 0 done, 1 error, 130 or 143 interrupted (checkpoint saved)

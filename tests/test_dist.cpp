@@ -5,6 +5,7 @@
 //
 // mpirun runs as root only with OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), which the jobs below set.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
 #include <spawn.h>
@@ -13,7 +14,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <fcntl.h>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -63,7 +63,8 @@ void random_batch(int64_t B, int64_t T, std::vector<int32_t>& x, std::vector<int
 
 std::vector<std::vector<float>> grads_of(const CharLM& model) {
   std::vector<std::vector<float>> g;
-  for (const Tensor& p : model.parameters()) g.push_back(p.grad().defined() ? p.grad().to_vector() : std::vector<float>{});
+  for (const Tensor& p : model.parameters())
+    g.push_back(p.grad().defined() ? p.grad().to_vector() : std::vector<float>{});
   return g;
 }
 
@@ -77,7 +78,7 @@ TEST_CASE("grad-ready hook: runs once per backward, when the leaf's gradient is 
   int calls_b = 0;
   w.set_grad_ready_hook([&] { seen_w.push_back(w.grad().to_vector()); });
   b.set_grad_ready_hook([&] { ++calls_b; });
-  Tensor h = mul(w, b);              // first use of w
+  Tensor h = mul(w, b);                 // first use of w
   Tensor out = sum(mul(add(h, w), w));  // (w b + w) w: two more uses
   out.backward();
   REQUIRE(seen_w.size() == 1);
@@ -155,7 +156,8 @@ TEST_CASE("ShardRange: shards run in separate places add up to the whole batch")
   for (size_t s = 0; s < 3; ++s) CHECK(lw[s] == lf[s] + lr[s]);
   auto gw = grads_of(whole), gf = grads_of(first), gr = grads_of(rest);
   for (size_t i = 0; i < gw.size(); ++i)
-    for (size_t k = 0; k < gw[i].size(); ++k) CHECK(gw[i][k] == doctest::Approx(gf[i][k] + gr[i][k]).epsilon(1e-5));
+    for (size_t k = 0; k < gw[i].size(); ++k)
+      CHECK(gw[i][k] == doctest::Approx(gf[i][k] + gr[i][k]).epsilon(1e-5));
   CHECK_THROWS_AS(dw.forward_backward_shards(x, y, 7, 8, d0, ShardRange{8, 0, 3}, lw), Error);  // 8 > B
   CHECK_THROWS_AS(df.forward_backward_shards(x, y, 7, 8, d0, ShardRange{3, 0, 2}, lw), Error);  // 2 > shards
 }
@@ -192,7 +194,8 @@ struct Job {
     const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
     int status = 0;
     while (std::chrono::steady_clock::now() < end) {
-      if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      if (waitpid(pid, &status, WNOHANG) == pid)
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     ::kill(pid, SIGKILL);
@@ -235,10 +238,15 @@ std::vector<std::string> operator+(std::vector<std::string> a, const std::vector
 // The run's flags: a small model on a generated corpus; batch 7 does not divide by 2, 3 or 4,
 // so shards are uneven, and dropout makes each shard's random stream matter.
 std::vector<std::string> train_args(const TempDir& dir, const std::string& out, int64_t steps) {
-  return {kCharlm, "train", "--data", dir / "corpus.txt", "--out", dir / out, "--layers", "2", "--heads", "2",
-          "--dim", "32", "--ctx", "16", "--batch", "7", "--latents", "4", "--window", "4", "--dropout", "0.1",
-          "--steps", std::to_string(steps), "--eval-every", "5", "--eval-batches", "2", "--warmup", "3",
-          "--lr", "3e-3", "--json"};
+  return {kCharlm,        "train",   "--data",         dir / "corpus.txt",
+          "--out",        dir / out, "--layers",       "2",
+          "--heads",      "2",       "--dim",          "32",
+          "--ctx",        "16",      "--batch",        "7",
+          "--latents",    "4",       "--window",       "4",
+          "--dropout",    "0.1",     "--steps",        std::to_string(steps),
+          "--eval-every", "5",       "--eval-batches", "2",
+          "--warmup",     "3",       "--lr",           "3e-3",
+          "--json"};
 }
 
 json::Value final_json(const Job& job) {
@@ -279,7 +287,8 @@ void set_job_environment() {
 }
 
 // args with FLAG's value replaced.
-std::vector<std::string> with(std::vector<std::string> args, const std::string& flag, const std::string& value) {
+std::vector<std::string> with(std::vector<std::string> args, const std::string& flag,
+                              const std::string& value) {
   args[static_cast<size_t>(std::find(args.begin(), args.end(), flag) - args.begin()) + 1] = value;
   return args;
 }
@@ -310,10 +319,12 @@ TEST_CASE("mpirun -np K --threads 1 equals one process with K threads; eval acro
   write_text(dir / "corpus.txt", generated_text(30000));
   for (int K : {2, 3, 4}) {
     CAPTURE(K);
-    Job one(train_args(dir, fmt::format("one{}", K), 12) + std::vector<std::string>{"--threads", std::to_string(K)},
+    Job one(train_args(dir, fmt::format("one{}", K), 12) +
+                std::vector<std::string>{"--threads", std::to_string(K)},
             dir / "one.out", dir / "one.err");
     REQUIRE(one.wait(120) == 0);
-    Job many(mpirun(K) + train_args(dir, fmt::format("many{}", K), 12) + std::vector<std::string>{"--threads", "1"},
+    Job many(mpirun(K) + train_args(dir, fmt::format("many{}", K), 12) +
+                 std::vector<std::string>{"--threads", "1"},
              dir / "many.out", dir / "many.err");
     REQUIRE(many.wait(120) == 0);
     json::Value a = final_json(one), b = final_json(many);
@@ -330,8 +341,8 @@ TEST_CASE("mpirun -np K --threads 1 equals one process with K threads; eval acro
   Job solo({kCharlm, "eval", "--ckpt", dir / "one2", "--data", dir / "corpus.txt", "--json"}, dir / "e1.out",
            dir / "e1.err");
   REQUIRE(solo.wait(60) == 0);
-  Job split(mpirun(3) + std::vector<std::string>{kCharlm, "eval", "--ckpt", dir / "one2", "--data", dir / "corpus.txt",
-                                                 "--json"},
+  Job split(mpirun(3) + std::vector<std::string>{kCharlm, "eval", "--ckpt", dir / "one2", "--data",
+                                                 dir / "corpus.txt", "--json"},
             dir / "e3.out", dir / "e3.err");
   REQUIRE(split.wait(60) == 0);
   json::Value e1 = final_json(solo), e3 = final_json(split);
@@ -348,12 +359,13 @@ TEST_CASE("--resume with another number of ranks continues as one process would"
   auto threads = [](int n) { return std::vector<std::string>{"--threads", std::to_string(n)}; };
   Job a1(train_args(dir, "one", 8) + threads(2), dir / "a1.out", dir / "a1.err");
   REQUIRE(a1.wait(60) == 0);
-  Job a2(train_args(dir, "one", 16) + threads(3) + std::vector<std::string>{"--resume"}, dir / "a2.out", dir / "a2.err");
+  Job a2(train_args(dir, "one", 16) + threads(3) + std::vector<std::string>{"--resume"}, dir / "a2.out",
+         dir / "a2.err");
   REQUIRE(a2.wait(60) == 0);
   Job b1(mpirun(2) + train_args(dir, "many", 8) + threads(1), dir / "b1.out", dir / "b1.err");
   REQUIRE(b1.wait(60) == 0);
-  Job b2(mpirun(3) + train_args(dir, "many", 16) + threads(1) + std::vector<std::string>{"--resume"}, dir / "b2.out",
-         dir / "b2.err");
+  Job b2(mpirun(3) + train_args(dir, "many", 16) + threads(1) + std::vector<std::string>{"--resume"},
+         dir / "b2.out", dir / "b2.err");
   REQUIRE(b2.wait(60) == 0);
   check_equivalent(final_json(a1), final_json(b1), true);
   json::Value second_one = final_json(a2), second_many = final_json(b2);
@@ -361,7 +373,8 @@ TEST_CASE("--resume with another number of ranks continues as one process would"
   check_equivalent(second_one, second_many, false);
 }
 
-TEST_CASE("SIGTERM to one rank or to mpirun: every rank stops at one step, rank 0 saves, --resume continues") {
+TEST_CASE(
+    "SIGTERM to one rank or to mpirun: every rank stops at one step, rank 0 saves, --resume continues") {
   set_job_environment();
   TempDir dir("dist-term");
   write_text(dir / "corpus.txt", generated_text(30000));
@@ -369,7 +382,8 @@ TEST_CASE("SIGTERM to one rank or to mpirun: every rank stops at one step, rank 
     CAPTURE(to_mpirun);
     const std::string out = to_mpirun ? "via-mpirun" : "via-rank";
     // No evaluation (and so no checkpoint) before the signal: latest/ is the stop's own save.
-    Job job(mpirun(2) + with(train_args(dir, out, 100000), "--eval-every", "100000"), dir / "t.out", dir / "t.err");
+    Job job(mpirun(2) + with(train_args(dir, out, 100000), "--eval-every", "100000"), dir / "t.out",
+            dir / "t.err");
     REQUIRE(wait_for_text(dir / "t.err", "tok/s", 60));  // a progress line: training has started
     std::vector<pid_t> ranks = job.children();
     REQUIRE(ranks.size() == 2);
@@ -423,28 +437,43 @@ TEST_CASE("ranks that disagree on flags or corpus refuse to start, with one clea
   // mpirun's MPMD form: rank 0 runs the first command, rank 1 the second.
   std::vector<std::string> first = train_args(dir, "run", 10), second = with(first, "--lr", "1e-3");
   std::vector<std::string> colon{":", "-np", "1"};
-  Job flags(std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + second, dir / "f.out", dir / "f.err");
+  Job flags(std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + second, dir / "f.out",
+            dir / "f.err");
   CHECK(flags.wait(60) == 1);
   CHECK(flags.err().find("rank 1") != std::string::npos);
   CHECK(flags.err().find("has other settings") != std::string::npos);
   CHECK(!files::exists(dir / "run/latest"));
 
   second = with(first, "--data", dir / "other.txt");
-  Job corpus(std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + second, dir / "c.out", dir / "c.err");
+  Job corpus(std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + second, dir / "c.out",
+             dir / "c.err");
   CHECK(corpus.wait(60) == 1);
   CHECK(corpus.err().find("reads another corpus") != std::string::npos);
 
+  // Another build: a copy of the binary with one byte appended (it runs the same; its hash differs).
+  fs::copy_file(kCharlm, dir / "charlm-other", fs::copy_options::overwrite_existing);
+  { std::ofstream(dir / "charlm-other", std::ios::app) << '\n'; }
+  fs::permissions(dir / "charlm-other", fs::perms::owner_all);
+  std::vector<std::string> other = first;
+  other[0] = dir / "charlm-other";
+  Job build(std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + other, dir / "b.out",
+            dir / "b.err");
+  CHECK(build.wait(60) == 1);
+  CHECK(build.err().find("runs another build of charlm") != std::string::npos);
+
   // A setup error on one rank only: that rank says what, rank 0 says who.
-  Job alone(std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + with(first, "--data", dir / "none.txt"),
-            dir / "a.out", dir / "a.err");
+  Job alone(
+      std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + with(first, "--data", dir / "none.txt"),
+      dir / "a.out", dir / "a.err");
   CHECK(alone.wait(60) == 1);
   CHECK(alone.err().find("none.txt") != std::string::npos);
   CHECK(alone.err().find("rank 1") != std::string::npos);
   CHECK(alone.err().find("could not start") != std::string::npos);
 
   // A setup error on every rank is printed once.
-  Job missing(mpirun(2) + std::vector<std::string>{kCharlm, "train", "--data", dir / "none.txt", "--out", dir / "x"},
-              dir / "m.out", dir / "m.err");
+  Job missing(
+      mpirun(2) + std::vector<std::string>{kCharlm, "train", "--data", dir / "none.txt", "--out", dir / "x"},
+      dir / "m.out", dir / "m.err");
   CHECK(missing.wait(60) == 1);
   const std::string err = missing.err();
   CHECK(err.find("none.txt") != std::string::npos);
