@@ -19,11 +19,12 @@ Usage: python3 bench/dist_scaling.py --data PATH [--bin build/charlm] [--ranks 2
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+
+from compare_pytorch import cpu_name  # the same machine line as the PyTorch comparison
 
 CONFIGS = {
     "baseline": dict(layers=4, heads=4, dim=128, ctx=64, batch=12, steps=150),
@@ -31,16 +32,6 @@ CONFIGS = {
 }
 
 ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def variants(ranks):
