@@ -30,6 +30,9 @@ commands:
   train    train a model on a text file, evaluate it, save checkpoints
   eval     evaluate a checkpoint on every token of a text file
   sample   generate text from a checkpoint
+
+train and eval also run across processes and machines: mpirun -np K charlm train ...
+(see charlm train --help and the README).
 )";
 }
 

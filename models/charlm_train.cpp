@@ -338,7 +338,9 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
   const bool ranks = world.size > 1;
   std::ostream silent(nullptr);  // discards what ranks other than 0 would print
   std::ostream& human = world.rank != 0 ? silent : settings.json ? console.err : console.out;
-  const bool tty = settings.json ? console.err_is_tty : console.out_is_tty;
+  // Under mpirun every rank's output is a pseudo-terminal, wherever mpirun's own output goes
+  // (often a batch job's log file): there, plain progress lines every --log-every steps.
+  const bool tty = !ranks && (settings.json ? console.err_is_tty : console.out_is_tty);
   bool progress_open = false;  // a \r progress line is on screen and needs ending before other output
   auto end_progress = [&] {
     if (progress_open) human << "\n";
@@ -543,9 +545,15 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                            placement);
       human << fmt::format(
           "  {:<14}each step: {} data-parallel shards of the batch of {}, one per rank and thread; "
-          "gradients ({} MB) all-reduced in {} buckets of <= {} MB while backward runs{}\n",
+          "gradients ({} MB) all-reduced in {} bucket{} of <= {} MB while backward runs{}\n",
           "layout", shards.total, settings.batch, fmt::format("{:.1f}", reducer->bytes() / 1048576.0),
-          reducer->buckets(), settings.bucket_mb, settings.overlap ? "" : " (--no-overlap: after backward)");
+          reducer->buckets(), reducer->buckets() == 1 ? "" : "s", settings.bucket_mb,
+          settings.overlap ? "" : " (--no-overlap: after backward)");
+      if (all_threads > settings.batch)
+        human << fmt::format(
+            "  {:<14}--batch {} is smaller than the {} threads of all ranks: some threads, or whole ranks, "
+            "have no sequence to run\n",
+            "note", settings.batch, all_threads);
     }
     human << "parameters (the output head reuses wte.weight):\n";
     for (const auto& [name, tensor] : model.named_parameters())
@@ -637,8 +645,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                                      human_count(std::llround(tokens_per_s)), human_duration(eta));
       if (ranks)
         line += fmt::format("  comm {:.1f} ms/step", 1e3 * comm_seconds / static_cast<double>(done_here));
-      // On a terminal, the line is redrawn at most 5 times a second: a flood of redraws costs
-      // time, and under mpirun a terminal that stopped reading would block us before a save.
+      // On a terminal, the line is redrawn at most 5 times a second: a flood of redraws costs time.
       if (tty) {
         if (seconds_since(last_redraw) >= 0.2 || step == settings.steps || step % settings.eval_every == 0) {
           human << "\r\x1b[2K" << line << std::flush;
