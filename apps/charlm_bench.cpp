@@ -339,8 +339,12 @@ static int bench_main(int argc, char** argv) {
     }
     std::string cmd = argv[1];
     Flags f = parse_flags(argc, argv, 2);
-    if (cmd == "train") return run_train(f);
     if (cmd == "allreduce") return run_allreduce(f);
+    if (dist::world().size > 1)
+      throw Error(fmt::format("{} measures one process: run it without mpirun (allreduce is the one command "
+                              "for several ranks; bench/dist_scaling.py times charlm train on ranks)",
+                              cmd));
+    if (cmd == "train") return run_train(f);
     if (cmd == "generate") return run_generate(f);
     if (cmd == "peak") {
       set_num_threads(static_cast<int>(f.integer("threads", 0)));
