@@ -152,7 +152,6 @@ void clear_stop() { g_stop = 0; }
 
 static void on_stop_signal(int signal_number) {
   g_stop = signal_number;
-  std::signal(signal_number, SIG_DFL);  // a second one ends the process at once
   // Whoever sent the signal may be closing our terminal or pipe too (mpirun does, when it is
   // stopped): the checkpoint matters more than the report, so losing them must not kill us.
   std::signal(SIGHUP, SIG_IGN);
@@ -160,8 +159,12 @@ static void on_stop_signal(int signal_number) {
 }
 
 void install_stop_handlers() {
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESETHAND | SA_RESTART;  // one-shot: a second signal ends the process at once
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
 }
 
 // ============================================================================
@@ -587,7 +590,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     double comm_seconds = 0;   // of which waiting on other ranks
     int stop = 0;              // the signal every rank agreed to stop on
     const auto loop_start = clock::now();
-    auto last_redraw = loop_start - std::chrono::seconds(1);
+    auto last_line = loop_start - std::chrono::seconds(1);  // the last progress line printed
     std::vector<int32_t> x, y;
     std::vector<double> shard_losses, step_seconds;
     DataParallel parallel(model, std::max<int64_t>(shards.count, 1));
@@ -645,15 +648,22 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                                      human_count(std::llround(tokens_per_s)), human_duration(eta));
       if (ranks)
         line += fmt::format("  comm {:.1f} ms/step", 1e3 * comm_seconds / static_cast<double>(done_here));
-      // On a terminal, the line is redrawn at most 5 times a second: a flood of redraws costs time.
-      if (tty) {
-        if (seconds_since(last_redraw) >= 0.2 || step == settings.steps || step % settings.eval_every == 0) {
+      // Once asked to stop, print nothing until the checkpoint is saved: whoever signalled may
+      // have stopped reading our output, and a full pipe would block us here. (A signalled
+      // mpirun stops forwarding its ranks' output at once, and passes the signal on only
+      // odls_base_sigkill_timeout seconds later: under mpirun, at most one line a second, so
+      // that the pipe does not fill up in the meantime.)
+      const bool quiet = stop_requested();
+      const bool due = step == settings.steps || seconds_since(last_line) >= (ranks ? 1.0 : 0.2);
+      if (!quiet && tty) {  // on a terminal, redrawn at most 5 times a second
+        if (due || step % settings.eval_every == 0) {
           human << "\r\x1b[2K" << line << std::flush;
           progress_open = true;
-          last_redraw = clock::now();
+          last_line = clock::now();
         }
-      } else if (step % settings.log_every == 0 || step == start_step + 1) {
+      } else if (!quiet && (step == start_step + 1 || (step % settings.log_every == 0 && (!ranks || due)))) {
         human << line << "\n" << std::flush;
+        last_line = clock::now();
       }
 
       if (step % settings.eval_every == 0 || step == settings.steps) {
@@ -687,7 +697,9 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
         latest_saved = true;
         latest_step = step;
         end_progress();
-        human << fmt::format(
+        if (!quiet)
+          human
+              << fmt::format(
                      "step {} eval: train loss {:.4f} (ppl {:.3f}, bpc {:.3f})  val loss {:.4f} (ppl {:.3f}, "
                      "bpc "
                      "{:.3f}){}\n",

@@ -382,7 +382,12 @@ TEST_CASE(
     CAPTURE(to_mpirun);
     const std::string out = to_mpirun ? "via-mpirun" : "via-rank";
     // No evaluation (and so no checkpoint) before the signal: latest/ is the stop's own save.
-    Job job(mpirun(2) + with(train_args(dir, out, 100000), "--eval-every", "100000"), dir / "t.out",
+    // A signalled mpirun passes SIGTERM on after odls_base_sigkill_timeout seconds and kills as
+    // long after that; a slow machine (a sanitizer build) may need more than the default 1 s to
+    // finish the step and save, as the README says.
+    std::vector<std::string> launcher = mpirun(2);
+    launcher.insert(launcher.begin() + 1, {"--mca", "odls_base_sigkill_timeout", "4"});
+    Job job(launcher + with(train_args(dir, out, 100000), "--eval-every", "100000"), dir / "t.out",
             dir / "t.err");
     REQUIRE(wait_for_text(dir / "t.err", "tok/s", 60));  // a progress line: training has started
     std::vector<pid_t> ranks = job.children();
