@@ -442,7 +442,7 @@ TEST_CASE("ranks that disagree on flags or corpus refuse to start, with one clea
   // mpirun's MPMD form: rank 0 runs the first command, rank 1 the second.
   std::vector<std::string> first = train_args(dir, "run", 10), second = with(first, "--lr", "1e-3");
   std::vector<std::string> colon{":", "-np", "1"};
-  Job flags(std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + second, dir / "f.out",
+  Job flags(std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + second, dir / "f.out",
             dir / "f.err");
   CHECK(flags.wait(60) == 1);
   CHECK(flags.err().find("rank 1") != std::string::npos);
@@ -450,7 +450,7 @@ TEST_CASE("ranks that disagree on flags or corpus refuse to start, with one clea
   CHECK(!files::exists(dir / "run/latest"));
 
   second = with(first, "--data", dir / "other.txt");
-  Job corpus(std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + second, dir / "c.out",
+  Job corpus(std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + second, dir / "c.out",
              dir / "c.err");
   CHECK(corpus.wait(60) == 1);
   CHECK(corpus.err().find("reads another corpus") != std::string::npos);
@@ -461,14 +461,14 @@ TEST_CASE("ranks that disagree on flags or corpus refuse to start, with one clea
   fs::permissions(dir / "charlm-other", fs::perms::owner_all);
   std::vector<std::string> other = first;
   other[0] = dir / "charlm-other";
-  Job build(std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + other, dir / "b.out",
+  Job build(std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + other, dir / "b.out",
             dir / "b.err");
   CHECK(build.wait(60) == 1);
   CHECK(build.err().find("runs another build of charlm") != std::string::npos);
 
   // A setup error on one rank only: that rank says what, rank 0 says who.
   Job alone(
-      std::vector<std::string>{kMpirun, "-np", "1"} + first + colon + with(first, "--data", dir / "none.txt"),
+      std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + with(first, "--data", dir / "none.txt"),
       dir / "a.out", dir / "a.err");
   CHECK(alone.wait(60) == 1);
   CHECK(alone.err().find("none.txt") != std::string::npos);
