@@ -116,11 +116,19 @@ std::vector<std::string> all_hosts() {
   return hosts;
 }
 
-std::vector<uint64_t> all_gather(uint64_t value) {
-  std::vector<uint64_t> all(static_cast<size_t>(g_world.size), value);
+std::vector<std::vector<uint64_t>> all_gather(const std::vector<uint64_t>& values) {
+  const size_t n = values.size();
+  std::vector<uint64_t> flat(n * static_cast<size_t>(g_world.size));
   if (g_world.mpi)
-    check(MPI_Allgather(&value, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD),
+    check(MPI_Allgather(values.data(), static_cast<int>(n), MPI_UINT64_T, flat.data(), static_cast<int>(n),
+                        MPI_UINT64_T, MPI_COMM_WORLD),
           "MPI_Allgather");
+  else
+    flat = values;
+  std::vector<std::vector<uint64_t>> all;
+  for (size_t r = 0; r < static_cast<size_t>(g_world.size); ++r)
+    all.emplace_back(flat.begin() + static_cast<std::ptrdiff_t>(r * n),
+                     flat.begin() + static_cast<std::ptrdiff_t>((r + 1) * n));
   return all;
 }
 
@@ -243,7 +251,7 @@ void GradReducer::make_progress() {
   MPI_Testall(static_cast<int>(next_launch_), requests_->handles.data(), &done, MPI_STATUSES_IGNORE);
 }
 
-void GradReducer::grad_ready(size_t /*source*/, size_t param) {
+void GradReducer::grad_ready(size_t param) {
   Bucket& b = *buckets_[bucket_of_[param]];
   if (b.pending.fetch_sub(1) == 1) {
     sum_shards(b);  // every shard's part of this bucket is final: nobody else touches it now

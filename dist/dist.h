@@ -36,8 +36,8 @@ void finalize();
 
 // Every rank's host name, in rank order (on every rank).
 std::vector<std::string> all_hosts();
-// Every rank's value, in rank order (on every rank).
-std::vector<uint64_t> all_gather(uint64_t value);
+// Every rank's values (the same count on every rank), in rank order (on every rank).
+std::vector<std::vector<uint64_t>> all_gather(const std::vector<uint64_t>& values);
 // Element-wise sum over ranks, on every rank. Summed in rank order whatever MPI's algorithm, so
 // the result is the same bits on every rank and in every run.
 void sum_over_ranks(std::vector<double>& values);
@@ -69,10 +69,10 @@ class GradReducer {
 
   // Starts a step. sources[s] is local shard s's view of the parameters (same order as
   // params): the model itself, or a replica sharing its storage. Every one of them must report
-  // each parameter once through grad_ready(s, i), or finish() takes what is there.
+  // each parameter once through grad_ready(i), or finish() takes what is there.
   void begin(const std::vector<std::vector<Tensor>>& sources);
-  // Shard s's gradient of parameter i is final. Safe to call from several threads at once.
-  void grad_ready(size_t source, size_t param);
+  // One shard's gradient of parameter i is final. Safe to call from several threads at once.
+  void grad_ready(size_t param);
   // Sums what is left, waits for every bucket and sets each parameter's .grad to its sum over
   // local shards and ranks. Call on the thread that called begin(), after backward.
   void finish();

@@ -200,28 +200,25 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids,
   }
   // The reducer hears of every local shard's gradients as backward finishes them.
   std::vector<std::vector<Tensor>> sources(params_.begin(), params_.begin() + C);
+  struct Unhook {  // the hooks come off when this step ends, however it ends
+    std::vector<std::vector<Tensor>>& sources;
+    ~Unhook() {
+      for (auto& list : sources)
+        for (Tensor& p : list) p.set_grad_ready_hook({});
+    }
+  } unhook{sources};
   if (reducer) {
     reducer->begin(sources);
-    for (int64_t s = 0; s < C; ++s)
-      for (size_t i = 0; i < sources[s].size(); ++i)
-        sources[s][i].set_grad_ready_hook(
-            [reducer, s, i] { reducer->grad_ready(static_cast<size_t>(s), i); });
-  }
-  auto unhook = [&] {
     for (auto& list : sources)
-      for (Tensor& p : list) p.set_grad_ready_hook({});
-  };
+      for (size_t i = 0; i < list.size(); ++i)
+        list[i].set_grad_ready_hook([reducer, i] { reducer->grad_ready(i); });
+  }
 
   if (S == 1) {  // the whole batch here: exactly the plain forward and backward
     if (C == 1) {
-      try {
-        Tensor loss = CharLM::loss(model_.forward(ids, B, T, dropout_rng), targets);
-        loss.backward();
-        shard_losses[0] = loss.item();
-      } catch (...) {
-        unhook();
-        throw;
-      }
+      Tensor loss = CharLM::loss(model_.forward(ids, B, T, dropout_rng), targets);
+      loss.backward();
+      shard_losses[0] = loss.item();
     }
   } else {
     std::vector<Rng> rngs;
@@ -246,18 +243,14 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids,
     if (C == 1) {
       run_shard(0);
     } else {
-#pragma omp parallel for num_threads(static_cast <int>(C)) schedule(static, 1)
+#pragma omp parallel for num_threads(static_cast<int>(C)) schedule(static, 1)
       for (int64_t local = 0; local < C; ++local) run_shard(local);
     }
     for (auto& e : errors)
-      if (e) {
-        unhook();
-        std::rethrow_exception(e);
-      }
+      if (e) std::rethrow_exception(e);
   }
 
   if (reducer) {
-    unhook();
     reducer->finish();
   } else if (C > 1) {
     // The model's gradients += each replica's, in shard order; every thread takes one slice
@@ -269,7 +262,7 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids,
       if (any && !params[0][i].grad().defined())
         accumulate_grad(params[0][i], Tensor::zeros(params[0][i].shape()));
     }
-#pragma omp parallel num_threads(static_cast <int>(C))
+#pragma omp parallel num_threads(static_cast<int>(C))
     {
       const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
       for (size_t i = 0; i < params[0].size(); ++i) {

@@ -4,13 +4,11 @@
 #include <fmt/format.h>
 
 #include <charconv>
-#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <map>
 #include <ostream>
 #include <set>
-#include <thread>
 
 #include "dist/dist.h"
 #include "models/charlm_checkpoint.h"
@@ -458,15 +456,11 @@ TrainInvocation parse_train_args(const std::vector<std::string>& args) {
 // Dispatch
 // ============================================================================
 
-// Prints an error and returns its exit code. Under mpirun, where the other ranks may be waiting
-// for this one, it ends the whole job instead; rank 0 goes first, so that an error every rank
-// meets (a bad flag) is printed once.
+// Prints an error and returns its exit code; under mpirun, where the other ranks may be waiting
+// for this one, ends the whole job instead (end_job).
 static int report_error(Console& console, const std::string& message, int code) {
-  const dist::World& world = dist::world();
-  if (world.size > 1 && world.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(1));
-  console.err << "charlm: error: " << (world.rank != 0 ? fmt::format("rank {}: ", world.rank) : "") << message
-              << std::endl;
-  if (world.size > 1) dist::abort(code);
+  if (dist::world().size > 1) end_job(console.err, message, code);
+  console.err << "charlm: error: " << message << std::endl;
   return code;
 }
 

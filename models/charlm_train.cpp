@@ -193,6 +193,14 @@ std::string metrics_line(const char* label, const EvalResult& r) {
                      human_count(r.tokens), r.loss, r.ppl(), r.bpc(), 100.0 * r.accuracy());
 }
 
+void end_job(std::ostream& err, const std::string& message, int exit_code) {
+  const dist::World& world = dist::world();
+  if (world.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(1));
+  err << "charlm: error: " << (world.rank != 0 ? fmt::format("rank {}: ", world.rank) : "") << message
+      << std::endl;
+  dist::abort(exit_code);
+}
+
 static double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -292,12 +300,16 @@ struct StartCheck {
 // reason printed once (by rank 0, or by the rank that alone knows it).
 bool agree_to_start(const dist::World& world, const StartCheck& mine, const std::vector<std::string>& hosts,
                     std::ostream& err) {
-  const std::vector<uint64_t> ok = dist::all_gather(mine.error.empty() ? 1 : 0);
-  const std::vector<uint64_t> error = dist::all_gather(files::fnv1a64(mine.error));
-  const std::vector<uint64_t> settings = dist::all_gather(mine.settings);
-  const std::vector<uint64_t> corpus = dist::all_gather(mine.corpus);
-  const std::vector<uint64_t> bytes = dist::all_gather(static_cast<uint64_t>(mine.corpus_bytes));
-  const std::vector<uint64_t> build = dist::all_gather(mine.build);
+  // One collective: every rank's (ready, error, settings, corpus, bytes, build), in rank order.
+  const auto all = dist::all_gather({mine.error.empty() ? 1u : 0u, files::fnv1a64(mine.error), mine.settings,
+                                     mine.corpus, static_cast<uint64_t>(mine.corpus_bytes), mine.build});
+  auto column = [&](size_t k) {
+    std::vector<uint64_t> c;
+    for (const auto& row : all) c.push_back(row[k]);
+    return c;
+  };
+  const std::vector<uint64_t> ok = column(0), error = column(1), settings = column(2), corpus = column(3),
+                              bytes = column(4), build = column(5);
   const size_t r = static_cast<size_t>(world.rank);
   auto where = [&](size_t rank) { return fmt::format("rank {} ({})", rank, hosts[rank]); };
   if (std::find(ok.begin(), ok.end(), 0) != ok.end()) {
@@ -363,11 +375,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       start_check.error = message;
       agree_to_start(world, start_check, hosts, console.err);
     } else {
-      // Rank 0 first: an error every rank meets is printed once, as rank 0's abort ends the others.
-      if (world.rank != 0) std::this_thread::sleep_for(std::chrono::seconds(1));
-      console.err << fmt::format("charlm: error: rank {} ({}): {}", world.rank, hosts[world.rank], message)
-                  << std::endl;
-      dist::abort(1);
+      end_job(console.err, message, 1);
     }
     return result;
   };
@@ -500,7 +508,9 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     started = true;
     // The batch is cut into S = min(threads of all ranks, B) shards, as one process with that
     // many threads would cut it; rank r runs the next ones in order, one per thread.
-    const std::vector<uint64_t> rank_threads = dist::all_gather(static_cast<uint64_t>(get_num_threads()));
+    std::vector<uint64_t> rank_threads;
+    for (const auto& row : dist::all_gather({static_cast<uint64_t>(get_num_threads())}))
+      rank_threads.push_back(row[0]);
     int64_t all_threads = 0, threads_before = 0;
     for (size_t r = 0; r < rank_threads.size(); ++r) {
       if (static_cast<int>(r) < world.rank) threads_before += static_cast<int64_t>(rank_threads[r]);

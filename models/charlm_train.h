@@ -63,6 +63,12 @@ void clear_stop();
 void install_stop_handlers();  // the first SIGINT or SIGTERM calls request_stop(); a second one kills as
                                // usual
 
+// An error on one rank of several (under mpirun) when the others may be waiting for it in a
+// collective: prints it ("rank R: " before it on ranks other than 0) and ends the whole job
+// (dist::abort). Ranks other than 0 wait a second first, so that an error every rank meets is
+// printed once, by rank 0, whose abort ends the others. With one rank: prints and exits.
+[[noreturn]] void end_job(std::ostream& err, const std::string& message, int exit_code);
+
 struct TrainResult {
   int exit_code = 0;          // 0 done, 1 error, 130 or 143 interrupted (checkpoint saved)
   int64_t first_step = 0;     // step the run started from (0, or the resumed step)

@@ -171,6 +171,17 @@ namespace {
 const std::string kMpirun = LG_MPIEXEC;
 const std::string kCharlm = LG_CHARLM;
 
+// Polls `done` every 20 ms for up to `seconds`.
+template <typename Done>
+bool wait_until(Done done, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
 // A child process (mpirun, or charlm alone) with stdout and stderr in files.
 struct Job {
   pid_t pid = -1;
@@ -191,13 +202,9 @@ struct Job {
   }
   // Exit code (128 + signal if killed), or -1 if still running after `seconds` (then killed).
   int wait(double seconds) {
-    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
     int status = 0;
-    while (std::chrono::steady_clock::now() < end) {
-      if (waitpid(pid, &status, WNOHANG) == pid)
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+    if (wait_until([&] { return waitpid(pid, &status, WNOHANG) == pid; }, seconds))
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     ::kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
     return -1;
@@ -294,21 +301,12 @@ std::vector<std::string> with(std::vector<std::string> args, const std::string& 
 }
 
 bool wait_for_text(const std::string& path, const std::string& text, double seconds) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < end) {
-    if (files::exists(path) && files::read_file(path).find(text) != std::string::npos) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
+  return wait_until(
+      [&] { return files::exists(path) && files::read_file(path).find(text) != std::string::npos; }, seconds);
 }
 
 bool wait_for_file(const std::string& path, double seconds) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < end) {
-    if (files::exists(path)) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
+  return wait_until([&] { return files::exists(path); }, seconds);
 }
 
 }  // namespace
@@ -442,16 +440,16 @@ TEST_CASE("ranks that disagree on flags or corpus refuse to start, with one clea
   // mpirun's MPMD form: rank 0 runs the first command, rank 1 the second.
   std::vector<std::string> first = train_args(dir, "run", 10), second = with(first, "--lr", "1e-3");
   std::vector<std::string> colon{":", "-np", "1"};
-  Job flags(std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + second, dir / "f.out",
-            dir / "f.err");
+  Job flags(std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + second,
+            dir / "f.out", dir / "f.err");
   CHECK(flags.wait(60) == 1);
   CHECK(flags.err().find("rank 1") != std::string::npos);
   CHECK(flags.err().find("has other settings") != std::string::npos);
   CHECK(!files::exists(dir / "run/latest"));
 
   second = with(first, "--data", dir / "other.txt");
-  Job corpus(std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + second, dir / "c.out",
-             dir / "c.err");
+  Job corpus(std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + second,
+             dir / "c.out", dir / "c.err");
   CHECK(corpus.wait(60) == 1);
   CHECK(corpus.err().find("reads another corpus") != std::string::npos);
 
@@ -461,15 +459,15 @@ TEST_CASE("ranks that disagree on flags or corpus refuse to start, with one clea
   fs::permissions(dir / "charlm-other", fs::perms::owner_all);
   std::vector<std::string> other = first;
   other[0] = dir / "charlm-other";
-  Job build(std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + other, dir / "b.out",
-            dir / "b.err");
+  Job build(std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + other,
+            dir / "b.out", dir / "b.err");
   CHECK(build.wait(60) == 1);
   CHECK(build.err().find("runs another build of charlm") != std::string::npos);
 
   // A setup error on one rank only: that rank says what, rank 0 says who.
-  Job alone(
-      std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon + with(first, "--data", dir / "none.txt"),
-      dir / "a.out", dir / "a.err");
+  Job alone(std::vector<std::string>{kMpirun, "--oversubscribe", "-np", "1"} + first + colon +
+                with(first, "--data", dir / "none.txt"),
+            dir / "a.out", dir / "a.err");
   CHECK(alone.wait(60) == 1);
   CHECK(alone.err().find("none.txt") != std::string::npos);
   CHECK(alone.err().find("rank 1") != std::string::npos);
