@@ -1,6 +1,6 @@
 // nn/latent_attention.cpp: latent attention: chunked training path, naive reference, recurrent step.
 //
-// Formulas and names follow shared/design/latent-attention.md ("the spec"). Shapes use
+// Formulas and names follow docs/latent-attention.md ("Definition"; "the spec" below). Shapes use
 // B batch, H heads, T positions, d = D / H head size, M latents, W window, C chunk length.
 #include "nn/latent_attention.h"
 
@@ -96,7 +96,7 @@ static void check_inputs(const LatentInputs& in, const char* who) {
 //   Z  (B, H, 1, M)  sum exp(a - mu)
 //   SK (B, H, M, d)  sum exp(a - mu) R_s k_s
 //   SV (B, H, M, d)  sum exp(a - mu) v_s
-// Inside the chunk, E = exp(A - mu) is (C, M) here (the spec's E transposed), and position
+// Inside the chunk, E = exp(A - mu) is (C, M), and position
 // t of the chunk adds the chunk's s <= t through the causal mask:
 //   Zc     = Z + cumsum_s E                                         (C, M)
 //   scores = (Qr SK^T + ((Qr Kr^T) masked) E) / Zc / sqrt(d)        (C, M)  = (R_t q) . Kl_{t,m} / sqrt(d)

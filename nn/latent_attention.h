@@ -1,4 +1,4 @@
-// nn/latent_attention.h: causal latent attention (the project's spec, shared/design/latent-attention.md).
+// nn/latent_attention.h: causal latent attention (the project's spec: docs/latent-attention.md).
 //
 // A bank of M learned latents reads the prefix of the sequence ("write", content-only
 // scores a_{m,s} = l_m . k_s / sqrt(d)), and every query reads the M latents, plus,
@@ -9,7 +9,7 @@
 //   o_t        = softmax over [latents m ; positions t-W < s <= t] of (R_t q_t) . key / sqrt(d)
 //                applied to [Vl_{t,m} ; v_s]
 //
-// The spec's three ways to compute it, all here, plus a fused op:
+// The three ways to compute it of docs/latent-attention.md, all here, plus a fused op:
 //   latent_attention_naive    materialises w (M x T x T): the test reference, O(T^2 M d);
 //   latent_attention_chunked  chunks of C positions carrying running sums (mu, Z, SK, SV),
 //                             composed from core ops (autograd gives the backward),
@@ -97,7 +97,7 @@ class LatentAttention : public Attention {
   const AttentionConfig& config() const { return config_; }
 
   // Which core forward() runs. Fused: latent_attention_fused, one op with its own backward.
-  // Chunked: latent_attention_chunked, the spec's training algorithm from core ops. Its
+  // Chunked: latent_attention_chunked, the readable training algorithm from core ops. Its
   // stabiliser is one max per chunk, so an early position whose prefix scores lie far below
   // a later score in the chunk gets a tiny Zc: past a spread of ~40 its backward overflows
   // (the gradient of a / Zc divides by Zc^2), past ~80 its forward is 0 / 0. Both cores

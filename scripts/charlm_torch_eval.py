@@ -74,7 +74,7 @@ def mha(w, p, x, cfg):
 
 
 def latent(w, p, x, cfg):
-    """Latent attention straight from its definition (shared/design/latent-attention.md)."""
+    """Latent attention straight from its definition (docs/latent-attention.md, "Definition")."""
     B, T, D = x.shape
     H, M, W = cfg["heads"], cfg["latents"], cfg["window"]
     d = D // H
