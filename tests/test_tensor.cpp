@@ -1,11 +1,14 @@
 // tests/test_tensor.cpp: tensors, views, forward values against hand-computed ones, errors, autograd engine.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <cmath>
 #include <limits>
+#include <string>
 
 #include "core/fastmath.h"
 #include "core/ops.h"
+#include "core/version.h"
 #include "tests/gradcheck.h"
 
 using namespace lg;
@@ -14,6 +17,13 @@ static void check_values(const Tensor& t, const std::vector<float>& expected, fl
   std::vector<float> got = t.to_vector();
   REQUIRE(got.size() == expected.size());
   for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == doctest::Approx(expected[i]).epsilon(tol));
+}
+
+TEST_CASE("the version: library, headers and CMake's project() agree") {
+  CHECK(std::string(lg::version()) == LATENTGRAD_VERSION);
+  CHECK(std::string(LATENTGRAD_VERSION) == fmt::format("{}.{}.{}", LATENTGRAD_VERSION_MAJOR,
+                                                       LATENTGRAD_VERSION_MINOR, LATENTGRAD_VERSION_PATCH));
+  CHECK(std::string(LATENTGRAD_VERSION) == LG_PROJECT_VERSION);  // what find_package(latentgrad) reports
 }
 
 TEST_CASE("creation and element access") {
