@@ -1,6 +1,7 @@
 // tests/test_tensor.cpp: tensors, views, forward values against hand-computed ones, errors, autograd engine.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <latentgrad/latentgrad.h>  // the umbrella compiles in every build, not only in scripts/consumer.sh
 
 #include <cmath>
 #include <limits>
