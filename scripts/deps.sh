@@ -4,6 +4,8 @@ set -euo pipefail
 # libopenblas-openmp-dev: OpenBLAS on the same OpenMP threads as our kernels (see CMakeLists.txt)
 # openmpi-bin, libopenmpi-dev: training on several processes or machines (dist/)
 packages=(g++ cmake make libopenblas-dev libopenblas-openmp-dev libfmt-dev doctest-dev openmpi-bin libopenmpi-dev)
+# pkg-config: scripts/consumer.sh builds the example consumer with `pkg-config --cflags --libs latentgrad`
+packages+=(pkg-config)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
