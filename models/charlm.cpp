@@ -71,43 +71,44 @@ nn::AttentionConfig ModelConfig::attention_config() const {
   return a;
 }
 
-json::Value ModelConfig::to_json() const {
+json::Json ModelConfig::to_json() const {
   nn::AttentionConfig a = attention_config();
-  json::Value v = json::Value::object();
-  v.set("vocab", vocab);
-  v.set("layers", layers);
-  v.set("heads", heads);
-  v.set("dim", dim);
-  v.set("ctx", ctx);
-  v.set("attention", attention_kind_name(attention));
-  v.set("latents", latents);
-  v.set("window", window);
-  v.set("kv_rank", kv_rank);
-  v.set("q_rank", q_rank);
-  v.set("rope_dim", rope_dim);
-  v.set("dropout", static_cast<double>(dropout));
-  // fixed by the code, recorded so a reader of the file needs nothing else
-  v.set("bias", a.bias);
-  v.set("rope_base", static_cast<double>(a.rope_base));
-  v.set("chunk", a.chunk);
-  v.set("layer_norm_eps", 1e-5);
-  return v;
+  return {{"vocab", vocab},
+          {"layers", layers},
+          {"heads", heads},
+          {"dim", dim},
+          {"ctx", ctx},
+          {"attention", attention_kind_name(attention)},
+          {"latents", latents},
+          {"window", window},
+          {"kv_rank", kv_rank},
+          {"q_rank", q_rank},
+          {"rope_dim", rope_dim},
+          {"dropout", static_cast<double>(dropout)},
+          // fixed by the code, recorded so a reader of the file needs nothing else
+          {"bias", a.bias},
+          {"rope_base", static_cast<double>(a.rope_base)},
+          {"chunk", a.chunk},
+          {"layer_norm_eps", 1e-5}};
 }
 
-ModelConfig ModelConfig::from_json(const json::Value& v) {
+ModelConfig ModelConfig::from_json(const json::Json& v) {
+  auto integer = [&](const char* key) {
+    return json::get_int(json::at(v, key), fmt::format("config.{}", key));
+  };
   ModelConfig c;
-  c.vocab = v.at("vocab").as_int("config.vocab");
-  c.layers = v.at("layers").as_int("config.layers");
-  c.heads = v.at("heads").as_int("config.heads");
-  c.dim = v.at("dim").as_int("config.dim");
-  c.ctx = v.at("ctx").as_int("config.ctx");
-  c.attention = nn::parse_attention_kind(v.at("attention").as_string("config.attention"));
-  c.latents = v.at("latents").as_int("config.latents");
-  c.window = v.at("window").as_int("config.window");
-  c.kv_rank = v.at("kv_rank").as_int("config.kv_rank");
-  c.q_rank = v.at("q_rank").as_int("config.q_rank");
-  c.rope_dim = v.at("rope_dim").as_int("config.rope_dim");
-  c.dropout = static_cast<float>(v.at("dropout").as_number("config.dropout"));
+  c.vocab = integer("vocab");
+  c.layers = integer("layers");
+  c.heads = integer("heads");
+  c.dim = integer("dim");
+  c.ctx = integer("ctx");
+  c.attention = nn::parse_attention_kind(json::get_string(json::at(v, "attention"), "config.attention"));
+  c.latents = integer("latents");
+  c.window = integer("window");
+  c.kv_rank = integer("kv_rank");
+  c.q_rank = integer("q_rank");
+  c.rope_dim = integer("rope_dim");
+  c.dropout = static_cast<float>(json::get_number(json::at(v, "dropout"), "config.dropout"));
   return c;
 }
 
@@ -243,7 +244,7 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids,
     if (C == 1) {
       run_shard(0);
     } else {
-#pragma omp parallel for num_threads(static_cast<int>(C)) schedule(static, 1)
+#pragma omp parallel for num_threads(static_cast <int>(C)) schedule(static, 1)
       for (int64_t local = 0; local < C; ++local) run_shard(local);
     }
     for (auto& e : errors)
@@ -262,7 +263,7 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids,
       if (any && !params[0][i].grad().defined())
         accumulate_grad(params[0][i], Tensor::zeros(params[0][i].shape()));
     }
-#pragma omp parallel num_threads(static_cast<int>(C))
+#pragma omp parallel num_threads(static_cast <int>(C))
     {
       const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
       for (size_t i = 0; i < params[0].size(); ++i) {

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "core/json.h"
+#include "core/json_io.h"
 #include "dist/dist.h"
 #include "nn/attention.h"
 #include "nn/embedding.h"
@@ -39,8 +39,8 @@ struct ModelConfig {
   // Throws lg::Error naming the offending flag (e.g. "--dim 100 is not divisible by --heads 3").
   void validate() const;
   nn::AttentionConfig attention_config() const;
-  json::Value to_json() const;
-  static ModelConfig from_json(const json::Value& v);  // throws lg::Error on missing/ill-typed keys
+  json::Json to_json() const;
+  static ModelConfig from_json(const json::Json& v);  // throws lg::Error on missing/ill-typed keys
 };
 
 class CharLM : public nn::Module {

@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <string>
 
-#include "core/json.h"
+#include "core/json_io.h"
 #include "models/charlm.h"
 #include "models/charlm_data.h"
 #include "optim/adamw.h"
@@ -36,7 +36,7 @@ struct CorpusInfo {
 struct CheckpointMeta {
   ModelConfig model;
   Vocab vocab;
-  json::Value training = json::Value::object();  // the training settings (TrainSettings::to_json)
+  json::Json training = json::Json::object();  // the training settings (TrainSettings::to_json)
   CorpusInfo corpus;
   int64_t step = 0;                    // optimizer steps completed
   std::array<uint64_t, 4> data_rng{};  // batch sampling, as it stands after `step` steps

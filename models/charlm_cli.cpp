@@ -295,19 +295,18 @@ int eval_command(const std::vector<std::string>& args, Console& console) {
                        human_count(std::llround(static_cast<double>(r.tokens) / std::max(r.seconds, 1e-9))));
   human.flush();
   if (json) {
-    json::Value j = json::Value::object();
-    j.set("checkpoint", m.dir);
-    j.set("step", m.meta.step);
-    j.set("data", data);
-    j.set("tokens", r.tokens);
-    j.set("unknown_bytes", unknown);
-    j.set("loss", r.loss);
-    j.set("ppl", r.ppl());
-    j.set("bpc", r.bpc());
-    j.set("accuracy", r.accuracy());
-    j.set("tokens_per_s", static_cast<double>(r.tokens) / std::max(r.seconds, 1e-9));
-    j.set("params", m.model->parameter_count());
-    console.out << j.dump() << "\n" << std::flush;
+    json::Json j = {{"checkpoint", m.dir},
+                    {"step", m.meta.step},
+                    {"data", data},
+                    {"tokens", r.tokens},
+                    {"unknown_bytes", unknown},
+                    {"loss", r.loss},
+                    {"ppl", r.ppl()},
+                    {"bpc", r.bpc()},
+                    {"accuracy", r.accuracy()},
+                    {"tokens_per_s", static_cast<double>(r.tokens) / std::max(r.seconds, 1e-9)},
+                    {"params", m.model->parameter_count()}};
+    console.out << json::dump(j) << "\n" << std::flush;
   }
   return 0;
 }

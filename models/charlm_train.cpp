@@ -64,43 +64,45 @@ void TrainSettings::validate(bool vocab_known) const {
   m.validate();
 }
 
-json::Value TrainSettings::to_json() const {
+json::Json TrainSettings::to_json() const {
   // Keys are the flag names, so a resumed run can name exactly the flag that differs.
-  json::Value v = json::Value::object();
-  v.set("attn", nn::attention_kind_name(model.attention));
-  v.set("layers", model.layers);
-  v.set("heads", model.heads);
-  v.set("dim", model.dim);
-  v.set("ctx", model.ctx);
-  v.set("latents", model.latents);
-  v.set("window", model.window);
-  v.set("kv-rank", model.kv_rank);
-  v.set("q-rank", model.q_rank);
-  v.set("rope-dim", model.rope_dim);
-  v.set("dropout", static_cast<double>(model.dropout));
-  v.set("batch", batch);
-  v.set("steps", steps);
-  v.set("lr", lr);
-  v.set("min-lr", min_lr);
-  v.set("warmup", warmup);
-  v.set("weight-decay", weight_decay);
-  v.set("grad-clip", grad_clip);
-  v.set("beta1", beta1);
-  v.set("beta2", beta2);
-  v.set("eval-every", eval_every);
-  v.set("eval-batches", eval_batches);
-  v.set("log-every", log_every);
-  v.set("split", split_str(split));
-  v.set("seed", static_cast<int64_t>(seed));
-  v.set("threads", threads);
-  return v;
+  return {{"attn", nn::attention_kind_name(model.attention)},
+          {"layers", model.layers},
+          {"heads", model.heads},
+          {"dim", model.dim},
+          {"ctx", model.ctx},
+          {"latents", model.latents},
+          {"window", model.window},
+          {"kv-rank", model.kv_rank},
+          {"q-rank", model.q_rank},
+          {"rope-dim", model.rope_dim},
+          {"dropout", static_cast<double>(model.dropout)},
+          {"batch", batch},
+          {"steps", steps},
+          {"lr", lr},
+          {"min-lr", min_lr},
+          {"warmup", warmup},
+          {"weight-decay", weight_decay},
+          {"grad-clip", grad_clip},
+          {"beta1", beta1},
+          {"beta2", beta2},
+          {"eval-every", eval_every},
+          {"eval-batches", eval_batches},
+          {"log-every", log_every},
+          {"split", split_str(split)},
+          {"seed", static_cast<int64_t>(seed)},
+          {"threads", threads}};
 }
 
-TrainSettings TrainSettings::from_json(const json::Value& v) {
+TrainSettings TrainSettings::from_json(const json::Json& v) {
   TrainSettings s;
-  auto integer = [&](const char* key) { return v.at(key).as_int(fmt::format("training.{}", key)); };
-  auto number = [&](const char* key) { return v.at(key).as_number(fmt::format("training.{}", key)); };
-  s.model.attention = nn::parse_attention_kind(v.at("attn").as_string("training.attn"));
+  auto integer = [&](const char* key) {
+    return json::get_int(json::at(v, key), fmt::format("training.{}", key));
+  };
+  auto number = [&](const char* key) {
+    return json::get_number(json::at(v, key), fmt::format("training.{}", key));
+  };
+  s.model.attention = nn::parse_attention_kind(json::get_string(json::at(v, "attn"), "training.attn"));
   s.model.layers = integer("layers");
   s.model.heads = integer("heads");
   s.model.dim = integer("dim");
@@ -123,7 +125,7 @@ TrainSettings TrainSettings::from_json(const json::Value& v) {
   s.eval_every = integer("eval-every");
   s.eval_batches = integer("eval-batches");
   s.log_every = integer("log-every");
-  s.split = parse_split(v.at("split").as_string("training.split"));
+  s.split = parse_split(json::get_string(json::at(v, "split"), "training.split"));
   s.seed = static_cast<uint64_t>(integer("seed"));
   s.threads = integer("threads");
   return s;
@@ -216,18 +218,16 @@ struct EvalPoint {
   int64_t step;
   double train_loss, val_loss, lr, tokens_per_s;
   double train_seconds;  // time inside training steps up to here, over every run of this --out
-  json::Value to_json() const {
-    json::Value v = json::Value::object();
-    v.set("step", step);
-    v.set("train_loss", train_loss);
-    v.set("val_loss", val_loss);
-    v.set("val_ppl", std::exp(val_loss));
-    v.set("val_bpc", val_loss / std::log(2.0));
-    v.set("train_bpc", train_loss / std::log(2.0));
-    v.set("lr", lr);
-    v.set("tokens_per_s", tokens_per_s);
-    v.set("train_seconds", train_seconds);
-    return v;
+  json::Json to_json() const {
+    return {{"step", step},
+            {"train_loss", train_loss},
+            {"val_loss", val_loss},
+            {"val_ppl", std::exp(val_loss)},
+            {"val_bpc", val_loss / std::log(2.0)},
+            {"train_bpc", train_loss / std::log(2.0)},
+            {"lr", lr},
+            {"tokens_per_s", tokens_per_s},
+            {"train_seconds", train_seconds}};
   }
 };
 
@@ -241,10 +241,14 @@ std::vector<EvalPoint> read_metrics(const std::string& path, int64_t step) {
     size_t end = text.find('\n', start);
     if (end == std::string::npos) end = text.size();
     try {
-      json::Value v = json::parse(std::string_view(text).substr(start, end - start));
-      EvalPoint p{
-          v.at("step").as_int(),  v.at("train_loss").as_number(),   v.at("val_loss").as_number(),
-          v.at("lr").as_number(), v.at("tokens_per_s").as_number(), v.at("train_seconds").as_number()};
+      json::Json v = json::parse(std::string_view(text).substr(start, end - start));
+      auto number = [&](const char* key) { return json::get_number(json::at(v, key), key); };
+      EvalPoint p{json::get_int(json::at(v, "step"), "step"),
+                  number("train_loss"),
+                  number("val_loss"),
+                  number("lr"),
+                  number("tokens_per_s"),
+                  number("train_seconds")};
       if (p.step <= step) points.push_back(p);
     } catch (const Error&) {
       // a line that does not parse is dropped: the file is a report, rewritten below
@@ -258,7 +262,7 @@ void write_reports(const std::string& out, const std::vector<EvalPoint>& points)
   std::string jsonl;
   plot::Series train{"train loss", "#1f77b4", {}, {}}, val{"val loss", "#d62728", {}, {}};
   for (const EvalPoint& p : points) {
-    jsonl += p.to_json().dump() + "\n";
+    jsonl += json::dump(p.to_json()) + "\n";
     train.x.push_back(static_cast<double>(p.step));
     train.y.push_back(p.train_loss);
     val.x.push_back(static_cast<double>(p.step));
@@ -401,15 +405,17 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       std::string dir = resolve_checkpoint_dir(latest_dir);
       resumed = read_checkpoint_meta(dir);
       TrainSettings saved = TrainSettings::from_json(resumed.training);
-      json::Value saved_json = saved.to_json(), given_json = settings.to_json();
+      json::Json saved_json = saved.to_json(), given_json = settings.to_json();
       for (const std::string& flag : given) {
         if (resume_may_override(flag)) continue;
         std::string key = flag.substr(2);
-        if (given_json.at(key).dump() != saved_json.at(key).dump())
+        std::string given_value = json::dump(json::at(given_json, key)),
+                    saved_value = json::dump(json::at(saved_json, key));
+        if (given_value != saved_value)
           return fail(
               fmt::format("--resume: {} {} differs from the checkpoint's {} (only --steps, --eval-every, "
                           "--eval-batches, --log-every and --threads may change when resuming)",
-                          flag, given_json.at(key).dump(), saved_json.at(key).dump()));
+                          flag, given_value, saved_value));
       }
       saved.data = settings.data;
       saved.out = settings.out;
@@ -492,9 +498,9 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     if (ranks) {
       TrainSettings same = settings;  // ranks may run different thread counts
       same.threads = 0;
-      start_check.settings =
-          files::fnv1a64(fmt::format("{} resume {} step {} bucket-mb {} overlap {}", same.to_json().dump(),
-                                     settings.resume, step, settings.bucket_mb, settings.overlap));
+      start_check.settings = files::fnv1a64(fmt::format("{} resume {} step {} bucket-mb {} overlap {}",
+                                                        json::dump(same.to_json()), settings.resume, step,
+                                                        settings.bucket_mb, settings.overlap));
       start_check.corpus = corpus_info.fnv1a;
       start_check.corpus_bytes = corpus_info.bytes;
       start_check.build = build_fingerprint();
@@ -534,9 +540,10 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
         "(val has {}, test has {})\n",
         "vocab", vocab.size(), vocab.size() - 1, vocab.count_unknown(splits.val),
         vocab.count_unknown(splits.test));
-    const json::Value settings_json = settings.to_json();
+    const json::Json settings_json = settings.to_json();
     for (const auto& [key, value] : settings_json.items())
-      human << fmt::format("  {:<14}{}\n", key, value.is_string() ? value.as_string() : value.dump());
+      human << fmt::format("  {:<14}{}\n", key,
+                           value.is_string() ? value.get_ref<const std::string&>() : json::dump(value));
     if (!ranks) {
       human << fmt::format("  {:<14}{} (each step: {} data-parallel shards of the batch, one per thread)\n",
                            "threads used", get_num_threads(), shards.total);
@@ -783,32 +790,30 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       human << text << "\n" << std::flush;
     }
     if (settings.json && world.rank == 0) {
-      json::Value j = json::Value::object();
       const EvalResult& v = result.val;
       const EvalResult& t = result.test;
-      j.set("val_loss", v.loss);
-      j.set("val_ppl", v.ppl());
-      j.set("val_bpc", v.bpc());
-      j.set("test_loss", t.loss);
-      j.set("test_ppl", t.ppl());
-      j.set("test_bpc", t.bpc());
-      j.set("test_accuracy", t.accuracy());
-      j.set("test_tokens", t.tokens);
-      j.set("tokens_per_s", result.tokens_per_s);
-      j.set("params", result.params);
-      j.set("steps", step);
-      j.set("best_step", final_meta.step);
-      j.set("best_val_loss_estimate", best_val);
-      j.set("wall_s", wall);
-      j.set("attn", nn::attention_kind_name(settings.model.attention));
-      j.set("checkpoint", final_dir);
-      j.set("ranks", static_cast<int64_t>(world.size));
-      j.set("comm_ms_per_step", result.comm_ms_per_step);
-      j.set("step_ms_median", result.step_ms_median);
-      json::Value losses = json::Value::array();  // every step run here, in order
-      for (float l : result.losses) losses.push(static_cast<double>(l));
-      j.set("step_losses", losses);
-      console.out << j.dump() << "\n" << std::flush;
+      json::Json j = {{"val_loss", v.loss},
+                      {"val_ppl", v.ppl()},
+                      {"val_bpc", v.bpc()},
+                      {"test_loss", t.loss},
+                      {"test_ppl", t.ppl()},
+                      {"test_bpc", t.bpc()},
+                      {"test_accuracy", t.accuracy()},
+                      {"test_tokens", t.tokens},
+                      {"tokens_per_s", result.tokens_per_s},
+                      {"params", result.params},
+                      {"steps", step},
+                      {"best_step", final_meta.step},
+                      {"best_val_loss_estimate", best_val},
+                      {"wall_s", wall},
+                      {"attn", nn::attention_kind_name(settings.model.attention)},
+                      {"checkpoint", final_dir},
+                      {"ranks", static_cast<int64_t>(world.size)},
+                      {"comm_ms_per_step", result.comm_ms_per_step},
+                      {"step_ms_median", result.step_ms_median}};
+      json::Json& losses = j["step_losses"] = json::Json::array();  // every step run here, in order
+      for (float l : result.losses) losses.push_back(static_cast<double>(l));
+      console.out << json::dump(j) << "\n" << std::flush;
     }
     return result;
   } catch (const std::bad_alloc&) {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "core/json.h"
+#include "core/json_io.h"
 #include "models/charlm.h"
 #include "models/charlm_data.h"
 
@@ -46,8 +46,8 @@ struct TrainSettings {
   // which needs model.vocab set; call with vocab_known = false before the corpus is read).
   void validate(bool vocab_known) const;
   // The settings saved in a checkpoint, and back.
-  json::Value to_json() const;
-  static TrainSettings from_json(const json::Value& v);
+  json::Json to_json() const;
+  static TrainSettings from_json(const json::Json& v);
 };
 
 // Flags that --resume lets the command line change; every other flag must match the checkpoint.

@@ -1,4 +1,4 @@
-// nn/safetensors.cpp: the safetensors writer and a strict reader; the header is JSON (core/json.h).
+// nn/safetensors.cpp: the safetensors writer and a strict reader; the header is JSON (core/json_io.h).
 #include "nn/safetensors.h"
 
 #include <fmt/format.h>
@@ -11,7 +11,7 @@
 #include <tuple>
 
 #include "core/files.h"
-#include "core/json.h"
+#include "core/json_io.h"
 
 namespace lg::nn {
 
@@ -36,28 +36,19 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
     if (!t.defined()) throw Error(fmt::format("write_safetensors {}: tensor '{}' is undefined", path, name));
   }
 
-  json::Value header = json::Value::object();
-  if (!metadata.empty()) {
-    json::Value entries = json::Value::object();
-    for (const auto& [key, value] : metadata) entries.set(key, value);
-    header.set("__metadata__", std::move(entries));
-  }
-  // Offsets go through JSON's doubles: exact, since the whole file is built in memory (< 2^53 bytes).
+  json::Json header = json::Json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
   int64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     int64_t bytes = t.numel() * static_cast<int64_t>(sizeof(float));
-    json::Value shape = json::Value::array(), offsets = json::Value::array();
-    for (int64_t d = 0; d < t.dim(); ++d) shape.push(t.size(d));
-    offsets.push(offset);
-    offsets.push(offset + bytes);
-    json::Value entry = json::Value::object();
-    entry.set("dtype", "F32");
-    entry.set("shape", std::move(shape));
-    entry.set("data_offsets", std::move(offsets));
-    header.set(name, std::move(entry));
+    json::Json entry = json::Json::object();
+    entry["dtype"] = "F32";
+    entry["shape"] = t.shape();
+    entry["data_offsets"] = {offset, offset + bytes};
+    header[name] = std::move(entry);  // names are unique (checked above): no earlier entry is replaced
     offset += bytes;
   }
-  std::string header_text = header.dump();
+  std::string header_text = json::dump(header);
   header_text.append((8 - header_text.size() % 8) % 8, ' ');  // data section starts 8-byte aligned
 
   std::string file;
@@ -85,14 +76,14 @@ struct Entry {
 };
 
 // Validates one tensor's header entry; `context` is "read_safetensors PATH".
-Entry parse_entry(const std::string& context, const std::string& name, const json::Value& info) {
+Entry parse_entry(const std::string& context, const std::string& name, const json::Json& info) {
   auto fail = [&](const std::string& what) {
     return Error(fmt::format("{}: tensor '{}': {}", context, name, what));
   };
   // Plain digits only, as the reference reader (serde, into usize) demands: "8.0" and "-2" are refused.
-  auto to_u64 = [&](const json::Value& v, const std::string& field) {
+  auto to_u64 = [&](const json::Json& v, const std::string& field) {
     try {
-      return v.as_uint64(field);
+      return json::get_uint64(v, field);
     } catch (const Error& e) {
       throw fail(e.what());
     }
@@ -101,27 +92,27 @@ Entry parse_entry(const std::string& context, const std::string& name, const jso
   for (const auto& [key, v] : info.items())
     if (key != "dtype" && key != "shape" && key != "data_offsets")
       throw fail(fmt::format("unknown field \"{}\"", key));
-  const json::Value* dtype = info.find("dtype");
-  const json::Value* shape = info.find("shape");
-  const json::Value* offsets = info.find("data_offsets");
-  if (!dtype || !shape || !offsets) throw fail("needs the fields dtype, shape and data_offsets");
-  if (!dtype->is_string()) throw fail("dtype is not a string");
-  if (dtype->as_string() != "F32")
-    throw fail(fmt::format("unsupported dtype {} (only F32 is supported)", dtype->as_string()));
+  if (!info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
+    throw fail("needs the fields dtype, shape and data_offsets");
+  const json::Json &dtype = info["dtype"], &shape = info["shape"], &offsets = info["data_offsets"];
+  if (!dtype.is_string()) throw fail("dtype is not a string");
+  if (dtype.get_ref<const std::string&>() != "F32")
+    throw fail(
+        fmt::format("unsupported dtype {} (only F32 is supported)", dtype.get_ref<const std::string&>()));
 
   Entry e;
   e.name = name;
-  if (!shape->is_array()) throw fail("shape is not an array");
+  if (!shape.is_array()) throw fail("shape is not an array");
   uint64_t numel = 1;
-  for (size_t i = 0; i < shape->size(); ++i) {
-    uint64_t size = to_u64(shape->as_array()[i], fmt::format("shape[{}]", i));
+  for (size_t i = 0; i < shape.size(); ++i) {
+    uint64_t size = to_u64(shape[i], fmt::format("shape[{}]", i));
     if (size > (1ull << 40) || (size && numel > (1ull << 40) / size)) throw fail("shape is too large");
     numel *= size;
     e.shape.push_back(static_cast<int64_t>(size));
   }
-  if (!offsets->is_array() || offsets->size() != 2) throw fail("data_offsets must be [begin, end]");
-  e.begin = to_u64(offsets->as_array()[0], "data_offsets[0]");
-  e.end = to_u64(offsets->as_array()[1], "data_offsets[1]");
+  if (!offsets.is_array() || offsets.size() != 2) throw fail("data_offsets must be [begin, end]");
+  e.begin = to_u64(offsets[0], "data_offsets[0]");
+  e.end = to_u64(offsets[1], "data_offsets[1]");
   if (e.end < e.begin) throw fail(fmt::format("data_offsets [{}, {}] end before begin", e.begin, e.end));
   if (e.end - e.begin != numel * sizeof(float))
     throw fail(fmt::format("data_offsets [{}, {}] span {} bytes but shape {} needs {}", e.begin, e.end,
@@ -148,7 +139,7 @@ std::map<std::string, Tensor> read_safetensors(const std::string& path,
                     "truncated or not a safetensors file?)",
                     context, header_length, rest));
 
-  json::Value header;
+  json::Json header;
   try {
     header = json::parse(std::string_view(file).substr(8, header_length));
   } catch (const json::ParseError& e) {
@@ -163,7 +154,7 @@ std::map<std::string, Tensor> read_safetensors(const std::string& path,
       for (const auto& [key, value] : info.items()) {
         if (!value.is_string())
           throw Error(fmt::format("{}: __metadata__ value of \"{}\" is not a string", context, key));
-        if (metadata) (*metadata)[key] = value.as_string();
+        if (metadata) (*metadata)[key] = value.get_ref<const std::string&>();
       }
       continue;
     }

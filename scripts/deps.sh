@@ -4,6 +4,8 @@ set -euo pipefail
 # libopenblas-openmp-dev: OpenBLAS on the same OpenMP threads as our kernels (see CMakeLists.txt)
 # openmpi-bin, libopenmpi-dev: training on several processes or machines (dist/)
 packages=(g++ cmake make libopenblas-dev libopenblas-openmp-dev libfmt-dev doctest-dev openmpi-bin libopenmpi-dev)
+# nlohmann-json3-dev: reads and writes the JSON of checkpoints, metrics and safetensors headers (core/json_io.h)
+packages+=(nlohmann-json3-dev)
 # pkg-config: scripts/consumer.sh builds the example consumer with `pkg-config --cflags --libs latentgrad`
 packages+=(pkg-config)
 missing=()

@@ -10,13 +10,14 @@
 #include <algorithm>
 #include <cmath>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <sstream>
 
 #include "core/files.h"
-#include "core/json.h"
+#include "core/json_io.h"
 #include "models/charlm.h"
 #include "models/charlm_checkpoint.h"
 #include "models/charlm_cli.h"
@@ -107,27 +108,102 @@ ModelConfig small_model(const char* kind, int64_t vocab, int64_t layers, int64_t
 }  // namespace
 
 TEST_CASE("json: round trip, exact doubles and 64-bit words, and errors") {
-  json::Value v = json::Value::object();
-  v.set("loss", 1.2345678901234567);
-  v.set("name", "caf\xc3\xa9 \"q\"\n");
-  json::Value a = json::Value::array();
-  a.push(1);
-  a.push(json::Value());
-  a.push(true);
-  v.set("list", a);
-  v.set("word", json::hex_u64(0xfedcba9876543210ull));
+  json::Json v = {{"loss", 1.2345678901234567},
+                  {"name", "caf\xc3\xa9 \"q\"\n"},
+                  {"list", {1, nullptr, true}},
+                  {"word", json::hex_u64(0xfedcba9876543210ull)}};
   for (int indent : {-1, 2}) {
-    json::Value back = json::parse(v.dump(indent));
-    CHECK(back.at("loss").as_number() == 1.2345678901234567);
-    CHECK(back.at("name").as_string() == "caf\xc3\xa9 \"q\"\n");
+    json::Json back = json::parse(json::dump(v, indent));
+    CHECK(json::get_number(back.at("loss"), "loss") == 1.2345678901234567);
+    CHECK(json::get_string(back.at("name"), "name") == "caf\xc3\xa9 \"q\"\n");
     CHECK(back.at("list").size() == 3);
-    CHECK(json::parse_hex_u64(back.at("word").as_string(), "word") == 0xfedcba9876543210ull);
+    CHECK(json::parse_hex_u64(json::get_string(back.at("word"), "word"), "word") == 0xfedcba9876543210ull);
+    CHECK(back == v);
   }
-  CHECK_THROWS_AS(json::parse("{\"a\": 1"), Error);
-  CHECK_THROWS_AS(json::parse("{\"a\": 1,}"), Error);
-  CHECK_THROWS_AS(json::parse("[1 2]"), Error);
-  CHECK_THROWS_AS(json::parse("nan"), Error);
-  CHECK(json::parse("\"\\u00e9\\ud83d\\ude00\"").as_string() == "\xc3\xa9\xf0\x9f\x98\x80");
+  CHECK_THROWS_AS(json::parse("{\"a\": 1"), json::ParseError);
+  CHECK_THROWS_AS(json::parse("{\"a\": 1,}"), json::ParseError);
+  CHECK_THROWS_AS(json::parse("[1 2]"), json::ParseError);
+  CHECK_THROWS_AS(json::parse("nan"), json::ParseError);
+  CHECK_THROWS_AS(json::parse("1e400"), json::ParseError);
+  CHECK_THROWS_AS(json::parse("\"a\xff\""), json::ParseError);  // not UTF-8
+  CHECK_THROWS_AS(json::parse(""), json::ParseError);
+  CHECK(json::get_string(json::parse("\"\\u00e9\\ud83d\\ude00\""), "s") == "\xc3\xa9\xf0\x9f\x98\x80");
+  CHECK_THROWS_AS(json::parse_hex_u64("0x0123", "word"), Error);
+}
+
+// The layout of the files written before the move to nlohmann-json: this is what that build's
+// own writer printed for the same document, byte for byte.
+TEST_CASE("json: dump writes numbers and layout as the files always had them") {
+  json::Json v = json::Json::object();
+  v["int"] = 42;
+  v["neg"] = int64_t{-7};
+  v["big"] = int64_t{1} << 53;
+  v["one"] = 1.0;
+  v["zero"] = 0.0;
+  v["negzero"] = -0.0;
+  v["milli"] = 1e-3;
+  v["tenth"] = 0.1;
+  v["third"] = 1.0 / 3;
+  v["small"] = 1e-5;
+  v["tiny"] = 2.5e-7;
+  v["e15"] = 1e15;
+  v["e16"] = 1e16;
+  v["e17"] = 1.5e17;
+  v["huge"] = 1e300;
+  v["f"] = static_cast<double>(0.1f);
+  v["nan"] = std::nan("");
+  v["inf"] = std::numeric_limits<double>::infinity();
+  v["str"] = "tab\t nl\n quote\" back\\ ctl\x01 del\x7f caf\xc3\xa9 /";
+  v["t"] = true;
+  v["n"] = nullptr;
+  v["scalars"] = {1, 2.5, "x", nullptr};
+  v["objects"] = json::Json::array({{{"a", 1}}, json::Json::object(), 3});
+  v["empty_obj"] = json::Json::object();
+  v["empty_arr"] = json::Json::array();
+  v["nested"] = json::Json::array({json::Json::array({1}), json::Json::array()});
+  CHECK(
+      json::dump(v) ==
+      R"({"int":42,"neg":-7,"big":9007199254740992,"one":1,"zero":0,"negzero":-0,"milli":0.001,"tenth":0.1,)"
+      R"("third":0.3333333333333333,"small":1e-05,"tiny":2.5e-07,"e15":1000000000000000,"e16":1e+16,)"
+      R"("e17":1.5e+17,"huge":1e+300,"f":0.10000000149011612,"nan":null,"inf":null,)"
+      "\"str\":\"tab\\t nl\\n quote\\\" back\\\\ ctl\\u0001 del\x7f caf\xc3\xa9 /\","
+      R"("t":true,"n":null,"scalars":[1,2.5,"x",null],"objects":[{"a":1},{},3],"empty_obj":{},)"
+      R"("empty_arr":[],"nested":[[1],[]]})");
+  CHECK(json::dump(v, 2) ==
+        "{\n"
+        "  \"int\": 42,\n"
+        "  \"neg\": -7,\n"
+        "  \"big\": 9007199254740992,\n"
+        "  \"one\": 1,\n"
+        "  \"zero\": 0,\n"
+        "  \"negzero\": -0,\n"
+        "  \"milli\": 0.001,\n"
+        "  \"tenth\": 0.1,\n"
+        "  \"third\": 0.3333333333333333,\n"
+        "  \"small\": 1e-05,\n"
+        "  \"tiny\": 2.5e-07,\n"
+        "  \"e15\": 1000000000000000,\n"
+        "  \"e16\": 1e+16,\n"
+        "  \"e17\": 1.5e+17,\n"
+        "  \"huge\": 1e+300,\n"
+        "  \"f\": 0.10000000149011612,\n"
+        "  \"nan\": null,\n"
+        "  \"inf\": null,\n"
+        "  \"str\": \"tab\\t nl\\n quote\\\" back\\\\ ctl\\u0001 del\x7f caf\xc3\xa9 /\",\n"
+        "  \"t\": true,\n"
+        "  \"n\": null,\n"
+        "  \"scalars\": [1, 2.5, \"x\", null],\n"
+        "  \"objects\": [\n"
+        "    {\n"
+        "      \"a\": 1\n"
+        "    },\n"
+        "    {}, 3],\n"
+        "  \"empty_obj\": {},\n"
+        "  \"empty_arr\": [],\n"
+        "  \"nested\": [[1], []]\n"
+        "}");
+  // A string that is not UTF-8 could not be read back as JSON: its bad bytes become U+FFFD.
+  CHECK(json::dump(json::Json("a\xff")) == "\"a\xef\xbf\xbd\"");
 }
 
 TEST_CASE("json: the strict checks nn/safetensors relies on") {
@@ -136,31 +212,67 @@ TEST_CASE("json: the strict checks nn/safetensors relies on") {
       json::parse(text);
     } catch (const json::ParseError& e) {
       CHECK(std::string(e.what()) == fmt::format("JSON parse error at byte {}: {}", e.byte(), e.reason()));
+      CHECK(e.reason().find('\n') == std::string::npos);
       return fmt::format("{}: {}", e.byte(), e.reason());
     }
     return std::string("(no ParseError thrown)");
   };
-  CHECK(parse_error(R"({"a": 1, "a": 2})") == R"(9: duplicate key "a")");
-  CHECK(parse_error(R"({"a": {"b": 1, "b": 1}})") == R"(15: duplicate key "b")");
+  // the byte is the last one read: here the closing quote of the repeated key
+  CHECK(parse_error(R"({"a": 1, "a": 2})") == R"(11: duplicate key "a")");
+  CHECK(parse_error(R"({"a": {"b": 1, "b": 1}})") == R"(17: duplicate key "b")");
   CHECK(parse_error("[1, 02]") == "5: leading zero in a number");
   CHECK(parse_error("-01") == "2: leading zero in a number");
-  CHECK(parse_error(R"("\udc00")") == "7: lone surrogate in \\u escape");
+  CHECK(parse_error("[1e-05, 0.01, 0, -0]") == "(no ParseError thrown)");
+  CHECK(parse_error("[1e-05 02]").ends_with("unexpected number literal; expected ']'"));  // a missing comma
+  CHECK(parse_error(R"("\udc00")").find("surrogate U+DC00..U+DFFF must follow U+D800..U+DBFF") !=
+        std::string::npos);
   CHECK(parse_error("{} x") == "3: unexpected text after the top-level value");
-  CHECK(parse_error("[1,") == "3: unexpected end of input");
-  CHECK(json::parse(R"({"a": 1, "b": {"a": 2}})").at("b").at("a").as_int() == 2);  // same key, other objects
+  CHECK(parse_error("[1,").starts_with("3: syntax error while parsing value - unexpected end of input"));
+  CHECK(parse_error("[18446744073709551616]") == "21: integer 18446744073709551616 does not fit in 64 bits");
+  CHECK(parse_error("-9223372036854775809").ends_with("does not fit in 64 bits"));
+  CHECK(parse_error(fmt::format("\"{}\x01\"", std::string(1000, 'a'))).size() <
+        300);                                                             // quotes a long token in part
+  CHECK(json::parse(R"({"a": 1, "b": {"a": 2}})").at("b").at("a") == 2);  // same key, other objects
   CHECK(json::parse("[0, -0.5, 10]").size() == 3);
 
-  // as_uint64: plain digits, exact over 64 bits; "8.0", "-2" and "1e3" are other spellings, refused.
-  json::Value v = json::parse("[8, 18446744073709551615, 18446744073709551616, 8.0, -2, 1e3]");
-  const auto& items = v.as_array();
-  CHECK(items[0].as_uint64() == 8u);
-  CHECK(items[1].as_uint64() == 18446744073709551615ull);
-  CHECK_THROWS_WITH_AS(items[2].as_uint64("size"), "size 18446744073709551616 does not fit in 64 bits", Error);
-  CHECK_THROWS_WITH_AS(items[3].as_uint64("size"), "size must be a non-negative integer, found 8.0", Error);
-  CHECK_THROWS_WITH_AS(items[4].as_uint64("size"), "size must be a non-negative integer, found -2", Error);
-  CHECK_THROWS_WITH_AS(items[5].as_uint64("size"), "size must be a non-negative integer, found 1e3", Error);
-  CHECK(json::Value(int64_t{1} << 40).as_uint64() == (uint64_t{1} << 40));  // built in code: as dump() writes it
-  CHECK_THROWS_AS(json::Value(0.5).as_uint64(), Error);
+  // Nesting: 200 levels parse; one more is refused before it is built, however deep the text goes.
+  CHECK(json::parse(std::string(200, '[') + std::string(200, ']')).is_array());
+  CHECK(parse_error(std::string(201, '[') + std::string(201, ']')) ==
+        "200: nesting deeper than 200 arrays and objects");
+  CHECK(parse_error(std::string(1'000'000, '[')).ends_with("nesting deeper than 200 arrays and objects"));
+  CHECK(parse_error(R"({"a": )" + std::string(300, '[')).starts_with("205: nesting deeper"));
+
+  // get_uint64: plain digits, exact over 64 bits; "8.0", "-2" and "1e3" are other spellings, refused.
+  json::Json v = json::parse("[8, 18446744073709551615, 8.0, -2, 1e3, \"8\"]");
+  CHECK(json::get_uint64(v[0], "size") == 8u);
+  CHECK(json::get_uint64(v[1], "size") == 18446744073709551615ull);
+  CHECK_THROWS_WITH_AS(json::get_uint64(v[2], "size"), "size must be a non-negative integer, found 8.0",
+                       Error);
+  CHECK_THROWS_WITH_AS(json::get_uint64(v[3], "size"), "size must be a non-negative integer, found -2",
+                       Error);
+  CHECK_THROWS_WITH_AS(json::get_uint64(v[4], "size"), "size must be a non-negative integer, found 1000.0",
+                       Error);
+  CHECK_THROWS_WITH_AS(json::get_uint64(v[5], "size"), "size must be a number, found a string", Error);
+  CHECK(json::get_uint64(json::Json(int64_t{1} << 40), "size") == (uint64_t{1} << 40));  // built in code
+  CHECK_THROWS_AS(json::get_uint64(json::Json(0.5), "size"), Error);
+
+  // The other typed getters: lg::Error naming the key, never a nlohmann exception.
+  json::Json o = json::parse(R"({"n": 8.0, "big": 18446744073709551615, "half": 0.5, "s": "x", "b": true})");
+  CHECK(json::get_int(json::at(o, "n"), "n") == 8);
+  CHECK_THROWS_WITH_AS(json::get_int(json::at(o, "big"), "big"),
+                       "big 18446744073709551615 does not fit in 64 bits", Error);
+  CHECK_THROWS_WITH_AS(json::get_int(json::at(o, "half"), "half"), "half must be an integer, found 0.5",
+                       Error);
+  CHECK_THROWS_WITH_AS(json::get_int(json::at(o, "s"), "config.dim"),
+                       "config.dim must be a number, found a string", Error);
+  CHECK_THROWS_WITH_AS(json::get_string(json::at(o, "b"), "attn"), "attn must be a string, found a boolean",
+                       Error);
+  CHECK_THROWS_WITH_AS(json::get_array(json::at(o, "s"), "vocab"), "vocab must be an array, found a string",
+                       Error);
+  CHECK(json::get_bool(json::at(o, "b"), "b"));
+  CHECK_THROWS_WITH_AS(json::at(o, "missing"), "missing key 'missing'", Error);
+  CHECK_THROWS_WITH_AS(json::at(json::at(o, "s"), "dim"),
+                       "the parent of 'dim' must be an object, found a string", Error);
 }
 
 TEST_CASE("data: vocabulary from the train split, unknown id, split and batches") {
@@ -260,9 +372,12 @@ TEST_CASE("data parallel: shards give the whole batch's loss and gradients, and 
         for (size_t i = 0; i < params.size(); ++i) {
           REQUIRE(params[i].grad().defined());
           std::vector<float> g = params[i].grad().to_vector();
-          for (size_t k = 0; k < g.size(); ++k) CHECK(g[k] == doctest::Approx(reference[i][k]).epsilon(1e-4).scale(1e-3));
-          if (run == 0) first.push_back(g);
-          else CHECK(g == first[i]);  // bitwise the same on a second run
+          for (size_t k = 0; k < g.size(); ++k)
+            CHECK(g[k] == doctest::Approx(reference[i][k]).epsilon(1e-4).scale(1e-3));
+          if (run == 0)
+            first.push_back(g);
+          else
+            CHECK(g == first[i]);  // bitwise the same on a second run
         }
       }
       // The replicas read the model's storage: a change to the weights reaches every shard.
@@ -302,8 +417,8 @@ TEST_CASE("data parallel with dropout: shards draw their own masks, reproducibly
     return g;
   };
   const std::vector<float> two = run(2);
-  CHECK(two == run(2));          // the same seed, the same masks, bitwise
-  CHECK(two != run(1));          // one shard draws from dropout_rng directly: other masks
+  CHECK(two == run(2));  // the same seed, the same masks, bitwise
+  CHECK(two != run(1));  // one shard draws from dropout_rng directly: other masks
   CHECK(std::isfinite(two.back()));
 }
 
@@ -346,8 +461,8 @@ TEST_CASE("training lowers the loss and writes checkpoints, metrics.jsonl and lo
   int lines = 0;
   for (size_t p = 0; (p = metrics.find('\n', p)) != std::string::npos; ++p) ++lines;
   CHECK(lines == 6);  // steps 10, 20, ..., 60
-  json::Value first_line = json::parse(metrics.substr(0, metrics.find('\n')));
-  CHECK(first_line.at("step").as_int() == 10);
+  json::Json first_line = json::parse(metrics.substr(0, metrics.find('\n')));
+  CHECK(first_line.at("step").get<int64_t>() == 10);
   CHECK(first_line.contains("val_bpc"));
   std::string svg = files::read_file(dir / "run/loss.svg");
   CHECK(svg.find("</svg>") != std::string::npos);
@@ -358,8 +473,8 @@ TEST_CASE("training lowers the loss and writes checkpoints, metrics.jsonl and lo
 TEST_CASE("resume after SIGINT or SIGTERM continues exactly: bitwise the losses of an uninterrupted run") {
   // SIGTERM is what cluster schedulers send before they kill a job: it saves like Ctrl-C.
   install_stop_handlers();
-  for (auto [kind, signal] : {std::pair{"latent", SIGINT}, std::pair{"latent", SIGTERM}, std::pair{"mha", SIGINT},
-                               std::pair{"mha", SIGTERM}}) {
+  for (auto [kind, signal] : {std::pair{"latent", SIGINT}, std::pair{"latent", SIGTERM},
+                              std::pair{"mha", SIGINT}, std::pair{"mha", SIGTERM}}) {
     CAPTURE(kind);
     CAPTURE(signal);
     TempDir dir(fmt::format("resume-{}-{}", kind, signal));
@@ -379,7 +494,7 @@ TEST_CASE("resume after SIGINT or SIGTERM continues exactly: bitwise the losses 
           if (step == 13) std::raise(signal);
         },
         &err);
-    install_stop_handlers();  // the handler resets itself after one signal
+    install_stop_handlers();                 // the handler resets itself after one signal
     CHECK(first.exit_code == 128 + signal);  // 130, 143
     CHECK(first.last_step == 13);
     CHECK(err.empty());
@@ -405,20 +520,20 @@ TEST_CASE("eval of the checkpoint reproduces the test loss reported at the end o
   Run train = cli(tiny_train(dir / "corpus.txt", dir / "run", {"--json"}));
   INFO(train.err);
   REQUIRE(train.code == 0);
-  json::Value summary = json::parse(train.out);  // the only thing on stdout
+  json::Json summary = json::parse(train.out);  // the only thing on stdout
   for (const char* key : {"val_loss", "test_loss", "test_ppl", "test_bpc", "tokens_per_s", "params"})
     CHECK(summary.contains(key));
-  CHECK(summary.at("test_bpc").as_number() ==
-        doctest::Approx(summary.at("test_loss").as_number() / std::log(2.0)));
+  CHECK(summary.at("test_bpc").get<double>() ==
+        doctest::Approx(summary.at("test_loss").get<double>() / std::log(2.0)));
 
   Splits splits = split_corpus(corpus, SplitFractions{});
   write_text(dir / "test.txt", std::string(splits.test));
   Run eval = cli({"eval", "--ckpt", dir / "run", "--data", dir / "test.txt", "--json"});
   INFO(eval.err);
   REQUIRE(eval.code == 0);
-  json::Value e = json::parse(eval.out);
-  CHECK(e.at("loss").as_number() == summary.at("test_loss").as_number());
-  CHECK(e.at("tokens").as_int() == static_cast<int64_t>(splits.test.size()) - 1);
+  json::Json e = json::parse(eval.out);
+  CHECK(e.at("loss").get<double>() == summary.at("test_loss").get<double>());
+  CHECK(e.at("tokens").get<int64_t>() == static_cast<int64_t>(splits.test.size()) - 1);
 
   Run human = cli({"eval", "--ckpt", dir / "run/best", "--data", dir / "test.txt"});
   CHECK(human.code == 0);
@@ -601,4 +716,79 @@ TEST_CASE("a non-finite loss stops training, keeps the last good checkpoint and 
   // Diverging from the first step: nothing was saved, and the message says that too.
   Run diverged = cli(tiny_train(dir / "corpus.txt", dir / "run2", {"--lr", "1e30", "--grad-clip", "0"}));
   expect_error(diverged, "training stopped");
+}
+
+// tests/fixtures/README.md: a checkpoint and the outputs of its run, from the build before nlohmann-json.
+TEST_CASE("fixture ckpt_v1: an old checkpoint loads, evaluates to its recorded loss and resumes exactly") {
+  const std::string fixture = std::string(LG_FIXTURES) + "/ckpt_v1",
+                    run = std::string(LG_FIXTURES) + "/ckpt_v1_run";
+  auto recorded = [&](const std::string& name) {
+    std::string text = files::read_file(run + "/" + name);
+    return json::parse(text.substr(0, text.find('\n')));
+  };
+
+  CheckpointMeta meta = read_checkpoint_meta(fixture);
+  CHECK(meta.step == 20);
+  CHECK(meta.model.dim == 16);
+  CHECK(meta.model.attention == nn::AttentionKind::Latent);
+  CHECK(meta.vocab.size() == 25);
+  CHECK(meta.best_step == 20);
+  CHECK(meta.data_rng[0] == 0x94955ec1b40fbd04ull);  // the hex words, exactly
+  CHECK(meta.training.at("lr") == 0.003);
+
+  // The same loss, tokens and accuracy as that build printed (the same up to float rounding
+  // where this CPU's kernels add in another order).
+  TempDir dir("fixture");
+  Run eval = cli({"eval", "--ckpt", fixture, "--data", run + "/corpus.txt", "--json", "--threads", "1"});
+  INFO(eval.err);
+  REQUIRE(eval.code == 0);
+  json::Json now = json::parse(eval.out), then = recorded("eval.json");
+  CHECK(now.at("tokens") == then.at("tokens"));
+  CHECK(now.at("accuracy").get<double>() == doctest::Approx(then.at("accuracy").get<double>()).epsilon(1e-3));
+  CHECK(now.at("loss").get<double>() == doctest::Approx(then.at("loss").get<double>()).epsilon(1e-6));
+
+  // Resuming restores weights, AdamW moments and the batch sampler: the same six steps as then.
+  fs::create_directories(dir.path / "res");
+  fs::copy(fixture, dir.path / "res/latest", fs::copy_options::recursive);
+  Run resume = cli({"train", "--data", run + "/corpus.txt", "--out", dir / "res", "--resume", "--steps", "26",
+                    "--threads", "1", "--json"});
+  INFO(resume.err);
+  REQUIRE(resume.code == 0);
+  json::Json resumed = json::parse(resume.out), resumed_then = recorded("resume.json");
+  REQUIRE(resumed.at("step_losses").size() == 6);
+  for (size_t i = 0; i < 6; ++i)
+    CHECK(resumed.at("step_losses")[i].get<double>() ==
+          doctest::Approx(resumed_then.at("step_losses")[i].get<double>()).epsilon(1e-5));
+  CHECK(read_checkpoint_meta(dir / "res/latest").step == 26);
+}
+
+TEST_CASE("fixture ckpt_v1: every JSON file of the old build is written back byte for byte") {
+  const std::string fixture = std::string(LG_FIXTURES) + "/ckpt_v1",
+                    run = std::string(LG_FIXTURES) + "/ckpt_v1_run";
+  std::string meta = files::read_file(fixture + "/checkpoint.json");
+  CHECK(json::dump(json::parse(meta), 2) + "\n" == meta);
+  for (const char* name : {"metrics.jsonl", "train.json", "eval.json", "resume.json"}) {
+    CAPTURE(name);
+    std::string text = files::read_file(run + "/" + name), again;
+    for (size_t start = 0, end; start < text.size(); start = end + 1) {
+      end = text.find('\n', start);
+      again += json::dump(json::parse(text.substr(start, end - start))) + "\n";
+    }
+    CHECK(again == text);
+  }
+  for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
+    CAPTURE(name);
+    std::string file = files::read_file(fixture + "/" + name);
+    uint64_t length = 0;
+    std::memcpy(&length, file.data(), 8);
+    std::string header = file.substr(8, length);
+    header.erase(header.find_last_not_of(' ') + 1);  // the padding to 8-byte alignment
+    json::Json parsed = json::parse(header);
+    CHECK(json::dump(parsed) == header);
+    const json::Json& metadata = parsed.at("__metadata__");
+    if (metadata.contains("config")) {  // the model config, JSON inside the metadata
+      std::string config = metadata.at("config");
+      CHECK(json::dump(json::parse(config)) == config);
+    }
+  }
 }

@@ -21,7 +21,7 @@
 #include <thread>
 
 #include "core/files.h"
-#include "core/json.h"
+#include "core/json_io.h"
 #include "dist/dist.h"
 #include "models/charlm.h"
 #include "models/charlm_checkpoint.h"
@@ -256,23 +256,23 @@ std::vector<std::string> train_args(const TempDir& dir, const std::string& out, 
           "--json"};
 }
 
-json::Value final_json(const Job& job) {
+json::Json final_json(const Job& job) {
   const std::string out = job.out();
   INFO("stdout: " << out << "\nstderr: " << job.err());
   REQUIRE(!out.empty());
   return json::parse(out.substr(out.rfind('{')));
 }
 
-std::vector<double> step_losses(const json::Value& j) {
+std::vector<double> step_losses(const json::Json& j) {
   std::vector<double> v;
-  for (const json::Value& x : j.at("step_losses").as_array()) v.push_back(x.as_number());
+  for (const json::Json& x : j.at("step_losses")) v.push_back(x.get<double>());
   return v;
 }
 
 double relative(double a, double b) { return std::abs(a - b) / std::max(std::abs(a), 1e-30); }
 
 // Same loss at every step (bitwise where `bitwise`), same final val and test within 1e-5.
-void check_equivalent(const json::Value& one, const json::Value& many, bool bitwise) {
+void check_equivalent(const json::Json& one, const json::Json& many, bool bitwise) {
   const std::vector<double> a = step_losses(one), b = step_losses(many);
   REQUIRE(a.size() == b.size());
   for (size_t i = 0; i < a.size(); ++i) {
@@ -280,8 +280,8 @@ void check_equivalent(const json::Value& one, const json::Value& many, bool bitw
     if (bitwise) CHECK(a[i] == b[i]);
     CHECK(relative(a[i], b[i]) <= 1e-5);
   }
-  CHECK(relative(one.at("val_loss").as_number(), many.at("val_loss").as_number()) <= 1e-5);
-  CHECK(relative(one.at("test_loss").as_number(), many.at("test_loss").as_number()) <= 1e-5);
+  CHECK(relative(one.at("val_loss").get<double>(), many.at("val_loss").get<double>()) <= 1e-5);
+  CHECK(relative(one.at("test_loss").get<double>(), many.at("test_loss").get<double>()) <= 1e-5);
 }
 
 void set_job_environment() {
@@ -325,8 +325,8 @@ TEST_CASE("mpirun -np K --threads 1 equals one process with K threads; eval acro
                  std::vector<std::string>{"--threads", "1"},
              dir / "many.out", dir / "many.err");
     REQUIRE(many.wait(120) == 0);
-    json::Value a = final_json(one), b = final_json(many);
-    CHECK(b.at("ranks").as_int() == K);
+    json::Json a = final_json(one), b = final_json(many);
+    CHECK(b.at("ranks").get<int64_t>() == K);
     // Two ranks add two gradients, in either order the same bits; more may group the sums differently.
     check_equivalent(a, b, /*bitwise=*/K == 2);
     // Only rank 0 writes: one metrics line per evaluation, no files from the others.
@@ -343,10 +343,10 @@ TEST_CASE("mpirun -np K --threads 1 equals one process with K threads; eval acro
                                                  dir / "corpus.txt", "--json"},
             dir / "e3.out", dir / "e3.err");
   REQUIRE(split.wait(60) == 0);
-  json::Value e1 = final_json(solo), e3 = final_json(split);
-  CHECK(e1.at("tokens").as_int() == e3.at("tokens").as_int());
-  CHECK(relative(e1.at("loss").as_number(), e3.at("loss").as_number()) <= 1e-9);
-  CHECK(e1.at("accuracy").as_number() == e3.at("accuracy").as_number());
+  json::Json e1 = final_json(solo), e3 = final_json(split);
+  CHECK(e1.at("tokens").get<int64_t>() == e3.at("tokens").get<int64_t>());
+  CHECK(relative(e1.at("loss").get<double>(), e3.at("loss").get<double>()) <= 1e-9);
+  CHECK(e1.at("accuracy").get<double>() == e3.at("accuracy").get<double>());
 }
 
 TEST_CASE("--resume with another number of ranks continues as one process would") {
@@ -366,7 +366,7 @@ TEST_CASE("--resume with another number of ranks continues as one process would"
          dir / "b2.out", dir / "b2.err");
   REQUIRE(b2.wait(60) == 0);
   check_equivalent(final_json(a1), final_json(b1), true);
-  json::Value second_one = final_json(a2), second_many = final_json(b2);
+  json::Json second_one = final_json(a2), second_many = final_json(b2);
   CHECK(step_losses(second_many).size() == 8);
   check_equivalent(second_one, second_many, false);
 }
