@@ -3,7 +3,9 @@
 set -euo pipefail
 # libopenblas-openmp-dev: OpenBLAS on the same OpenMP threads as our kernels (see CMakeLists.txt)
 # openmpi-bin, libopenmpi-dev: training on several processes or machines (dist/)
-packages=(g++ cmake make libopenblas-dev libopenblas-openmp-dev libfmt-dev doctest-dev openmpi-bin libopenmpi-dev)
+# libcli11-dev: charlm's flags, help and --config files (models/charlm_cli.cpp, charlm_flags.cpp)
+packages=(g++ cmake make libopenblas-dev libopenblas-openmp-dev libfmt-dev doctest-dev openmpi-bin libopenmpi-dev
+  libcli11-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
