@@ -110,19 +110,20 @@ bool parse_command(CLI::App& app, const std::vector<std::string>& args, const st
   if (app.get_config_ptr() != nullptr) app.config_formatter(std::make_shared<ConfigFileReader>(app, config));
 
   // CLI11 reads "--steps=" as "--steps" and takes the next argument as its value: an empty
-  // value stays empty here. CLI11 wants the arguments last first.
-  std::vector<std::string> reversed;
+  // value stays empty here.
+  std::vector<std::string> split_args;
   for (const std::string& arg : args) {
     const CLI::Option* opt = nullptr;
     if (arg.size() > 3 && arg.rfind("--", 0) == 0 && arg.back() == '=')
       opt = app.get_option_no_throw(arg.substr(0, arg.size() - 1));
     if (opt != nullptr && opt->get_expected_max() > 0) {
-      reversed.insert(reversed.begin(), arg.substr(0, arg.size() - 1));
-      reversed.insert(reversed.begin(), "");
+      split_args.push_back(arg.substr(0, arg.size() - 1));
+      split_args.push_back("");
     } else {
-      reversed.insert(reversed.begin(), arg);
+      split_args.push_back(arg);
     }
   }
+  std::vector<std::string> reversed(split_args.rbegin(), split_args.rend());  // as CLI11 wants them
   auto prefixed = [&](const std::string& message) {
     return UsageError(fmt::format("charlm {}: {}", command, message));
   };
@@ -135,21 +136,28 @@ bool parse_command(CLI::App& app, const std::vector<std::string>& args, const st
           fmt::format("unknown flag {} (see charlm {} --help)", arg.substr(0, arg.find('=')), command));
     throw prefixed(fmt::format("unexpected argument '{}' (see charlm {} --help)", arg, command));
   };
+  // CLI11 reads no config file for an empty name
+  auto check_config_named = [&] {
+    const CLI::Option* config_flag = app.get_config_ptr();
+    if (config_flag != nullptr && !config_flag->empty() && config_flag->results()[0].empty())
+      throw prefixed("--config is empty");
+  };
   try {
     app.parse(reversed);
   } catch (const CLI::CallForHelp&) {
     return false;
-  } catch (const CLI::RequiredError&) {
+  } catch (const CLI::RequiredError& e) {
     check_extras();  // an unknown flag may be a required one misspelt
+    check_config_named();
     for (const CLI::Option* opt : app.get_options())
       if (opt->get_required() && opt->empty())
         throw prefixed(fmt::format("{} is required (see charlm {} --help)", opt->get_name(), command));
-    throw;
+    throw prefixed(e.what());
   } catch (const CLI::ArgumentMismatch&) {
     // CLI11 ran out of arguments for a flag's value (the last argument), or read --config twice.
     const CLI::Option* config_flag = app.get_config_ptr();
     if (config_flag != nullptr && config_flag->count() > 1) throw prefixed("--config given twice");
-    const std::string& last = args.empty() ? std::string() : args.back();
+    const std::string last = args.empty() ? std::string() : args.back();
     throw prefixed(fmt::format("{} needs a value", last.substr(0, last.find('='))));
   } catch (const CLI::FileError&) {
     const std::string file = app.get_config_ptr()->results().at(0);
@@ -161,6 +169,7 @@ bool parse_command(CLI::App& app, const std::vector<std::string>& args, const st
     throw from_config_file(e.what(), config);
   }
   check_extras();
+  check_config_named();
   return true;
 }
 

@@ -665,6 +665,7 @@ TEST_CASE("bad input: a bad --config file is one usage error naming the file and
   expect_error(missing, "--config " + dir / "none.toml" + ": no such file");
   CHECK(missing.code == kExitUsage);
   expect_error(cli({"train", "--config", "a.toml", "--config", "b.toml"}), "--config given twice");
+  expect_error(cli({"train", "--config=", "--data", "x.txt", "--out", dir / "run"}), "--config is empty");
   CHECK_FALSE(fs::exists(dir / "run"));
 }
 
