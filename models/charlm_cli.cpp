@@ -1,19 +1,234 @@
-// models/charlm_cli.cpp: flag parsing, the help texts, the eval and sample commands, and dispatch to train.
+// models/charlm_cli.cpp: parsing (CLI11) of flags and --config files, help layout, eval, sample, dispatch.
 #include "models/charlm_cli.h"
 
 #include <fmt/format.h>
 
-#include <charconv>
+#include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <map>
 #include <ostream>
 #include <set>
 
+#include "core/files.h"
 #include "dist/dist.h"
 #include "models/charlm_checkpoint.h"
+#include "models/charlm_flags.h"
 
 namespace lg::charlm {
+
+// ============================================================================
+// Parsing
+// ============================================================================
+
+namespace {
+
+// The flags that took their value from a --config file (flag -> its key), and the file.
+struct ConfigFileValues {
+  std::string file;
+  std::map<std::string, std::string> keys;
+};
+
+// Reads a --config file with CLI11's TOML reader (INI's `name = value` lines read the same), and
+// turns away what CLI11 would read silently or misread: sections, unknown keys, a key set twice,
+// lists, switches set to anything but true or false.
+class ConfigFileReader : public CLI::ConfigTOML {
+ public:
+  ConfigFileReader(const CLI::App& app, ConfigFileValues& values) : app_(app), values_(values) {}
+
+  std::vector<CLI::ConfigItem> from_config(std::istream& input) const override {
+    const std::string& file = values_.file = app_.get_config_ptr()->results().at(0);
+    std::vector<CLI::ConfigItem> items;
+    std::set<std::string> seen;
+    for (CLI::ConfigItem& item : CLI::ConfigTOML::from_config(input)) {
+      if (!item.parents.empty() || item.name == "++" || item.name == "--")
+        throw UsageError(fmt::format("{}: sections ([{}]) are not read: write `name = value` lines only",
+                                     file, item.parents.empty() ? item.name : item.parents[0]));
+      const CLI::Option* opt = app_.get_option_no_throw("--" + item.name);
+      if (opt == nullptr || !opt->get_configurable() || item.name.empty())
+        throw UsageError(
+            fmt::format("{}: unknown key '{}' (the keys are the flags of charlm train --help, without --)",
+                        file, item.name));
+      if (!seen.insert(item.name).second)
+        throw UsageError(fmt::format("{}: {} is set twice", file, item.name));
+      if (item.inputs.size() != 1)
+        throw UsageError(
+            fmt::format("{}: {} takes one value, got {} (set twice? a list such as split's goes in quotes)",
+                        file, item.name, item.inputs.size()));
+      if (opt->get_expected_max() == 0) {  // a switch
+        if (item.inputs[0] == "false") continue;
+        if (item.inputs[0] != "true")
+          throw UsageError(
+              fmt::format("{}: {} must be true or false, got '{}'", file, item.name, item.inputs[0]));
+      }
+      if (opt->empty()) values_.keys[opt->get_name()] = item.name;  // not overridden by the command line
+      items.push_back(std::move(item));
+    }
+    return items;
+  }
+
+ private:
+  const CLI::App& app_;
+  ConfigFileValues& values_;
+};
+
+// Whether message names flag (as a whole word: "--lr" is not in "--min-lr" nor "--lrx").
+bool mentions(const std::string& message, const std::string& flag) {
+  for (size_t at = message.find(flag); at != std::string::npos; at = message.find(flag, at + 1)) {
+    size_t end = at + flag.size();
+    auto word_char = [&](size_t i) {
+      return std::isalnum(static_cast<unsigned char>(message[i])) || message[i] == '-';
+    };
+    bool starts = at == 0 || !word_char(at - 1);
+    bool ends = end == message.size() || !word_char(end);
+    if (starts && ends) return true;
+  }
+  return false;
+}
+
+// A value error about flags that came from the config file says which keys of which file.
+UsageError from_config_file(const std::string& message, const ConfigFileValues& config) {
+  std::string keys;
+  for (const auto& [flag, key] : config.keys)
+    if (mentions(message, flag)) keys += (keys.empty() ? "" : ", ") + key;
+  if (keys.empty()) return UsageError(message);
+  return UsageError(fmt::format("{} (key {} of {})", message, keys, config.file));
+}
+
+// Parses args (without the command) into the flags declared on app. Returns false when -h or
+// --help asked for help instead. Throws UsageError, worded as charlm's errors are, for any
+// mistake in the command line or the --config file; CLI11's own texts never reach the user.
+bool parse_command(CLI::App& app, const std::vector<std::string>& args, const std::string& command,
+                   ConfigFileValues& config) {
+  // Help wins over any other flag, as soon as it is read.
+  app.set_help_flag();
+  app.add_flag_callback("-h,--help", [] { throw CLI::CallForHelp(); })
+      ->trigger_on_parse()
+      ->configurable(false)
+      ->group("");
+  app.allow_extras();  // unknown flags are reported below, in charlm's words
+  if (app.get_config_ptr() != nullptr) app.config_formatter(std::make_shared<ConfigFileReader>(app, config));
+
+  // CLI11 reads "--steps=" as "--steps" and takes the next argument as its value: an empty
+  // value stays empty here.
+  std::vector<std::string> split_args;
+  for (const std::string& arg : args) {
+    const CLI::Option* opt = nullptr;
+    if (arg.size() > 3 && arg.rfind("--", 0) == 0 && arg.back() == '=')
+      opt = app.get_option_no_throw(arg.substr(0, arg.size() - 1));
+    if (opt != nullptr && opt->get_expected_max() > 0) {
+      split_args.push_back(arg.substr(0, arg.size() - 1));
+      split_args.push_back("");
+    } else {
+      split_args.push_back(arg);
+    }
+  }
+  std::vector<std::string> reversed(split_args.rbegin(), split_args.rend());  // as CLI11 wants them
+  auto prefixed = [&](const std::string& message) {
+    return UsageError(fmt::format("charlm {}: {}", command, message));
+  };
+  auto check_extras = [&] {
+    const std::vector<std::string> extras = app.remaining();
+    if (extras.empty()) return;
+    const std::string& arg = extras[0];
+    if (arg.rfind("-", 0) == 0)
+      throw prefixed(
+          fmt::format("unknown flag {} (see charlm {} --help)", arg.substr(0, arg.find('=')), command));
+    throw prefixed(fmt::format("unexpected argument '{}' (see charlm {} --help)", arg, command));
+  };
+  // CLI11 reads no config file for an empty name
+  auto check_config_named = [&] {
+    const CLI::Option* config_flag = app.get_config_ptr();
+    if (config_flag != nullptr && !config_flag->empty() && config_flag->results()[0].empty())
+      throw prefixed("--config is empty");
+  };
+  try {
+    app.parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    return false;
+  } catch (const CLI::RequiredError& e) {
+    check_extras();  // an unknown flag may be a required one misspelt
+    check_config_named();
+    for (const CLI::Option* opt : app.get_options())
+      if (opt->get_required() && opt->empty())
+        throw prefixed(fmt::format("{} is required (see charlm {} --help)", opt->get_name(), command));
+    throw prefixed(e.what());
+  } catch (const CLI::ArgumentMismatch&) {
+    // CLI11 ran out of arguments for a flag's value (the last argument), or read --config twice.
+    const CLI::Option* config_flag = app.get_config_ptr();
+    if (config_flag != nullptr && config_flag->count() > 1) throw prefixed("--config given twice");
+    const std::string last = args.empty() ? std::string() : args.back();
+    throw prefixed(fmt::format("{} needs a value", last.substr(0, last.find('='))));
+  } catch (const CLI::FileError&) {
+    const std::string file = app.get_config_ptr()->results().at(0);
+    throw UsageError(
+        fmt::format("--config {}: {}", file, files::exists(file) ? "not a readable file" : "no such file"));
+  } catch (const CLI::Error& e) {
+    throw prefixed(e.what());
+  } catch (const UsageError& e) {
+    throw from_config_file(e.what(), config);
+  }
+  check_extras();
+  check_config_named();
+  return true;
+}
+
+// The flags of app given on the command line or in the config file ("--steps", ...).
+std::set<std::string> given_flags(const CLI::App& app) {
+  std::set<std::string> given;
+  for (const CLI::Option* opt : app.get_options())
+    if (!opt->empty() && opt != app.get_config_ptr() && !opt->get_name().empty())
+      given.insert(opt->get_name());
+  return given;
+}
+
+// Help as the commands print it: the description (usage and what the command does), each group
+// of flags (a flag a line, its help from column 24, its default from column 70), the footer.
+std::string format_help(const CLI::App& app) {
+  constexpr size_t kHelpColumn = 24, kDefaultColumn = 70;
+  std::string text = app.get_description() + "\n\n";
+  for (const std::string& group : app.get_groups()) {
+    std::string flags;
+    for (const CLI::Option* opt : app.get_options()) {
+      if (opt->get_group() != group || opt == app.get_help_ptr()) continue;
+      std::string name = "  " + opt->get_name();
+      if (!opt->get_type_name().empty()) name += " " + opt->get_type_name();
+      std::vector<std::string> lines = CLI::detail::split(opt->get_description(), '\n');
+      if (opt->get_expected_max() > 0 && !opt->get_default_str().empty()) {
+        // on the first line that leaves it room, else on a line of its own
+        auto room = std::find_if(lines.begin(), lines.end(), [&](const std::string& line) {
+          return kHelpColumn + line.size() + 2 <= kDefaultColumn;
+        });
+        if (room == lines.end()) room = lines.insert(lines.end(), "");
+        *room = fmt::format("{:<{}}[{}]", *room + "  ", kDefaultColumn - kHelpColumn, opt->get_default_str());
+      }
+      if (name.size() >= kHelpColumn) flags += name + "\n", name.clear();
+      for (size_t i = 0; i < lines.size(); ++i)
+        flags += fmt::format("{:<{}}{}\n", i == 0 ? name : "", kHelpColumn, lines[i]);
+    }
+    if (!flags.empty()) text += group + ":\n" + flags;
+  }
+  if (!app.get_footer().empty()) text += "\n" + app.get_footer() + "\n";
+  return text;
+}
+
+}  // namespace
+
+TrainInvocation parse_train_args(const std::vector<std::string>& args) {
+  TrainInvocation call;
+  CLI::App app;
+  add_train_flags(app, call.settings);
+  ConfigFileValues config;
+  call.help = !parse_command(app, args, "train", config);
+  if (call.help) return call;
+  try {
+    call.settings.validate(false);
+  } catch (const Error& e) {
+    throw from_config_file(e.what(), config);
+  }
+  call.given = given_flags(app);
+  return call;
+}
 
 // ============================================================================
 // Help texts
@@ -35,203 +250,31 @@ train and eval also run across processes and machines: mpirun -np K charlm train
 }
 
 std::string train_help() {
-  return R"(usage: charlm train --data PATH --out DIR [flags]
-
-Trains on the bytes of PATH (any file; UTF-8 passes through as bytes), split by position
-into train/val/test. The vocabulary is the bytes of the train split plus id 0 for bytes
-never seen in it. Writes to DIR: latest/ and best/ (lowest val loss) checkpoints,
-metrics.jsonl (one line per evaluation) and loss.svg.
-
-data and output:
-  --data PATH           corpus text file (required)
-  --out DIR             run directory (required; must not hold a run unless --resume)
-  --split A,B,C         train,val,test fractions, each > 0, sum 1   [0.9,0.05,0.05]
-  --resume              continue the run in DIR exactly where its latest checkpoint stopped
-                        (only --steps, --eval-every, --eval-batches, --log-every and
-                        --threads may differ from the saved run)
-  --json                print one JSON object with the final metrics on stdout
-                        (the human-readable report goes to stderr)
-model:
-  --attn KIND           latent | mla | mha                            [latent]
-  --layers N            transformer blocks                            [4]
-  --heads N             attention heads                               [4]
-  --dim N               model width; dim/heads must be even (RoPE)    [128]
-  --ctx N               context length (training window)              [64]
-  --latents M           latent attention: latent bank size            [16]
-  --window W            latent attention: recent positions attended   [16]
-  --kv-rank N           mla: cached KV latent size (0 = dim/2)        [0]
-  --q-rank N            mla: query compression rank (0 = none)        [0]
-  --rope-dim N          mla: rotary key size per head (0 = head/2)    [0]
-  --dropout P           dropout probability in [0, 1)                 [0]
-optimization (AdamW, beta1 0.9, beta2 0.99; warmup then cosine decay to --min-lr):
-  --steps N             optimizer steps                               [2000]
-  --batch N             sequences per step                            [12]
-  --lr X                peak learning rate                            [1e-3]
-  --min-lr X            final learning rate                           [1e-4]
-  --warmup N            linear warmup steps (at most --steps)         [100]
-  --weight-decay X      decoupled decay of weight matrices            [0.1]
-  --grad-clip X         max global gradient norm (0 = off)            [1.0]
-evaluation and logging:
-  --eval-every N        estimate train/val loss, save; every N steps  [250]
-  --eval-batches N      batches per estimate                          [20]
-  --log-every N         progress line every N steps (not a terminal)  [10]
-  --seed N              seed of initialisation, batches and dropout   [1337]
-  --threads N           OpenMP/BLAS threads (0 = OMP_NUM_THREADS)     [0]
-                        Each step cuts the batch into one shard per thread, run side by
-                        side (data parallel). A run is bitwise reproducible for a given
-                        thread count; another count changes the float rounding only.
-several processes or machines (started by mpirun; see the README):
-  --bucket-mb X         gradients all-reduced in buckets of about X MB, each as soon
-                        as backward has produced it                   [1]
-  --no-overlap          all-reduce after backward instead (slower; for measuring)
-  Under `mpirun -np K`, --batch stays the whole batch: it is cut into one shard per thread
-  of every rank (shards of B/S or B/S + 1 sequences, weighted by size), the gradients are
-  summed across ranks, and the run equals one process with that many threads (up to float
-  rounding). Rank 0 prints and writes every file; every rank reads --data (--resume: also
-  DIR, so DIR must be on storage every rank sees).
-
-At the end the best checkpoint is evaluated on EVERY token of the val and test splits
-(non-overlapping windows of ctx) and a sample is printed. Ctrl-C (SIGINT) or SIGTERM
-saves a checkpoint and exits (code 130 or 143); run again with --resume to continue.
-)";
+  TrainSettings defaults;
+  CLI::App app;
+  add_train_flags(app, defaults);
+  return format_help(app);
 }
 
 std::string eval_help() {
-  return R"(usage: charlm eval --ckpt DIR --data PATH [--json] [--threads N]
-
-Evaluates a checkpoint on every token of PATH: non-overlapping windows of ctx bytes, each
-byte after the first predicted once. Reports loss (nats), perplexity, bits per character
-(byte) and next-character accuracy. Bytes outside the checkpoint's vocabulary count as the
-unknown id (they are reported, and cost a high loss).
-
-  --ckpt DIR            a checkpoint directory, or a run directory (uses its best/)
-  --data PATH           text file to evaluate
-  --json                print one JSON object with the metrics on stdout
-  --threads N           OpenMP/BLAS threads (0 = OMP_NUM_THREADS)     [0]
-
-Under `mpirun -np K`, each rank evaluates its share of the windows (every rank reads DIR
-and PATH) and rank 0 prints the totals.
-)";
+  EvalArgs defaults;
+  CLI::App app;
+  add_eval_flags(app, defaults);
+  return format_help(app);
 }
 
 std::string sample_help() {
-  return R"(usage: charlm sample --ckpt DIR [flags]
-
-Generates text, printing each character as it is produced. Each new character costs one
-incremental step per layer (attention state carried along, nothing recomputed). The model
-was trained on windows of ctx characters: when the state reaches ctx positions it is
-rebuilt from the last ctx/2 characters, so every position stays in the trained range.
-
-  --ckpt DIR            a checkpoint directory, or a run directory (uses its best/)
-  --prompt STR          text to start from; every byte must be in the vocabulary
-                        (empty: start after a newline)                ['']
-  --tokens N            characters to generate                        [500]
-  --temperature T       softmax temperature; 0 = the most likely     [0.8]
-  --top-k K             sample among the K most likely (0 = all)      [0]
-  --seed S              sampling seed                                 [1337]
-  --threads N           OpenMP/BLAS threads (0 = OMP_NUM_THREADS)     [0]
-)";
+  SampleArgs defaults;
+  CLI::App app;
+  add_sample_flags(app, defaults);
+  return format_help(app);
 }
 
 // ============================================================================
-// Flags
+// Commands
 // ============================================================================
 
 namespace {
-
-// A mistake in the command line itself (exit code 2).
-struct UsageError : Error {
-  using Error::Error;
-};
-
-struct FlagSpec {
-  const char* name;
-  bool takes_value;
-};
-
-struct ParsedFlags {
-  std::map<std::string, std::string> values;  // flag -> value ("" for switches)
-  std::set<std::string> given;
-  bool help = false;
-
-  bool has(const std::string& flag) const { return given.count(flag) > 0; }
-  const std::string& get(const std::string& flag) const { return values.at(flag); }
-};
-
-ParsedFlags parse_flags(const std::vector<std::string>& args, const std::vector<FlagSpec>& specs,
-                        const std::string& command) {
-  ParsedFlags parsed;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string arg = args[i];
-    if (arg == "--help" || arg == "-h") {
-      parsed.help = true;
-      continue;
-    }
-    std::string value;
-    bool inline_value = false;
-    if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      inline_value = true;
-    }
-    const FlagSpec* spec = nullptr;
-    for (const FlagSpec& s : specs)
-      if (arg == s.name) spec = &s;
-    if (!spec) {
-      if (arg.rfind("-", 0) != 0)
-        throw UsageError(
-            fmt::format("charlm {}: unexpected argument '{}' (see charlm {} --help)", command, arg, command));
-      throw UsageError(
-          fmt::format("charlm {}: unknown flag {} (see charlm {} --help)", command, arg, command));
-    }
-    if (parsed.given.count(arg)) throw UsageError(fmt::format("charlm {}: {} given twice", command, arg));
-    if (spec->takes_value && !inline_value) {
-      if (i + 1 >= args.size()) throw UsageError(fmt::format("charlm {}: {} needs a value", command, arg));
-      value = args[++i];
-    } else if (!spec->takes_value && inline_value) {
-      throw UsageError(fmt::format("charlm {}: {} takes no value", command, arg));
-    }
-    parsed.values[arg] = value;
-    parsed.given.insert(arg);
-  }
-  return parsed;
-}
-
-int64_t to_int(const std::string& flag, const std::string& text) {
-  int64_t v = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size())
-    throw UsageError(fmt::format("{}: '{}' is not an integer", flag, text));
-  return v;
-}
-
-int64_t to_positive_int(const std::string& flag, const std::string& text) {
-  int64_t v = to_int(flag, text);
-  if (v <= 0) throw UsageError(fmt::format("{} must be a positive integer, got {}", flag, v));
-  return v;
-}
-
-double to_real(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || !std::isfinite(v) || std::isspace(static_cast<unsigned char>(text[0])))
-    throw UsageError(fmt::format("{}: '{}' is not a finite number", flag, text));
-  return v;
-}
-
-const std::string& required(const ParsedFlags& f, const std::string& flag, const std::string& command) {
-  if (!f.has(flag))
-    throw UsageError(fmt::format("charlm {}: {} is required (see charlm {} --help)", command, flag, command));
-  if (f.get(flag).empty()) throw UsageError(fmt::format("charlm {}: {} is empty", command, flag));
-  return f.get(flag);
-}
-
-void apply_threads(const ParsedFlags& f) {
-  if (!f.has("--threads")) return;
-  int64_t n = to_int("--threads", f.get("--threads"));
-  if (n < 0) throw UsageError(fmt::format("--threads must be >= 0 (0 = OMP_NUM_THREADS), got {}", n));
-  set_num_threads(static_cast<int>(n));
-}
 
 // Builds a model from a checkpoint (resolved from --ckpt) with its weights loaded.
 struct LoadedModel {
@@ -251,10 +294,6 @@ LoadedModel load_model(const std::string& ckpt) {
   return m;
 }
 
-// ============================================================================
-// Commands
-// ============================================================================
-
 int train_command(const std::vector<std::string>& args, Console& console) {
   TrainInvocation call = parse_train_args(args);
   if (call.help) {
@@ -265,22 +304,21 @@ int train_command(const std::vector<std::string>& args, Console& console) {
 }
 
 int eval_command(const std::vector<std::string>& args, Console& console) {
-  ParsedFlags f =
-      parse_flags(args, {{"--ckpt", true}, {"--data", true}, {"--json", false}, {"--threads", true}}, "eval");
-  if (f.help) {
+  EvalArgs a;
+  CLI::App app;
+  add_eval_flags(app, a);
+  ConfigFileValues no_config;
+  if (!parse_command(app, args, "eval", no_config)) {
     console.out << eval_help();
     return 0;
   }
-  const std::string ckpt = required(f, "--ckpt", "eval");
-  const std::string data = required(f, "--data", "eval");
-  apply_threads(f);
-  const bool json = f.has("--json");
-  std::ostream& human = json ? console.err : console.out;
+  if (!app.get_option("--threads")->empty()) set_num_threads(static_cast<int>(a.threads));
+  std::ostream& human = a.json ? console.err : console.out;
 
-  LoadedModel m = load_model(ckpt);
-  const std::string text = read_corpus(data);
+  LoadedModel m = load_model(a.ckpt);
+  const std::string text = read_corpus(a.data);
   if (text.size() < 2)
-    throw Error(fmt::format("{} has {} byte; evaluation needs at least 2", data, text.size()));
+    throw Error(fmt::format("{} has {} byte; evaluation needs at least 2", a.data, text.size()));
   const std::vector<int32_t> ids = m.meta.vocab.encode(text);
   const int64_t unknown = m.meta.vocab.count_unknown(text);
   EvalResult r = evaluate_tokens(*m.model, ids, 16, dist::world());
@@ -288,16 +326,16 @@ int eval_command(const std::vector<std::string>& args, Console& console) {
       "charlm eval: {} (step {}, {} attention, {} parameters) on {} ({} bytes, {} outside the "
       "vocabulary)\n",
       m.dir, m.meta.step, nn::attention_kind_name(m.meta.model.attention),
-      human_count(m.model->parameter_count()), data, human_count(static_cast<int64_t>(text.size())),
+      human_count(m.model->parameter_count()), a.data, human_count(static_cast<int64_t>(text.size())),
       human_count(unknown));
   human << "  " << metrics_line("eval", r) << "\n";
   human << fmt::format("  {:.1f} s, {} tokens/s\n", r.seconds,
                        human_count(std::llround(static_cast<double>(r.tokens) / std::max(r.seconds, 1e-9))));
   human.flush();
-  if (json) {
+  if (a.json) {
     json::Json j = {{"checkpoint", m.dir},
                     {"step", m.meta.step},
-                    {"data", data},
+                    {"data", a.data},
                     {"tokens", r.tokens},
                     {"unknown_bytes", unknown},
                     {"loss", r.loss},
@@ -317,36 +355,22 @@ std::string byte_description(uint8_t b) {
 }
 
 int sample_command(const std::vector<std::string>& args, Console& console) {
-  ParsedFlags f = parse_flags(args,
-                              {{"--ckpt", true},
-                               {"--prompt", true},
-                               {"--tokens", true},
-                               {"--temperature", true},
-                               {"--top-k", true},
-                               {"--seed", true},
-                               {"--threads", true}},
-                              "sample");
-  if (f.help) {
+  SampleArgs a;
+  CLI::App app;
+  add_sample_flags(app, a);
+  ConfigFileValues no_config;
+  if (!parse_command(app, args, "sample", no_config)) {
     console.out << sample_help();
     return 0;
   }
   if (dist::world().size > 1)
     throw UsageError("sample generates one sequence in one process: run it without mpirun");
-  const std::string ckpt = required(f, "--ckpt", "sample");
-  const std::string prompt = f.has("--prompt") ? f.get("--prompt") : "";
-  const int64_t tokens = f.has("--tokens") ? to_positive_int("--tokens", f.get("--tokens")) : 500;
-  const double temperature = f.has("--temperature") ? to_real("--temperature", f.get("--temperature")) : 0.8;
-  if (temperature < 0) throw UsageError(fmt::format("--temperature must be >= 0, got {}", temperature));
-  const int64_t top_k = f.has("--top-k") ? to_int("--top-k", f.get("--top-k")) : 0;
-  if (top_k < 0) throw UsageError(fmt::format("--top-k must be >= 0 (0 = all), got {}", top_k));
-  const int64_t seed = f.has("--seed") ? to_int("--seed", f.get("--seed")) : 1337;
-  if (seed < 0) throw UsageError(fmt::format("--seed must be >= 0, got {}", seed));
-  apply_threads(f);
+  if (!app.get_option("--threads")->empty()) set_num_threads(static_cast<int>(a.threads));
 
-  LoadedModel m = load_model(ckpt);
+  LoadedModel m = load_model(a.ckpt);
   const Vocab& vocab = m.meta.vocab;
-  for (size_t i = 0; i < prompt.size(); ++i) {
-    uint8_t b = static_cast<uint8_t>(prompt[i]);
+  for (size_t i = 0; i < a.prompt.size(); ++i) {
+    uint8_t b = static_cast<uint8_t>(a.prompt[i]);
     if (vocab.id_of(b) == kUnknownId)
       throw Error(
           fmt::format("--prompt: {} at offset {} is not in the checkpoint's vocabulary ({} bytes seen in "
@@ -354,16 +378,16 @@ int sample_command(const std::vector<std::string>& args, Console& console) {
                       byte_description(b), i, vocab.size() - 1));
   }
   Generator gen(*m.model);
-  if (prompt.empty()) {
+  if (a.prompt.empty()) {
     int32_t newline = vocab.id_of('\n');
     gen.feed(newline != kUnknownId ? newline : 1);
   } else {
-    for (char c : prompt) gen.feed(vocab.id_of(static_cast<uint8_t>(c)));
-    console.out << prompt << std::flush;
+    for (char c : a.prompt) gen.feed(vocab.id_of(static_cast<uint8_t>(c)));
+    console.out << a.prompt << std::flush;
   }
-  Rng rng(static_cast<uint64_t>(seed));
-  for (int64_t i = 0; i < tokens; ++i) {
-    int32_t id = gen.sample(rng, static_cast<float>(temperature), top_k);
+  Rng rng(static_cast<uint64_t>(a.seed));
+  for (int64_t i = 0; i < a.tokens; ++i) {
+    int32_t id = gen.sample(rng, static_cast<float>(a.temperature), a.top_k);
     console.out << static_cast<char>(vocab.byte_of(id)) << std::flush;
     gen.feed(id);
   }
@@ -372,84 +396,6 @@ int sample_command(const std::vector<std::string>& args, Console& console) {
 }
 
 }  // namespace
-
-TrainInvocation parse_train_args(const std::vector<std::string>& args) {
-  static const std::vector<FlagSpec> specs = {
-      {"--data", true},       {"--out", true},          {"--attn", true},         {"--layers", true},
-      {"--heads", true},      {"--dim", true},          {"--ctx", true},          {"--batch", true},
-      {"--latents", true},    {"--window", true},       {"--kv-rank", true},      {"--q-rank", true},
-      {"--rope-dim", true},   {"--dropout", true},      {"--steps", true},        {"--lr", true},
-      {"--min-lr", true},     {"--warmup", true},       {"--weight-decay", true}, {"--grad-clip", true},
-      {"--eval-every", true}, {"--eval-batches", true}, {"--log-every", true},    {"--split", true},
-      {"--seed", true},       {"--threads", true},      {"--resume", false},      {"--json", false},
-      {"--bucket-mb", true},  {"--no-overlap", false}};
-  ParsedFlags f = parse_flags(args, specs, "train");
-  TrainInvocation call;
-  call.help = f.help;
-  if (f.help) return call;
-  TrainSettings& s = call.settings;
-  s.data = required(f, "--data", "train");
-  s.out = required(f, "--out", "train");
-  auto int_flag = [&](const char* flag, int64_t& field) {
-    if (f.has(flag)) field = to_int(flag, f.get(flag));
-  };
-  auto real_flag = [&](const char* flag, double& field) {
-    if (f.has(flag)) field = to_real(flag, f.get(flag));
-  };
-  if (f.has("--attn")) {
-    try {
-      s.model.attention = nn::parse_attention_kind(f.get("--attn"));
-    } catch (const Error& e) {
-      throw UsageError(fmt::format("--attn: {}", e.what()));
-    }
-  }
-  int_flag("--layers", s.model.layers);
-  int_flag("--heads", s.model.heads);
-  int_flag("--dim", s.model.dim);
-  int_flag("--ctx", s.model.ctx);
-  int_flag("--latents", s.model.latents);
-  int_flag("--window", s.model.window);
-  int_flag("--kv-rank", s.model.kv_rank);
-  int_flag("--q-rank", s.model.q_rank);
-  int_flag("--rope-dim", s.model.rope_dim);
-  double dropout = s.model.dropout;
-  real_flag("--dropout", dropout);
-  s.model.dropout = static_cast<float>(dropout);
-  int_flag("--batch", s.batch);
-  int_flag("--steps", s.steps);
-  real_flag("--lr", s.lr);
-  real_flag("--min-lr", s.min_lr);
-  int_flag("--warmup", s.warmup);
-  real_flag("--weight-decay", s.weight_decay);
-  real_flag("--grad-clip", s.grad_clip);
-  int_flag("--eval-every", s.eval_every);
-  int_flag("--eval-batches", s.eval_batches);
-  int_flag("--log-every", s.log_every);
-  int_flag("--threads", s.threads);
-  if (f.has("--split")) {
-    try {
-      s.split = parse_split(f.get("--split"));
-    } catch (const Error& e) {
-      throw UsageError(e.what());
-    }
-  }
-  if (f.has("--seed")) {
-    int64_t seed = to_int("--seed", f.get("--seed"));
-    if (seed < 0) throw UsageError(fmt::format("--seed must be >= 0, got {}", seed));
-    s.seed = static_cast<uint64_t>(seed);
-  }
-  real_flag("--bucket-mb", s.bucket_mb);
-  s.overlap = !f.has("--no-overlap");
-  s.resume = f.has("--resume");
-  s.json = f.has("--json");
-  try {
-    s.validate(false);
-  } catch (const Error& e) {
-    throw UsageError(e.what());
-  }
-  call.given = f.given;
-  return call;
-}
 
 // ============================================================================
 // Dispatch

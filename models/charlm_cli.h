@@ -1,4 +1,4 @@
-// models/charlm_cli.h: the `charlm` command line (train, eval, sample): flags, help texts and dispatch.
+// models/charlm_cli.h: the `charlm` command line (train, eval, sample): parsing, help texts and dispatch.
 //
 // apps/charlm.cpp is only main(); keeping the commands here lets tests run them in-process.
 #pragma once
@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "models/charlm_flags.h"
 #include "models/charlm_train.h"
 
 namespace lg::charlm {
@@ -21,8 +22,10 @@ inline constexpr int kExitInterrupted = 130;
 // "charlm: error: ..." on console.err; nothing escapes.
 int charlm_main(const std::vector<std::string>& args, Console& console);
 
-// The flags of `charlm train` (args after "train") as settings, plus the set of flags given;
-// help is set for --help. Throws lg::Error naming the flag of any usage error.
+// The flags of `charlm train` (args after "train", and the keys of a --config file) as settings,
+// plus the set of flags given (on the command line or in the file); help is set for --help.
+// Throws UsageError (an lg::Error) naming the flag, or the file and its key, of any usage error;
+// reads the --config file, nothing else.
 struct TrainInvocation {
   TrainSettings settings;
   std::set<std::string> given;

@@ -15,6 +15,7 @@
 #include "core/files.h"
 #include "dist/dist.h"
 #include "models/charlm_checkpoint.h"
+#include "models/charlm_flags.h"
 #include "models/svg_plot.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
@@ -134,7 +135,7 @@ TrainSettings TrainSettings::from_json(const json::Json& v) {
 bool resume_may_override(const std::string& flag) {
   return flag == "--steps" || flag == "--eval-every" || flag == "--eval-batches" || flag == "--log-every" ||
          flag == "--threads" || flag == "--json" || flag == "--data" || flag == "--out" ||
-         flag == "--resume" || flag == "--bucket-mb";
+         flag == "--resume" || flag == "--bucket-mb" || flag == "--no-overlap";
 }
 
 uint64_t stream_seed(uint64_t seed, Stream stream) {
@@ -421,6 +422,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       saved.out = settings.out;
       saved.resume = true;
       saved.json = settings.json;
+      saved.bucket_mb = settings.bucket_mb;  // how gradients travel, not saved in the checkpoint
+      saved.overlap = settings.overlap;
       if (given.count("--steps")) saved.steps = settings.steps;
       if (given.count("--eval-every")) saved.eval_every = settings.eval_every;
       if (given.count("--eval-batches")) saved.eval_batches = settings.eval_batches;
@@ -487,7 +490,10 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       best_step = resumed.best_step;
       train_seconds_before = resumed.train_seconds;
     }
-    if (world.rank == 0) files::ensure_writable_dir(settings.out);
+    if (world.rank == 0) {
+      files::ensure_writable_dir(settings.out);
+      files::write_file_atomic(settings.out + "/config.toml", train_config_toml(settings));
+    }
     result.first_step = result.last_step = step;
     result.params = model.parameter_count();
 

@@ -8,6 +8,8 @@ packages=(g++ cmake make libopenblas-dev libopenblas-openmp-dev libfmt-dev docte
 packages+=(nlohmann-json3-dev)
 # pkg-config: scripts/consumer.sh builds the example consumer with `pkg-config --cflags --libs latentgrad`
 packages+=(pkg-config)
+# libcli11-dev: charlm's flags, help and --config files (models/charlm_cli.cpp, charlm_flags.cpp)
+packages+=(libcli11-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

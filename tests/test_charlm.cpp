@@ -21,6 +21,7 @@
 #include "models/charlm.h"
 #include "models/charlm_checkpoint.h"
 #include "models/charlm_cli.h"
+#include "models/charlm_flags.h"
 #include "models/svg_plot.h"
 #include "tests/testing.h"
 
@@ -604,6 +605,183 @@ TEST_CASE("bad input: usage errors name the flag, exit non-zero, leave no files"
     CHECK(help.out.find("usage: charlm") == 0);
   }
   CHECK(cli({"--help"}).code == 0);
+}
+
+// Every field of two train settings.
+static void check_same_settings(const TrainSettings& a, const TrainSettings& b) {
+  CHECK(a.data == b.data);
+  CHECK(a.out == b.out);
+  CHECK(a.model.attention == b.model.attention);
+  CHECK(a.model.layers == b.model.layers);
+  CHECK(a.model.heads == b.model.heads);
+  CHECK(a.model.dim == b.model.dim);
+  CHECK(a.model.ctx == b.model.ctx);
+  CHECK(a.model.latents == b.model.latents);
+  CHECK(a.model.window == b.model.window);
+  CHECK(a.model.kv_rank == b.model.kv_rank);
+  CHECK(a.model.q_rank == b.model.q_rank);
+  CHECK(a.model.rope_dim == b.model.rope_dim);
+  CHECK(a.model.dropout == b.model.dropout);
+  CHECK(a.model.vocab == b.model.vocab);
+  CHECK(a.batch == b.batch);
+  CHECK(a.steps == b.steps);
+  CHECK(a.lr == b.lr);
+  CHECK(a.min_lr == b.min_lr);
+  CHECK(a.warmup == b.warmup);
+  CHECK(a.weight_decay == b.weight_decay);
+  CHECK(a.grad_clip == b.grad_clip);
+  CHECK(a.beta1 == b.beta1);
+  CHECK(a.beta2 == b.beta2);
+  CHECK(a.eval_every == b.eval_every);
+  CHECK(a.eval_batches == b.eval_batches);
+  CHECK(a.log_every == b.log_every);
+  CHECK(a.split.train == b.split.train);
+  CHECK(a.split.val == b.split.val);
+  CHECK(a.split.test == b.split.test);
+  CHECK(a.seed == b.seed);
+  CHECK(a.threads == b.threads);
+  CHECK(a.bucket_mb == b.bucket_mb);
+  CHECK(a.overlap == b.overlap);
+  CHECK(a.resume == b.resume);
+  CHECK(a.json == b.json);
+}
+
+TEST_CASE("config: a run records every setting in OUT/config.toml, which --config reads back equal") {
+  TempDir dir("config");
+  write_text(dir / "corpus.txt", generated_text(10000));
+  const std::vector<std::string> args = tiny_train(
+      dir / "corpus.txt", dir / "run",
+      {"--steps",   "12",   "--split",        "0.8,0.1,0.1", "--seed",       "7",     "--dropout",   "0.1",
+       "--min-lr",  "3e-4", "--weight-decay", "0.05",        "--grad-clip",  "0.5",   "--log-every", "3",
+       "--threads", "1",    "--bucket-mb",    "2.5",         "--no-overlap", "--json"});
+  const TrainSettings ran = parse_train_args(std::vector<std::string>(args.begin() + 1, args.end())).settings;
+  Run train = cli(args);
+  INFO(train.err);
+  REQUIRE(train.code == 0);
+  TrainInvocation back = parse_train_args({"--config", dir / "run/config.toml"});
+  check_same_settings(back.settings, ran);
+  CHECK(back.given.count("--steps") == 1);  // a key of the file counts as given (for --resume's checks)
+  CHECK(back.given.count("--resume") == 0);
+
+  // The recorded config resumes its own run: every key matches the checkpoint.
+  Run more = cli({"train", "--config", dir / "run/config.toml", "--resume", "--steps", "16"});
+  INFO(more.err);
+  CHECK(more.code == 0);
+  CHECK(read_checkpoint_meta(dir / "run/latest").step == 16);
+  CHECK(parse_train_args({"--config", dir / "run/config.toml"}).settings.steps == 16);
+  // and --resume still refuses a setting that differs from the checkpoint, from the file too
+  std::string wider = files::read_file(dir / "run/config.toml");
+  wider.replace(wider.find("dim = 16"), 8, "dim = 32");
+  write_text(dir / "wider.toml", wider);
+  Run refused = cli({"train", "--config", dir / "wider.toml", "--resume", "--steps", "20"});
+  expect_error(refused, "--resume: --dim 32 differs from the checkpoint's 16");
+}
+
+TEST_CASE("config: every setting survives the file; the command line overrides it") {
+  TrainSettings s;
+  s.data = "corpus with spaces, and a comma.txt";
+  s.out = "runs/o'neil";
+  s.model.attention = nn::AttentionKind::MLA;
+  s.model.layers = 3;
+  s.model.heads = 2;
+  s.model.dim = 24;
+  s.model.ctx = 40;
+  s.model.latents = 5;
+  s.model.window = 6;
+  s.model.kv_rank = 9;
+  s.model.q_rank = 7;
+  s.model.rope_dim = 4;
+  s.model.dropout = 0.15f;
+  s.batch = 3;
+  s.steps = 77;
+  s.lr = 1.2345678901234567e-3;
+  s.min_lr = 1e-5;
+  s.warmup = 11;
+  s.weight_decay = 0.01;
+  s.grad_clip = 0;
+  s.eval_every = 13;
+  s.eval_batches = 2;
+  s.log_every = 4;
+  s.split = SplitFractions{0.7, 0.2, 0.1};
+  s.seed = 9007199254740992ull;  // 2^53, the largest
+  s.threads = 2;
+  s.bucket_mb = 0.25;
+  s.overlap = false;
+  s.json = true;
+  TempDir dir("config_fields");
+  write_text(dir / "all.toml", train_config_toml(s));
+  check_same_settings(parse_train_args({"--config", dir / "all.toml"}).settings, s);
+
+  TrainInvocation over =
+      parse_train_args({"--steps", "5", "--config", dir / "all.toml", "--out", "elsewhere"});
+  CHECK(over.settings.steps == 5);
+  CHECK(over.settings.out == "elsewhere");
+  CHECK(over.settings.batch == 3);
+  // INI reads the same: `;` comments, `name=value`
+  write_text(dir / "run.ini", "; an INI file\ndata=x.txt\nout=y\nsteps=9\nresume=false\njson=true\n");
+  TrainInvocation ini = parse_train_args({"--config", dir / "run.ini"});
+  CHECK(ini.settings.steps == 9);
+  CHECK(ini.settings.json);
+  CHECK_FALSE(ini.settings.resume);
+  CHECK(ini.given.count("--resume") == 0);
+}
+
+TEST_CASE("config: every preset in configs/ parses; shakespeare_char.toml is the defaults") {
+  int presets = 0;
+  for (const auto& entry : fs::directory_iterator(LG_CONFIGS_DIR)) {
+    const std::string path = entry.path().string(), name = entry.path().filename().string();
+    CAPTURE(path);
+    CHECK(entry.path().extension() == ".toml");
+    // the header says how to run it
+    CHECK(files::read_file(path).find("charlm train --config configs/" + name) != std::string::npos);
+    TrainInvocation call = parse_train_args({"--config", path, "--data", "corpus.txt", "--out", "run"});
+    CHECK_NOTHROW(call.settings.validate(false));
+    if (name == "shakespeare_char.toml") {
+      TrainSettings defaults;
+      defaults.data = "corpus.txt";
+      defaults.out = "run";
+      check_same_settings(call.settings, defaults);
+    }
+    ++presets;
+  }
+  CHECK(presets == 3);
+}
+
+TEST_CASE("bad input: a bad --config file is one usage error naming the file and the key") {
+  TempDir dir("config_errors");
+  auto with_config = [&](const std::string& text) {
+    write_text(dir / "c.toml", text);
+    return cli({"train", "--config", dir / "c.toml", "--data", "x.txt", "--out", dir / "run"});
+  };
+  const std::string file = dir / "c.toml";
+  struct Case {
+    std::string text, needle;
+  };
+  std::vector<Case> cases = {
+      {"stepz = 3\n", file + ": unknown key 'stepz'"},
+      {"steps = abc\n", "--steps: 'abc' is not an integer (key steps of " + file + ")"},
+      {"steps = 0\n", "--steps must be a positive integer, got 0 (key steps of " + file + ")"},
+      {"min-lr = 0.5\n", "--min-lr 0.5 is above --lr 0.001 (key min-lr of " + file + ")"},
+      {"json = yes\n", file + ": json must be true or false, got 'yes'"},
+      {"[model]\nlayers = 2\n", file + ": sections ([model]) are not read"},
+      {"split = 0.8,0.1,0.1\n", file + ": split takes one value, got 3"},
+      {"steps = 3\nlr = 0.01\nsteps = 4\n", file + ": steps is set twice"},
+      {"steps = 3\nsteps = 4\n", file + ": steps takes one value, got 2"},
+      {"config = other.toml\n", file + ": unknown key 'config'"},
+      {"help = true\n", file + ": unknown key 'help'"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.text);
+    Run r = with_config(c.text);
+    expect_error(r, c.needle);
+    CHECK(r.code == kExitUsage);
+  }
+  Run missing = cli({"train", "--config", dir / "none.toml"});
+  expect_error(missing, "--config " + dir / "none.toml" + ": no such file");
+  CHECK(missing.code == kExitUsage);
+  expect_error(cli({"train", "--config", "a.toml", "--config", "b.toml"}), "--config given twice");
+  expect_error(cli({"train", "--config=", "--data", "x.txt", "--out", dir / "run"}), "--config is empty");
+  CHECK_FALSE(fs::exists(dir / "run"));
 }
 
 TEST_CASE("bad input: corpus problems and unwritable --out") {
