@@ -254,11 +254,6 @@ const Json& at(const Json& object, const std::string& key) {
   return *it;
 }
 
-bool get_bool(const Json& value, std::string_view what) {
-  if (!value.is_boolean()) throw type_error(what, "a boolean", value);
-  return value.get<bool>();
-}
-
 double get_number(const Json& value, std::string_view what) {
   if (!value.is_number()) throw type_error(what, "a number", value);
   return value.get<double>();

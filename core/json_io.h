@@ -44,7 +44,6 @@ std::string dump(const Json& value, int indent = -1);
 
 // Typed access; each throws lg::Error naming `what` when the value has another type.
 const Json& at(const Json& object, const std::string& key);  // "missing key 'KEY'"
-bool get_bool(const Json& value, std::string_view what);
 double get_number(const Json& value, std::string_view what);
 int64_t get_int(const Json& value, std::string_view what);  // integral, |x| <= 2^53 when written 8.0
 // A size or byte offset from another program's file: written as plain digits, exact up to 2^64 - 1.
