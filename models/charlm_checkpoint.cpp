@@ -136,6 +136,10 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
     m.train_seconds = j.at("train_seconds").as_number("train_seconds");
     // The tensor files must be the ones this metadata was written with.
     for (const auto& [name, record] : j.at("files").items()) {
+      // Only the checkpoint's own files: another name could point anywhere ("../x", a FIFO, a device).
+      if (name != kModelFile && name != kOptimizerFile)
+        throw Error(fmt::format("files lists \"{}\"; a checkpoint holds only {} and {}", name, kModelFile,
+                                kOptimizerFile));
       std::string path = dir + "/" + name;
       std::string data = files::read_file(path);
       int64_t size = record.at("bytes").as_int("files.bytes");
