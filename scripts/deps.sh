@@ -3,7 +3,9 @@
 set -euo pipefail
 # libopenblas-openmp-dev: OpenBLAS on the same OpenMP threads as our kernels (see CMakeLists.txt)
 # openmpi-bin, libopenmpi-dev: training on several processes or machines (dist/)
+# clang-14, libclang-rt-14-dev, libomp-14-dev: libFuzzer and clang's OpenMP for the fuzz targets (scripts/fuzz.sh)
 packages=(g++ cmake make libopenblas-dev libopenblas-openmp-dev libfmt-dev doctest-dev openmpi-bin libopenmpi-dev)
+packages+=(clang-14 libclang-rt-14-dev libomp-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
