@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -80,7 +81,8 @@ std::string split_str(const SplitFractions& split) {
 
 Splits split_corpus(std::string_view corpus, const SplitFractions& split) {
   size_t n = corpus.size();
-  size_t n_train = static_cast<size_t>(std::floor(static_cast<double>(n) * split.train));
+  // parse_split lets the fractions sum to 1 within 1e-6, so n * train alone may exceed n.
+  size_t n_train = std::min(n, static_cast<size_t>(std::floor(static_cast<double>(n) * split.train)));
   size_t n_val = static_cast<size_t>(std::floor(static_cast<double>(n) * split.val));
   if (n_train + n_val > n) n_val = n - n_train;
   return {corpus.substr(0, n_train), corpus.substr(n_train, n_val), corpus.substr(n_train + n_val)};

@@ -190,6 +190,18 @@ TEST_CASE("data: vocabulary from the train split, unknown id, split and batches"
   for (size_t i = 0; i < x1.size(); ++i) CHECK(y1[i] == x1[i] + 1);  // targets are the next token
 }
 
+TEST_CASE("data: a train fraction above 1 within parse_split's tolerance still splits within the corpus") {
+  // 2,000,000 * 1.0000009 = 2,000,001.8: one byte more than the corpus.
+  SplitFractions f = parse_split("1.0000009,1e-300,1e-300");
+  const std::string corpus(2'000'000, 'x');
+  Splits s = split_corpus(corpus, f);
+  CHECK(s.train.size() == corpus.size());
+  CHECK(s.val.empty());
+  CHECK(s.test.empty());
+  CHECK_THROWS_WITH_AS(check_split_lengths(s, static_cast<int64_t>(corpus.size()), 16),
+                       doctest::Contains("give a val split of 0 bytes"), Error);
+}
+
 TEST_CASE("svg chart is a complete document with axes, ticks and legend") {
   plot::Series a{"train loss", "#1f77b4", {10, 20, 30}, {3.0, 2.5, 2.2}};
   plot::Series b{"val loss", "#d62728", {10, 20, 30}, {3.1, 2.6, std::numeric_limits<double>::quiet_NaN()}};
