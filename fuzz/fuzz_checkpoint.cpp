@@ -6,9 +6,10 @@
 //   checkpoint.json  \n--8<--\n  model.safetensors  \n--8<--\n  optimizer.safetensors
 // into an empty directory; a part that is absent leaves its file missing, parts after the third
 // are ignored. Each run reads the metadata; the weights and the optimizer state are loaded into
-// the model the metadata describes (when it is small) and, whatever the metadata said, into the
-// tiny model the seeds were written for, so the tensor files are fuzzed even when checkpoint.json
-// is broken. lg::Error is the loader's answer to a bad checkpoint; anything else is a finding.
+// the tiny model the seeds were written for, whatever the metadata said (so the tensor files are
+// fuzzed even when checkpoint.json is broken), and into the model the metadata describes when
+// that is another one and small. lg::Error is the loader's answer to a bad checkpoint; anything
+// else is a finding.
 #include <optional>
 
 #include "fuzz/fuzz_files.h"

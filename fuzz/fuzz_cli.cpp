@@ -15,13 +15,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<std::string> args;
   if (!input.empty())
     for (std::string_view arg : lg::fuzzing::split(input, std::string_view("\0", 1))) args.emplace_back(arg);
+  lg::charlm::TrainInvocation call;
   try {
-    lg::charlm::TrainInvocation call = lg::charlm::parse_train_args(args);
-    if (call.help) return 0;
-    call.settings.validate(false);
-    const lg::json::Value saved = call.settings.to_json();
-    if (lg::charlm::TrainSettings::from_json(saved).to_json().dump() != saved.dump()) std::abort();
+    call = lg::charlm::parse_train_args(args);
   } catch (const lg::Error&) {
+    return 0;
   }
+  if (call.help) return 0;
+  // Outside the try: an accepted command line that fails these is a finding too.
+  call.settings.validate(false);
+  const lg::json::Value saved = call.settings.to_json();
+  if (lg::charlm::TrainSettings::from_json(saved).to_json().dump() != saved.dump()) std::abort();
   return 0;
 }
