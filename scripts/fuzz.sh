@@ -41,7 +41,7 @@ for target in fuzz_safetensors fuzz_checkpoint fuzz_corpus fuzz_cli; do
   if [ "$status" -ne 0 ] || [ "$crashes" -ne 0 ]; then
     failed=1
     echo "  $target failed (exit $status): see $log" >&2
-    grep -m 3 -E '^==[0-9]+==ERROR|runtime error|uncaught exception|deadly signal' "$log" | sed 's/^/    /' >&2 || true
+    grep -m 3 -E '^==[0-9]+==ERROR|runtime error|what\(\)|deadly signal' "$log" | sed 's/^/    /' >&2 || true
   fi
 done
 printf '%-18s %12s\n' total "$total"
