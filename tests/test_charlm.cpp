@@ -539,15 +539,17 @@ TEST_CASE("bad input: --data that is not a regular file is refused at once, by t
   // Reading a FIFO waits for a writer and /dev/zero never ends: were either read, the alarm
   // would end this test instead of a hang.
   ::alarm(30);
-  const std::pair<std::string, std::string> cases[] = {
-      {fifo, "is a FIFO, not a regular file"},
-      {"/dev/zero", "is a character device, not a regular file"},
-      {dir.path.string(), "is a directory, not a regular file"}};
-  for (const auto& [path, message] : cases) {
-    INFO(path);
-    CHECK_THROWS_WITH_AS(read_corpus(path), doctest::Contains(message.c_str()), Error);
-    expect_error(cli(tiny_train(path, dir / "run")), message);
-    expect_error(cli({"eval", "--ckpt", dir / "ckpt", "--data", path}), message);
+  struct Case {
+    std::string path, message;
+  };
+  const Case cases[] = {{fifo, "is a FIFO, not a regular file"},
+                        {"/dev/zero", "is a character device, not a regular file"},
+                        {dir.path.string(), "is a directory, not a regular file"}};
+  for (const Case& c : cases) {
+    INFO(c.path);
+    CHECK_THROWS_WITH_AS(read_corpus(c.path), doctest::Contains(c.message.c_str()), Error);
+    expect_error(cli(tiny_train(c.path, dir / "run")), c.message);
+    expect_error(cli({"eval", "--ckpt", dir / "ckpt", "--data", c.path}), c.message);
   }
   ::alarm(0);
   CHECK_FALSE(fs::exists(dir / "run"));
