@@ -81,7 +81,7 @@ class BufferPool {
   static constexpr size_t kMaxCachedBytes = size_t{4} << 30;
   std::mutex mutex_;
   std::unordered_map<size_t, std::vector<float*>> free_;
-  size_t cached_ = 0;
+  [[maybe_unused]] size_t cached_ = 0;  // unused when LG_NO_POOL bypasses the pool
 };
 
 // Never destroyed: tensors with static storage may outlive any static pool object.

@@ -130,6 +130,10 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
     // The tensor files must be the ones this metadata was written with.
     const json::Json& file_list = at(j, "files");
     for (const auto& [name, record] : file_list.items()) {
+      // Only the checkpoint's own files: another name could point anywhere ("../x", a FIFO, a device).
+      if (name != kModelFile && name != kOptimizerFile)
+        throw Error(fmt::format("files lists \"{}\"; a checkpoint holds only {} and {}", name, kModelFile,
+                                kOptimizerFile));
       std::string path = dir + "/" + name;
       std::string data = files::read_file(path);
       int64_t size = get_int(at(record, "bytes"), "files.bytes");

@@ -2,9 +2,16 @@
 #include "models/charlm_data.h"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <limits>
 
 #include "core/files.h"
 
@@ -74,13 +81,56 @@ std::string split_str(const SplitFractions& split) {
 
 Splits split_corpus(std::string_view corpus, const SplitFractions& split) {
   size_t n = corpus.size();
-  size_t n_train = static_cast<size_t>(std::floor(static_cast<double>(n) * split.train));
+  // parse_split lets the fractions sum to 1 within 1e-6, so n * train alone may exceed n.
+  size_t n_train = std::min(n, static_cast<size_t>(std::floor(static_cast<double>(n) * split.train)));
   size_t n_val = static_cast<size_t>(std::floor(static_cast<double>(n) * split.val));
   if (n_train + n_val > n) n_val = n - n_train;
   return {corpus.substr(0, n_train), corpus.substr(n_train, n_val), corpus.substr(n_train + n_val)};
 }
 
-std::string read_corpus(const std::string& path) {
+int64_t available_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  while (meminfo >> key >> kib) {
+    if (key == "MemAvailable:") return kib * 1024;
+    meminfo.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return static_cast<int64_t>(::sysconf(_SC_AVPHYS_PAGES)) * ::sysconf(_SC_PAGESIZE);
+}
+
+// What a path is when it is not a regular file, for the error message.
+static const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "a special file";
+}
+
+// 5000 -> "4.9 KiB"
+static std::string human_bytes(int64_t bytes) {
+  const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024 && unit < 4) value /= 1024, ++unit;
+  return unit == 0 ? fmt::format("{} bytes", bytes) : fmt::format("{:.1f} {}", value, units[unit]);
+}
+
+std::string read_corpus(const std::string& path, int64_t memory_bytes) {
+  // Checked before opening: opening a FIFO blocks until a writer comes, and a device may never end.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    throw Error(fmt::format("cannot read {}: {}", path, std::strerror(errno)));
+  if (!S_ISREG(st.st_mode))
+    throw Error(fmt::format("corpus {} is {}, not a regular file", path, file_kind(st.st_mode)));
+  const int64_t needed = static_cast<int64_t>(st.st_size) * kCorpusBytesPerChar;
+  if (needed > memory_bytes)
+    throw Error(fmt::format(
+        "corpus {} is too large: its {} bytes need {} of memory ({} bytes per byte: the text and its "
+        "token ids) but {} are available",
+        path, st.st_size, human_bytes(needed), kCorpusBytesPerChar, human_bytes(memory_bytes)));
   std::string text = files::read_file(path);
   if (text.empty()) throw Error(fmt::format("corpus {} is empty", path));
   return text;

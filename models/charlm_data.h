@@ -50,8 +50,19 @@ struct Splits {
 };
 Splits split_corpus(std::string_view corpus, const SplitFractions& split);
 
-// Reads a corpus file; throws lg::Error for a missing, unreadable or empty file.
-std::string read_corpus(const std::string& path);
+// Bytes of memory a run keeps per byte of corpus: the text itself and an int32 token id for each
+// byte (train, val and test are encoded whole).
+inline constexpr int64_t kCorpusBytesPerChar = 1 + sizeof(int32_t);
+
+// Memory this process can still allocate without swapping: MemAvailable of /proc/meminfo, else
+// the free physical pages sysconf reports.
+int64_t available_memory_bytes();
+
+// Reads a corpus file. Throws lg::Error for a missing, unreadable or empty file, for anything
+// but a regular file (a directory, FIFO or device such as /dev/zero, which would block or never
+// end), and, before reading, for a file whose size times kCorpusBytesPerChar exceeds
+// `memory_bytes` (by default what is available now).
+std::string read_corpus(const std::string& path, int64_t memory_bytes = available_memory_bytes());
 
 // Throws lg::Error unless every split can hold one training window (ctx + 1 tokens), naming
 // the split that is too short and what to change.

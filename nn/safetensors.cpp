@@ -103,10 +103,14 @@ Entry parse_entry(const std::string& context, const std::string& name, const jso
   Entry e;
   e.name = name;
   if (!shape.is_array()) throw fail("shape is not an array");
-  uint64_t numel = 1;
+  // The bound is on the product of the non-zero sizes, not on the element count: that product
+  // bounds every stride too, which an empty tensor of shape [0, 2^40, 2^40] would overflow.
+  uint64_t numel = 1, nonzero_product = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
     uint64_t size = to_u64(shape[i], fmt::format("shape[{}]", i));
-    if (size > (1ull << 40) || (size && numel > (1ull << 40) / size)) throw fail("shape is too large");
+    if (size > (1ull << 40) || (size && nonzero_product > (1ull << 40) / size))
+      throw fail("shape is too large (more than 2^40 elements, counting non-zero sizes)");
+    if (size) nonzero_product *= size;
     numel *= size;
     e.shape.push_back(static_cast<int64_t>(size));
   }

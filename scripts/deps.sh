@@ -10,6 +10,8 @@ packages+=(nlohmann-json3-dev)
 packages+=(pkg-config)
 # libcli11-dev: charlm's flags, help and --config files (models/charlm_cli.cpp, charlm_flags.cpp)
 packages+=(libcli11-dev)
+# clang-14, libclang-rt-14-dev, libomp-14-dev: libFuzzer and clang's OpenMP for the fuzz targets (scripts/fuzz.sh)
+packages+=(clang-14 libclang-rt-14-dev libomp-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -5,6 +5,7 @@
 // directory and trains tiny models (1-2 layers, dim 16, ctx 16) for a few dozen steps.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -299,6 +300,18 @@ TEST_CASE("data: vocabulary from the train split, unknown id, split and batches"
   sample_batch(ids, 3, 8, r2, x2, y2);
   CHECK(x1 == x2);
   for (size_t i = 0; i < x1.size(); ++i) CHECK(y1[i] == x1[i] + 1);  // targets are the next token
+}
+
+TEST_CASE("data: a train fraction above 1 within parse_split's tolerance still splits within the corpus") {
+  // 2,000,000 * 1.0000009 = 2,000,001.8: one byte more than the corpus.
+  SplitFractions f = parse_split("1.0000009,1e-300,1e-300");
+  const std::string corpus(2'000'000, 'x');
+  Splits s = split_corpus(corpus, f);
+  CHECK(s.train.size() == corpus.size());
+  CHECK(s.val.empty());
+  CHECK(s.test.empty());
+  CHECK_THROWS_WITH_AS(check_split_lengths(s, static_cast<int64_t>(corpus.size()), 16),
+                       doctest::Contains("give a val split of 0 bytes"), Error);
 }
 
 TEST_CASE("svg chart is a complete document with axes, ticks and legend") {
@@ -799,6 +812,78 @@ TEST_CASE("bad input: corpus problems and unwritable --out") {
   write_text(dir / "corpus.txt", generated_text(5000));
   write_text(dir / "file", "x");
   expect_error(train(dir / "corpus.txt", dir / "file/run"), "cannot write to");
+}
+
+TEST_CASE("bad input: --data that is not a regular file is refused at once, by train and by eval") {
+  TempDir dir("special");
+  const std::string fifo = dir / "fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // A checkpoint to evaluate with, written directly (no training needed).
+  const std::string text = generated_text(2000);
+  CheckpointMeta meta;
+  meta.vocab = Vocab::from_text(text);
+  meta.model = small_model("latent", meta.vocab.size(), 1, 16);
+  meta.training = TrainSettings{}.to_json();
+  Rng init(1);
+  CharLM model(meta.model, init);
+  save_checkpoint(dir / "ckpt", meta, model, nullptr);
+
+  // Reading a FIFO waits for a writer and /dev/zero never ends: were either read, the alarm
+  // would end this test instead of a hang.
+  ::alarm(30);
+  struct Case {
+    std::string path, message;
+  };
+  const Case cases[] = {{fifo, "is a FIFO, not a regular file"},
+                        {"/dev/zero", "is a character device, not a regular file"},
+                        {dir.path.string(), "is a directory, not a regular file"}};
+  for (const Case& c : cases) {
+    INFO(c.path);
+    CHECK_THROWS_WITH_AS(read_corpus(c.path), doctest::Contains(c.message.c_str()), Error);
+    expect_error(cli(tiny_train(c.path, dir / "run")), c.message);
+    expect_error(cli({"eval", "--ckpt", dir / "ckpt", "--data", c.path}), c.message);
+  }
+  ::alarm(0);
+  CHECK_FALSE(fs::exists(dir / "run"));
+}
+
+TEST_CASE("a checkpoint.json that lists a file outside the checkpoint is refused without reading it") {
+  TempDir dir("files");
+  const std::string text = generated_text(2000);
+  CheckpointMeta meta;
+  meta.vocab = Vocab::from_text(text);
+  meta.model = small_model("mha", meta.vocab.size(), 1, 16);
+  meta.training = TrainSettings{}.to_json();
+  Rng init(1);
+  CharLM model(meta.model, init);
+  save_checkpoint(dir / "ckpt", meta, model, nullptr);
+  REQUIRE(read_checkpoint_meta(dir / "ckpt").model.dim == 16);
+
+  REQUIRE(::mkfifo((dir / "fifo").c_str(), 0600) == 0);
+  std::string json = files::read_file(dir / "ckpt/checkpoint.json");
+  const std::string files_key = "\"files\": {";
+  REQUIRE(json.find(files_key) != std::string::npos);
+  json.insert(json.find(files_key) + files_key.size(), R"("../fifo": {"bytes": 0, "fnv1a64": "0"},)");
+  write_text(dir / "ckpt/checkpoint.json", json);
+  ::alarm(30);  // were the FIFO opened, it would wait for a writer forever
+  CHECK_THROWS_WITH_AS(read_checkpoint_meta(dir / "ckpt"),
+                       doctest::Contains("files lists \"../fifo\"; a checkpoint holds only model.safetensors "
+                                         "and optimizer.safetensors"),
+                       Error);
+  ::alarm(0);
+}
+
+TEST_CASE("a corpus larger than memory allows is refused before reading, with the size it needs") {
+  TempDir dir("large");
+  write_text(dir / "corpus.txt", std::string(1000, 'a'));
+  // 1000 bytes of text and 1000 int32 token ids: 5000 bytes.
+  CHECK(read_corpus(dir / "corpus.txt", 5000).size() == 1000);
+  CHECK_THROWS_WITH_AS(
+      read_corpus(dir / "corpus.txt", 4999),
+      doctest::Contains("its 1000 bytes need 4.9 KiB of memory (5 bytes per byte: the text and "
+                        "its token ids) but 4.9 KiB are available"),
+      Error);
+  CHECK(available_memory_bytes() > 0);
 }
 
 TEST_CASE(

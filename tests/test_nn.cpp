@@ -593,6 +593,18 @@ TEST_CASE("safetensors: missing, truncated and corrupted files raise lg::Error")
   check_error([&] { nn::write_safetensors(unwritable, {}); }, "cannot write " + unwritable);
 }
 
+TEST_CASE("safetensors: an empty tensor's other sizes are bounded too") {
+  std::string path = temp_path("empty_huge.safetensors");
+  // No elements, but strides of 2^40 * 2^40: refused before a tensor is made.
+  write_bytes(
+      path,
+      hand_made(R"({"a":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]}})", ""));
+  check_error([&] { nn::read_safetensors(path); }, "tensor 'a': shape is too large");
+  write_bytes(path,
+              hand_made(R"({"a":{"dtype":"F32","shape":[0,1048576,1048576],"data_offsets":[0,0]}})", ""));
+  CHECK(nn::read_safetensors(path).at("a").shape() == Shape{0, 1 << 20, 1 << 20});
+}
+
 TEST_CASE("save_module / load_module") {
   Rng rng_a(38), rng_b(39);
   nn::TransformerBlock a(mha_config(8, 2), rng_a), b(mha_config(8, 2), rng_b);
