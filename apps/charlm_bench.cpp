@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cpu.h"
 #include "dist/dist.h"
 #include "models/charlm.h"
 #include "models/charlm_data.h"
@@ -212,16 +213,20 @@ static int run_train(const Flags& f) {
   double peak = sgemm_gflops(1024) * 1e9;
   double rss = peak_rss_mb();
   if (f.json) {
-    fmt::print("{{\"attn\": \"{}\", \"threads\": {}, \"shards\": {}, \"params\": {}, \"step_ms\": {:.3f}, \"tokens_per_s\": {:.1f}, "
-               "\"model_gflops\": {:.2f}, \"sgemm_peak_gflops\": {:.2f}, \"mfu\": {:.4f}, \"peak_rss_mb\": {:.1f}, "
-               "\"loss\": {:.4f}}}\n",
-               nn::attention_kind_name(cfg.attention), get_num_threads(), parallel.shards(), model.parameter_count(),
-               step_s * 1e3,
-               tokens_per_s, flops / 1e9, peak / 1e9, flops / peak, rss, last_loss);
+    fmt::print(
+        "{{\"attn\": \"{}\", \"kernels\": \"{}\", \"threads\": {}, \"shards\": {}, \"params\": {}, "
+        "\"step_ms\": {:.3f}, \"tokens_per_s\": {:.1f}, "
+        "\"model_gflops\": {:.2f}, \"sgemm_peak_gflops\": {:.2f}, \"mfu\": {:.4f}, \"peak_rss_mb\": {:.1f}, "
+        "\"loss\": {:.4f}}}\n",
+        nn::attention_kind_name(cfg.attention), cpu_kernels(), get_num_threads(), parallel.shards(),
+        model.parameter_count(), step_s * 1e3, tokens_per_s, flops / 1e9, peak / 1e9, flops / peak, rss,
+        last_loss);
   } else {
-    fmt::print("{} attention, {} layers, dim {}, ctx {}, batch {}, {} parameters, {} threads, {} shards\n",
-               nn::attention_kind_name(cfg.attention), cfg.layers, cfg.dim, T, B, model.parameter_count(),
-               get_num_threads(), parallel.shards());
+    fmt::print(
+        "{} attention, {} layers, dim {}, ctx {}, batch {}, {} parameters, {} threads, {} shards, {} "
+        "kernels\n",
+        nn::attention_kind_name(cfg.attention), cfg.layers, cfg.dim, T, B, model.parameter_count(),
+        get_num_threads(), parallel.shards(), cpu_kernels());
     fmt::print("  step (median of {}): {:.2f} ms   {:.0f} tokens/s\n", steps, step_s * 1e3, tokens_per_s);
     fmt::print("  model: {:.2f} GFLOP/s of a measured sgemm peak of {:.2f} GFLOP/s: MFU {:.1f}%\n", flops / 1e9,
                peak / 1e9, 100.0 * flops / peak);
@@ -283,8 +288,8 @@ static int run_generate(const Flags& f) {
       fmt::print("{}\"{}\": {:.1f}", i ? ", " : "", rows[i].first, rows[i].second.second);
     fmt::print("}}}}\n");
   } else {
-    fmt::print("{} attention generation, {} layers, dim {}\n", nn::attention_kind_name(cfg.attention), cfg.layers,
-               cfg.dim);
+    fmt::print("{} attention generation, {} layers, dim {}, {} kernels\n",
+               nn::attention_kind_name(cfg.attention), cfg.layers, cfg.dim, cpu_kernels());
     fmt::print("  {:>9}  {:>12}  {:>8}\n", "position", "us/token", "RSS MB");
     for (auto& [pos, r] : rows) fmt::print("  {:>9}  {:>12.2f}  {:>8.1f}\n", pos, r.first * 1e6, r.second);
     fmt::print("  last / first per-token time: {:.2f}x\n", rows.back().second.first / rows.front().second.first);

@@ -9,11 +9,15 @@
 #include <cstring>
 #include <limits>
 
+#include "core/isa.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include "core/intrinsics.h"
 #endif
 
 namespace lg {
+// Each instruction set's copies apart (core/isa.h).
+inline namespace LG_ISA {
 
 // e^x: x = n ln2 + r with |r| <= ln2/2, e^r by the minimax polynomial of Cephes' expf
 // (S. Moshier), then 2^n put straight into the exponent bits. Below -87.3 the result is 0,
@@ -156,4 +160,5 @@ inline float exp_shift_sum(float* x, int64_t n, float shift) {
   return z;
 }
 
+}  // namespace LG_ISA
 }  // namespace lg

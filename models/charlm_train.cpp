@@ -12,6 +12,7 @@
 #include <ostream>
 #include <thread>
 
+#include "core/cpu.h"
 #include "core/files.h"
 #include "dist/dist.h"
 #include "models/charlm_checkpoint.h"
@@ -581,6 +582,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
             "have no sequence to run\n",
             "note", settings.batch, all_threads);
     }
+    human << fmt::format("  {:<14}{}\n", "kernels", cpu_kernels());
     human << "parameters (the output head reuses wte.weight):\n";
     for (const auto& [name, tensor] : model.named_parameters())
       human << fmt::format("  {:<34}{:<14}{:>10}\n", name, shape_text(tensor.shape()),

@@ -22,12 +22,11 @@
 #include "nn/latent_attention_scan.h"
 
 #if defined(__AVX512F__)
-#include "core/fastmath.h"
-#include "core/intrinsics.h"
-
 #include <algorithm>
 #include <limits>
-#include <vector>
+
+#include "core/fastmath.h"
+#include "core/intrinsics.h"
 #endif
 
 namespace lg::nn::latent_scan {
@@ -37,7 +36,8 @@ namespace lg::nn::latent_scan {
 bool avx512_fits(const Dims&) { return false; }
 void forward_head_avx512(const Dims&, const HeadRows&) {}
 void forward_head_pair_avx512(const Dims&, const HeadRows&, const HeadRows&) {}
-void backward_head_avx512(const Dims&, const HeadRows&, const float*, float*, float*, float*, float*, float*) {}
+void backward_head_avx512(const Dims&, const HeadRows&, const float*, float*, float*, float*, float*, float*,
+                          float*) {}
 
 #else
 
@@ -228,7 +228,7 @@ void forward_head_pair_avx512(const Dims& n, const HeadRows& h0, const HeadRows&
 }
 
 void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, float* dq, float* dk, float* dkr,
-                          float* dv, float* dl) {
+                          float* dv, float* dl, float* rows) {
   const int64_t T = n.T, W = n.W, Pw = kM + W;
   const __m512 scale = _mm512_set1_ps(n.scale), one = _mm512_set1_ps(1.0f);
   const __mmask16 window_slots = static_cast<__mmask16>((1u << W) - 1);
@@ -236,8 +236,7 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
   // Y_t / Z_t = y dO_t), c_t / Z_t, the rescale factor r_t = exp(mu_{t-1} - mu_t) (pass 2's decay
   // at t - 1), and the window's dsigma / sqrt(d).
   enum { kX, kY, kC, kR, kWin, kRow };
-  thread_local std::vector<float> rows;
-  rows.resize(std::max<size_t>(rows.size(), T * kRow * kM));
+  static_assert(kRow * kM == kAvx512BackwardScratch);
   alignas(64) float buf_a[kM], buf_b[kM], buf_d[kM];
 
   // Pass 1, t = 0, 1, ...: replay the sums (SK as rows, SV transposed), then the read's softmax
@@ -247,7 +246,7 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
     __m512 mu_prev = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t t = 0; t < T; ++t) {
       const float *krt = h.kr + t * kD, *vt = h.v + t * kD, *got = go + t * h.o_stride;
-      float* row = rows.data() + t * kRow * kM;
+      float* row = rows + t * kRow * kM;
       const __m512 mu = _mm512_loadu_ps(h.mu + t * kM), e = _mm512_loadu_ps(h.E + t * kM);
       const __m512 r = fast_exp16(_mm512_sub_ps(mu_prev, mu));
       mu_prev = mu;
@@ -294,7 +293,7 @@ void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, flo
   for (int64_t t = T - 1; t >= 0; --t) {
     const float *qt = h.q + t * kD, *got = go + t * h.o_stride, *kt = h.k + t * kD, *krt = h.kr + t * kD,
                 *vt = h.v + t * kD;
-    const float* row = rows.data() + t * kRow * kM;
+    const float* row = rows + t * kRow * kM;
     const __m512 q0 = _mm512_loadu_ps(qt), q1 = _mm512_loadu_ps(qt + 16);
     const __m512 g0 = _mm512_loadu_ps(got), g1 = _mm512_loadu_ps(got + 16);
     __m512 dq0 = _mm512_loadu_ps(dq + t * kD), dq1 = _mm512_loadu_ps(dq + t * kD + 16);

@@ -45,6 +45,7 @@
 #include <immintrin.h>
 #endif
 
+#include "core/cpu.h"
 #include "core/fastmath.h"
 #include "nn/latent_attention.h"
 #include "nn/latent_attention_scan.h"
@@ -335,7 +336,9 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
   const int64_t d = in.queries.size(3), M = in.latents.size(1), W = window;
   const Dims dims{T, d, M, W, 1.0f / std::sqrt(static_cast<float>(d))};
   // The forward and the backward run the same kernels: the backward replays the forward's sums.
-  const bool fast = avx512_enabled.load() && latent_scan::avx512_fits(dims);
+  // A portable build runs its AVX-512 kernels only where the CPU has them (core/cpu.h).
+  const bool fast =
+      avx512_enabled.load() && (!kPortableBuild || run_avx512_kernels()) && latent_scan::avx512_fits(dims);
   Tensor q = contiguous_data(in.queries), k = contiguous_data(in.keys);
   Tensor kr = contiguous_data(in.rotated_keys), v = contiguous_data(in.values);
   Tensor l = contiguous_data(in.latents);
@@ -434,8 +437,10 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
         std::fill_n(dk + at, T * d, 0.0f);
       }
       if (fast) {
-        latent_scan::backward_head_avx512(dims, rows(bh), go.data() + o_offset(bh), dq + at, dk + at, dkr + at, dv + at,
-                                          dl_rows.data() + bh * M * d);
+        thread_local std::vector<float> scratch;
+        scratch.resize(std::max<size_t>(scratch.size(), T * latent_scan::kAvx512BackwardScratch));
+        latent_scan::backward_head_avx512(dims, rows(bh), go.data() + o_offset(bh), dq + at, dk + at,
+                                          dkr + at, dv + at, dl_rows.data() + bh * M * d, scratch.data());
       } else {
         (d == 32   ? backward_head<32>
          : d == 64 ? backward_head<64>

@@ -25,13 +25,16 @@ struct HeadRows {
 
 // The AVX-512 kernels (nn/latent_attention_avx512.cpp) for 16 latents of head size 32 and a
 // window of at most 16: every per-latent quantity is one 16-float register. True when they were
-// built (the compiler targets AVX-512F) and fit these sizes.
+// built (a native build for a CPU with AVX-512F, or a portable build) and fit these sizes; a
+// portable build runs them only where run_avx512_kernels() (core/cpu.h) says so.
 bool avx512_fits(const Dims& n);
 void forward_head_avx512(const Dims& n, const HeadRows& h);
 // The same for two heads at once, in lockstep (the same values as one at a time).
 void forward_head_pair_avx512(const Dims& n, const HeadRows& h0, const HeadRows& h1);
-// dkr, dv (T, d) and dl (M, d) zeroed by the caller; dq, dk written whole.
+// dkr, dv (T, d) and dl (M, d) zeroed by the caller; dq, dk written whole. scratch: T
+// kAvx512BackwardScratch floats, given by the caller (that file allocates nothing: see core/isa.h).
+constexpr int64_t kAvx512BackwardScratch = 80;
 void backward_head_avx512(const Dims& n, const HeadRows& h, const float* go, float* dq, float* dk, float* dkr,
-                          float* dv, float* dl);
+                          float* dv, float* dl, float* scratch);
 
 }  // namespace lg::nn::latent_scan

@@ -8,7 +8,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "core/isa.h"
+
 namespace lg::nn {
+// Each instruction set's copies apart (core/isa.h).
+inline namespace LG_ISA {
 
 inline float dot(const float* a, const float* b, int64_t n) {
   float acc = 0.0f;
@@ -49,4 +53,5 @@ inline void weighted_rows(const float* w, const float* rows, int64_t stride, int
   }
 }
 
+}  // namespace LG_ISA
 }  // namespace lg::nn

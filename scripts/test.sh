@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/test.sh: installs what is missing, builds (Release, or with sanitizers given --sanitize), runs the suite.
+# scripts/test.sh: installs what is missing, builds (Release; --sanitize: with sanitizers; --portable: without -march=native), runs the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -8,6 +8,9 @@ flags=(-DCMAKE_BUILD_TYPE=Release)
 if [ "${1:-}" = "--sanitize" ]; then
   build=build-sanitize
   flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DLG_SANITIZE=ON)
+elif [ "${1:-}" = "--portable" ]; then
+  build=build-portable
+  flags=(-DCMAKE_BUILD_TYPE=Release -DLATENTGRAD_NATIVE=OFF)
 fi
 cmake -S . -B "$build" "${flags[@]}" >/dev/null
 start=$(date +%s)

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 
+#include "core/cpu.h"
 #include "core/ops.h"
 #include "nn/dropout.h"
 #include "nn/embedding.h"
@@ -208,6 +209,41 @@ TEST_CASE("causal_attention_fused on packed (3, B, H, T, d) q, k, v, heads merge
   Tensor qkv = random_leaf({3, 1, 2, 6, 4}, 82, 2.0f);
   check_gradients([&] { return nn::causal_attention_fused(qkv); }, {qkv});
   check_error([&] { nn::causal_attention_fused(Tensor::zeros({2, 1, 2, 6, 4})); }, "(3, B, H, T, d)");
+}
+
+TEST_CASE("causal_attention_fused: a portable build's AVX-512 and portable kernels agree") {
+  // Run once as the build chooses and once forced to the portable kernels. Where the two are
+  // different code (a portable build on a CPU with AVX-512), they round differently: FMA or
+  // not, exponentials and sums 16, 8 or 1 at a time. Each output is a convex combination of
+  // T <= 150 values of size ~1 and each gradient a sum of T such terms, so a few float ulps per
+  // term stay far below the tolerances of the fused-against-composed test above, used here.
+  // Elsewhere both runs take the same kernels: the same bits.
+  const bool two_kernels = run_avx512_kernels();
+  CHECK(std::string(cpu_kernels()) == (kPortableBuild ? (two_kernels ? "avx512" : "generic") : "native"));
+  for (auto [T, d] : {std::pair<int64_t, int64_t>{17, 32}, {64, 32}, {150, 32}, {33, 64}, {21, 6}}) {
+    CAPTURE(T);
+    CAPTURE(d);
+    Tensor qkv = random_leaf({3, 2, 3, T, d}, 85, 2.0f), r = random_leaf({2, T, 3 * d}, 86);
+    Tensor outs[2], grads[2];
+    const bool was = force_generic_kernels(false);
+    for (int generic = 0; generic < 2; ++generic) {
+      force_generic_kernels(generic == 1);
+      qkv.zero_grad();
+      outs[generic] = nn::causal_attention_fused(qkv);
+      sum(outs[generic] * r).backward();
+      grads[generic] = qkv.grad();
+    }
+    force_generic_kernels(was);
+    const float out_diff = max_abs_diff(outs[0], outs[1]), grad_diff = max_abs_diff(grads[0], grads[1]);
+    if (two_kernels) {
+      CHECK(out_diff < 1e-5f);
+      CHECK(grad_diff < 1e-4f);
+      CHECK(out_diff + grad_diff > 0.0f);  // the AVX-512 kernels did run
+    } else {
+      CHECK(out_diff == 0.0f);
+      CHECK(grad_diff == 0.0f);
+    }
+  }
 }
 
 TEST_CASE("grad: CausalSelfAttention with the composed core (the reference path)") {

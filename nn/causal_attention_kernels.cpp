@@ -1,0 +1,307 @@
+// nn/causal_attention_kernels.cpp: the per-head loops of MHA's fused core (nn/causal_attention_fused.cpp).
+//
+// Compiled once per instruction set (nn/causal_attention_kernels.h); with AVX-512, blocks of
+// rows at d = 32 take the intrinsics paths below, the same values as the plain loops.
+// Scores are computed 4 rows x 16 keys at a time against a transposed copy of the head's keys,
+// K^T (d, T), accumulating over d in registers (a small sgemm micro-kernel, no horizontal sums).
+#include "nn/causal_attention_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+
+#if defined(__AVX512F__)
+#include "core/intrinsics.h"
+#endif
+
+#include "core/fastmath.h"
+#include "nn/row_kernels.h"
+
+namespace lg::nn::causal_kernels {
+
+namespace {
+
+// out[r][s] = scale a_r . x_s for rows r < R (R <= kRows, a_r = rows.row(first + r)) and keys s < n,
+// from xt = X^T (d, Tp). Each 4 x 16 block sums over d in registers: one load of xt per 4 FMAs.
+template <int64_t kD>
+void block_scores(const HeadView& rows, int64_t first, int64_t R, const float* xt, int64_t Tp,
+                  int64_t d_runtime, int64_t n, float scale, float* out) {
+  const int64_t d = kD > 0 ? kD : d_runtime;
+  const float* a[kRows];
+  for (int64_t r = 0; r < kRows; ++r) a[r] = rows.row(first + std::min(r, R - 1));
+  int64_t s0 = 0;
+#if defined(__AVX512F__)
+  // 32 keys at a time while two blocks remain: 4 rows x 2 registers, eight independent sums, enough
+  // to keep both FMA units busy (one block's four would wait on each FMA's latency). Each score
+  // is the same FMA chain over i as below: the same values.
+  if constexpr (kD == 32) {
+    for (; s0 + kLanes < n; s0 += 2 * kLanes) {
+      __m512 acc[kRows][2];
+      for (int64_t r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      for (int64_t i = 0; i < kD; ++i) {
+        const float* x = xt + i * Tp + s0;
+        const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + kLanes);
+        for (int64_t r = 0; r < kRows; ++r) {
+          const __m512 ar = _mm512_set1_ps(a[r][i]);
+          acc[r][0] = _mm512_fmadd_ps(ar, x0, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(ar, x1, acc[r][1]);
+        }
+      }
+      const __m512 sc = _mm512_set1_ps(scale);
+      for (int64_t r = 0; r < R; ++r) {
+        _mm512_storeu_ps(out + r * Tp + s0, _mm512_mul_ps(acc[r][0], sc));
+        _mm512_storeu_ps(out + r * Tp + s0 + kLanes, _mm512_mul_ps(acc[r][1], sc));
+      }
+    }
+  }
+#endif
+  for (; s0 < n; s0 += kLanes) {
+    float acc[kRows][kLanes] = {};
+    for (int64_t i = 0; i < d; ++i) {
+      const float* x = xt + i * Tp + s0;
+      for (int64_t r = 0; r < kRows; ++r) {
+        const float ar = a[r][i];
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) acc[r][l] += ar * x[l];
+      }
+    }
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t l = 0; l < kLanes; ++l) out[r * Tp + s0 + l] = acc[r][l] * scale;
+  }
+}
+
+#if defined(__AVX512F__)
+// out row i = column i of in, for a 16 x 16 block: rows `is` and `os` floats apart.
+inline void transpose16(const float* in, int64_t is, float* out, int64_t os) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(in + i * is);
+  for (int k = 0; k < 8; ++k) {  // interleave pairs of rows: 2 x 2 blocks
+    t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {  // 4 x 4 blocks
+    const __m512d a = _mm512_castps_pd(t[4 * k]), b = _mm512_castps_pd(t[4 * k + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * k + 2]), e = _mm512_castps_pd(t[4 * k + 3]);
+    r[4 * k + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+    r[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+  }
+  for (int k = 0; k < 2; ++k)  // 8 x 8 blocks, by 128-bit lanes
+    for (int j = 0; j < 4; ++j) {
+      t[8 * k + j] = _mm512_shuffle_f32x4(r[8 * k + j], r[8 * k + 4 + j], 0x88);
+      t[8 * k + 4 + j] = _mm512_shuffle_f32x4(r[8 * k + j], r[8 * k + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {  // 16 x 16
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(out + i * os, r[i]);
+}
+#endif
+
+// X^T (d, Tp) of one head's rows, Tp = T rounded up to whole blocks (the padding is never read
+// as a score: rows use keys s <= t < T only).
+void transpose_head(const HeadView& x, int64_t T, int64_t d, float* xt) {
+  const int64_t Tp = padded(T);
+  int64_t s0 = 0;
+#if defined(__AVX512F__)
+  if (d % 16 == 0)
+    for (; s0 + 16 <= T; s0 += 16)
+      for (int64_t i0 = 0; i0 < d; i0 += 16) transpose16(x.row(s0) + i0, x.row_stride, xt + i0 * Tp + s0, Tp);
+#endif
+  for (int64_t s = s0; s < T; ++s) {
+    const float* r = x.row(s);
+    for (int64_t i = 0; i < d; ++i) xt[i * Tp + s] = r[i];
+  }
+}
+
+#if defined(__AVX512F__)
+// o_t = sum_{s <= t} P_ts v_s for the block's rows t = t0 + r, r < R, at d = 32, from the
+// probabilities p (rows Tp apart): each v_s is loaded once for the block's rows instead of once
+// per row. Like weighted_rows, even and odd s go to two sums added at the end, so each o_t gets
+// the same operations in the same order as there: the same values. Keys past a row's causal
+// edge, up to the block's last, are given weight 0, which adds exactly 0 (rows past R: all 0).
+inline void block_pv_32(float* p, int64_t Tp, int64_t t0, int64_t R, int64_t cols, const HeadView& vh,
+                        float* o, int64_t o_row_stride) {
+  for (int64_t r = 0; r < kRows; ++r)
+    std::fill(p + r * Tp + (r < R ? t0 + r + 1 : 0), p + r * Tp + cols, 0.0f);
+  __m512 even[kRows][2], odd[kRows][2];
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int h = 0; h < 2; ++h) even[r][h] = odd[r][h] = _mm512_setzero_ps();
+  int64_t s = 0;
+  for (; s + 2 <= cols; s += 2) {
+    const float *v0 = vh.row(s), *v1 = vh.row(s + 1);
+    const __m512 a0 = _mm512_loadu_ps(v0), a1 = _mm512_loadu_ps(v0 + 16);
+    const __m512 b0 = _mm512_loadu_ps(v1), b1 = _mm512_loadu_ps(v1 + 16);
+    for (int64_t r = 0; r < kRows; ++r) {
+      const __m512 we = _mm512_set1_ps(p[r * Tp + s]), wo = _mm512_set1_ps(p[r * Tp + s + 1]);
+      even[r][0] = _mm512_fmadd_ps(we, a0, even[r][0]);
+      even[r][1] = _mm512_fmadd_ps(we, a1, even[r][1]);
+      odd[r][0] = _mm512_fmadd_ps(wo, b0, odd[r][0]);
+      odd[r][1] = _mm512_fmadd_ps(wo, b1, odd[r][1]);
+    }
+  }
+  if (s < cols) {
+    const float* v0 = vh.row(s);
+    const __m512 a0 = _mm512_loadu_ps(v0), a1 = _mm512_loadu_ps(v0 + 16);
+    for (int64_t r = 0; r < kRows; ++r) {
+      const __m512 we = _mm512_set1_ps(p[r * Tp + s]);
+      even[r][0] = _mm512_fmadd_ps(we, a0, even[r][0]);
+      even[r][1] = _mm512_fmadd_ps(we, a1, even[r][1]);
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    float* ot = o + (t0 + r) * o_row_stride;
+    _mm512_storeu_ps(ot, _mm512_add_ps(even[r][0], odd[r][0]));
+    _mm512_storeu_ps(ot + 16, _mm512_add_ps(even[r][1], odd[r][1]));
+  }
+}
+#endif
+
+// Kernels::forward_head. kD > 0 fixes the head size at compile time (32 and 64): the d-long loops unroll.
+template <int64_t kD>
+void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, int64_t T, int64_t d_runtime,
+                  float scale, float* o, int64_t o_row_stride, float* lse, float* kt, float* p_rows,
+                  bool keep) {
+  const int64_t d = kD > 0 ? kD : d_runtime;
+  const int64_t Tp = padded(T);
+  transpose_head(kh, T, d, kt);
+  for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+    const int64_t R = std::min(kRows, T - t0), cols = std::min(T, t0 + kRows);  // keys s < cols
+    float* p = keep ? p_rows + t0 * Tp : p_rows;
+    block_scores<kD>(qh, t0, R, kt, Tp, d, cols, scale, p);
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t t = t0 + r, n = t + 1;
+      float* pr = p + r * Tp;
+      const float mx = max_of(pr, n);
+      const float z = exp_shift_sum(pr, n, mx);
+      const float inv = 1.0f / z;
+#pragma omp simd
+      for (int64_t s = 0; s < n; ++s) pr[s] *= inv;
+      if (lse) lse[t] = mx + std::log(z);
+    }
+#if defined(__AVX512F__)
+    if constexpr (kD == 32) {
+      block_pv_32(p, Tp, t0, R, cols, vh, o, o_row_stride);
+      continue;
+    }
+#endif
+    for (int64_t r = 0; r < R; ++r)
+      weighted_rows<kD>(p + r * Tp, vh.row(0), vh.row_stride, t0 + r + 1, d, o + (t0 + r) * o_row_stride);
+  }
+}
+
+#if defined(__AVX512F__)
+// The updates of one block of 4 rows t0..t0+3 at d = 32 (two 512-bit registers per row), keys
+// s < cols: dq_r = sum_s dS_rs k_s, dk_s += sum_r dS_rs q_r, dv_s += sum_r P_rs dO_r. The block's
+// q, dO and dq rows stay in registers (24 of 32), so each key's dk_s and dv_s are loaded and
+// stored once per block instead of once per row. dS and P are zero past each row's causal edge.
+// Every dk_s and dv_s takes its terms in the same order as the row-by-row loop (rows ascending),
+// one fused multiply-add each: the same values.
+inline void block_updates_32(const HeadView& qh, const HeadView& kh, const HeadView& gh, int64_t t0,
+                             int64_t cols, const float* p_block, const float* ds_block, int64_t Tp, float* dq,
+                             float* dk, float* dv) {
+  __m512 q[kRows][2], go[kRows][2], aq[kRows][2];
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int h = 0; h < 2; ++h) {
+      q[r][h] = _mm512_loadu_ps(qh.row(t0 + r) + 16 * h);
+      go[r][h] = _mm512_loadu_ps(gh.row(t0 + r) + 16 * h);
+      aq[r][h] = _mm512_setzero_ps();
+    }
+  for (int64_t s = 0; s < cols; ++s) {
+    const float* ks = kh.row(s);
+    const __m512 k0 = _mm512_loadu_ps(ks), k1 = _mm512_loadu_ps(ks + 16);
+    __m512 dk0 = _mm512_loadu_ps(dk + s * 32), dk1 = _mm512_loadu_ps(dk + s * 32 + 16);
+    __m512 dv0 = _mm512_loadu_ps(dv + s * 32), dv1 = _mm512_loadu_ps(dv + s * 32 + 16);
+    for (int64_t r = 0; r < kRows; ++r) {
+      const __m512 ds = _mm512_set1_ps(ds_block[r * Tp + s]), ps = _mm512_set1_ps(p_block[r * Tp + s]);
+      aq[r][0] = _mm512_fmadd_ps(ds, k0, aq[r][0]);
+      aq[r][1] = _mm512_fmadd_ps(ds, k1, aq[r][1]);
+      dk0 = _mm512_fmadd_ps(ds, q[r][0], dk0);
+      dk1 = _mm512_fmadd_ps(ds, q[r][1], dk1);
+      dv0 = _mm512_fmadd_ps(ps, go[r][0], dv0);
+      dv1 = _mm512_fmadd_ps(ps, go[r][1], dv1);
+    }
+    _mm512_storeu_ps(dk + s * 32, dk0);
+    _mm512_storeu_ps(dk + s * 32 + 16, dk1);
+    _mm512_storeu_ps(dv + s * 32, dv0);
+    _mm512_storeu_ps(dv + s * 32 + 16, dv1);
+  }
+  for (int64_t r = 0; r < kRows; ++r) {
+    _mm512_storeu_ps(dq + (t0 + r) * 32, aq[r][0]);
+    _mm512_storeu_ps(dq + (t0 + r) * 32 + 16, aq[r][1]);
+  }
+}
+#endif
+
+// Kernels::backward_head, kD as above.
+template <int64_t kD>
+void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, const HeadView& gh,
+                   const HeadView& oh, const float* lse, float* kept, int64_t T, int64_t d_runtime,
+                   float scale, float* dq, float* dk, float* dv, float* kt, float* vt, float* p_scratch,
+                   float* ds_block) {
+  const int64_t d = kD > 0 ? kD : d_runtime;
+  const int64_t Tp = padded(T);
+  if (!kept) transpose_head(kh, T, d, kt);
+  transpose_head(vh, T, d, vt);
+  for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+    const int64_t R = std::min(kRows, T - t0), cols = std::min(T, t0 + kRows);  // keys s < cols
+    float* p_block = kept ? kept + t0 * Tp : p_scratch;
+    if (!kept) block_scores<kD>(qh, t0, R, kt, Tp, d, cols, scale, p_block);
+    block_scores<kD>(gh, t0, R, vt, Tp, d, cols, 1.0f, ds_block);
+    // Each row's P (kept, or recomputed from the saved log-sum-exp) and dS = P (dP - D) / sqrt(d),
+    // with D_t = dO_t . o_t, over keys s <= t; zero from the causal edge to the block's last key.
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t t = t0 + r, n = t + 1;
+      float *p = p_block + r * Tp, *ds = ds_block + r * Tp;
+      if (!kept) exp_shift_sum(p, n, lse[t]);
+      const float D = dot(gh.row(t), oh.row(t), d);
+      for (int64_t s = 0; s < n; ++s) ds[s] = p[s] * (ds[s] - D) * scale;
+      std::fill(p + n, p + cols, 0.0f);
+      std::fill(ds + n, ds + cols, 0.0f);
+    }
+#if defined(__AVX512F__)
+    if (kD == 32 && R == kRows) {
+      block_updates_32(qh, kh, gh, t0, cols, p_block, ds_block, Tp, dq, dk, dv);
+      continue;
+    }
+#endif
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t t = t0 + r, n = t + 1;
+      const float *p = p_block + r * Tp, *ds = ds_block + r * Tp, *qt = qh.row(t), *got = gh.row(t);
+      float acc[kD > 0 ? kD : 1];
+      float* dqt = kD > 0 ? acc : dq + t * d;
+      std::fill_n(dqt, d, 0.0f);
+      for (int64_t s = 0; s < n; ++s) {
+        axpy(ds[s], kh.row(s), dqt, d);
+        axpy(ds[s], qt, dk + s * d, d);
+        axpy(p[s], got, dv + s * d, d);
+      }
+      if (kD > 0) std::copy_n(acc, d, dq + t * d);
+    }
+  }
+}
+
+// The head size fixed at compile time where it is one of the common two.
+void forward_any(const HeadView& q, const HeadView& k, const HeadView& v, int64_t T, int64_t d, float scale,
+                 float* o, int64_t o_row_stride, float* lse, float* kt, float* p, bool keep) {
+  (d == 32   ? forward_head<32>
+   : d == 64 ? forward_head<64>
+             : forward_head<0>)(q, k, v, T, d, scale, o, o_row_stride, lse, kt, p, keep);
+}
+
+void backward_any(const HeadView& q, const HeadView& k, const HeadView& v, const HeadView& g,
+                  const HeadView& o, const float* lse, float* kept, int64_t T, int64_t d, float scale,
+                  float* dq, float* dk, float* dv, float* kt, float* vt, float* p, float* ds) {
+  (d == 32   ? backward_head<32>
+   : d == 64 ? backward_head<64>
+             : backward_head<0>)(q, k, v, g, o, lse, kept, T, d, scale, dq, dk, dv, kt, vt, p, ds);
+}
+
+}  // namespace
+
+namespace LG_ISA {
+const Kernels kernels{forward_any, backward_any};
+}
+
+}  // namespace lg::nn::causal_kernels
