@@ -2,6 +2,7 @@
 #include "models/charlm_cli.h"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -95,6 +96,18 @@ UsageError from_config_file(const std::string& message, const ConfigFileValues& 
   return UsageError(fmt::format("{} (key {} of {})", message, keys, config.file));
 }
 
+// CLI11 opens a --config file with a plain ifstream: a FIFO would block it and /dev/zero feed it
+// forever. So the file is looked at first: a regular file of at most kMaxConfigBytes.
+constexpr int64_t kMaxConfigBytes = 1 << 20;
+void check_config_file(const std::string& path) {
+  struct stat st {};
+  if (path.empty() || ::stat(path.c_str(), &st) != 0) return;  // CLI11 reports these in its turn
+  if (!S_ISREG(st.st_mode)) throw UsageError(fmt::format("--config {}: not a regular file", path));
+  if (st.st_size > kMaxConfigBytes)
+    throw UsageError(fmt::format("--config {}: {} bytes, more than a config file's limit of {}", path,
+                                 st.st_size, kMaxConfigBytes));
+}
+
 // Parses args (without the command) into the flags declared on app. Returns false when -h or
 // --help asked for help instead. Throws UsageError, worded as charlm's errors are, for any
 // mistake in the command line or the --config file; CLI11's own texts never reach the user.
@@ -122,6 +135,10 @@ bool parse_command(CLI::App& app, const std::vector<std::string>& args, const st
     } else {
       split_args.push_back(arg);
     }
+  }
+  for (size_t i = 0; i < split_args.size(); ++i) {
+    if (split_args[i] == "--config" && i + 1 < split_args.size()) check_config_file(split_args[i + 1]);
+    if (split_args[i].rfind("--config=", 0) == 0) check_config_file(split_args[i].substr(9));
   }
   std::vector<std::string> reversed(split_args.rbegin(), split_args.rend());  // as CLI11 wants them
   auto prefixed = [&](const std::string& message) {

@@ -791,6 +791,15 @@ TEST_CASE("bad input: a bad --config file is one usage error naming the file and
   Run missing = cli({"train", "--config", dir / "none.toml"});
   expect_error(missing, "--config " + dir / "none.toml" + ": no such file");
   CHECK(missing.code == kExitUsage);
+  // Not a regular file, or too large: refused before CLI11 opens it (a FIFO would block, /dev/zero never
+  // end).
+  expect_error(cli({"train", "--config", dir.path.string()}),
+               "--config " + dir.path.string() + ": not a regular file");
+  expect_error(cli({"train", "--config=/dev/zero"}), "--config /dev/zero: not a regular file");
+  REQUIRE(::mkfifo((dir / "fifo").c_str(), 0600) == 0);
+  expect_error(cli({"train", "--config", dir / "fifo"}), ": not a regular file");
+  write_text(dir / "big.toml", std::string((1 << 20) + 1, '#'));
+  expect_error(cli({"train", "--config", dir / "big.toml"}), "more than a config file's limit");
   expect_error(cli({"train", "--config", "a.toml", "--config", "b.toml"}), "--config given twice");
   expect_error(cli({"train", "--config=", "--data", "x.txt", "--out", dir / "run"}), "--config is empty");
   CHECK_FALSE(fs::exists(dir / "run"));
