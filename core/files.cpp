@@ -21,8 +21,14 @@ namespace lg::files {
 static std::string errno_text() { return std::strerror(errno); }
 
 std::string read_file(const std::string& path) {
+  // Looked at before opening: opening a FIFO blocks until a writer comes, and a device such as
+  // /dev/zero never ends. A missing file falls through to the open, which says why.
   std::error_code ec;
-  if (fs::is_directory(path, ec)) throw Error(fmt::format("cannot read {}: it is a directory", path));
+  const fs::file_status status = fs::status(path, ec);
+  if (!ec && status.type() == fs::file_type::directory)
+    throw Error(fmt::format("cannot read {}: it is a directory", path));
+  if (!ec && status.type() != fs::file_type::regular)
+    throw Error(fmt::format("cannot read {}: not a regular file", path));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("cannot read {}: {}", path, errno ? errno_text() : "cannot open"));
   std::ostringstream buffer;

@@ -7,7 +7,8 @@
 
 namespace lg::files {
 
-// The file's bytes; throws lg::Error "cannot read PATH: reason" when it is missing or unreadable.
+// The file's bytes; throws lg::Error "cannot read PATH: reason" when it is missing, unreadable or
+// not a regular file (a directory, a FIFO, a device: refused before opening, which could block).
 std::string read_file(const std::string& path);
 
 // Writes `bytes` to PATH.tmp.PID, fsyncs it, renames it over PATH and fsyncs the directory:

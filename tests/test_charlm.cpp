@@ -932,6 +932,16 @@ TEST_CASE(
     write_text(c + "/model.safetensors", bytes);
     expect_error(eval(c), "corrupted");
   }
+  {  // a FIFO in place of the weights, or of checkpoint.json: refused at once, never opened (it would block)
+    alarm(30);  // a regression dies here instead of hanging the suite
+    for (const char* name : {"model.safetensors", "checkpoint.json"}) {
+      std::string c = copy_of_good(std::string("fifo-") + name);
+      fs::remove(c + "/" + name);
+      REQUIRE(::mkfifo((c + "/" + name).c_str(), 0600) == 0);
+      expect_error(eval(c), "not a regular file");
+    }
+    alarm(0);
+  }
   {  // checkpoint.json cut short
     std::string c = copy_of_good("badjson");
     std::string text = files::read_file(c + "/checkpoint.json");
