@@ -1017,10 +1017,18 @@ TEST_CASE("fixture ckpt_v1: an old checkpoint loads, evaluates to its recorded l
   CHECK(meta.data_rng[0] == 0x94955ec1b40fbd04ull);  // the hex words, exactly
   CHECK(meta.training.at("lr") == 0.003);
 
+  // The run's corpus is not kept: it is generated_text(4000, 11), written again here and held
+  // to the size and hash the checkpoint recorded.
+  TempDir dir("fixture");
+  const std::string corpus = dir / "corpus.txt";
+  write_text(corpus, generated_text(4000, 11));
+  const std::string text = files::read_file(corpus);
+  REQUIRE(static_cast<int64_t>(text.size()) == meta.corpus.bytes);
+  REQUIRE(files::fnv1a64(text) == meta.corpus.fnv1a);
+
   // The same loss, tokens and accuracy as that build printed (the same up to float rounding
   // where this CPU's kernels add in another order).
-  TempDir dir("fixture");
-  Run eval = cli({"eval", "--ckpt", fixture, "--data", run + "/corpus.txt", "--json", "--threads", "1"});
+  Run eval = cli({"eval", "--ckpt", fixture, "--data", corpus, "--json", "--threads", "1"});
   INFO(eval.err);
   REQUIRE(eval.code == 0);
   json::Json now = json::parse(eval.out), then = recorded("eval.json");
@@ -1031,8 +1039,8 @@ TEST_CASE("fixture ckpt_v1: an old checkpoint loads, evaluates to its recorded l
   // Resuming restores weights, AdamW moments and the batch sampler: the same six steps as then.
   fs::create_directories(dir.path / "res");
   fs::copy(fixture, dir.path / "res/latest", fs::copy_options::recursive);
-  Run resume = cli({"train", "--data", run + "/corpus.txt", "--out", dir / "res", "--resume", "--steps", "26",
-                    "--threads", "1", "--json"});
+  Run resume = cli({"train", "--data", corpus, "--out", dir / "res", "--resume", "--steps", "26", "--threads",
+                    "1", "--json"});
   INFO(resume.err);
   REQUIRE(resume.code == 0);
   json::Json resumed = json::parse(resume.out), resumed_then = recorded("resume.json");
