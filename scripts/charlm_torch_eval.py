@@ -7,6 +7,10 @@
 # checkpoint.json, rebuilds the model from the formulas in docs/checkpoint.md (no latentgrad
 # code), and prints the mean loss over every token of TEXT_FILE, which matches `charlm eval`
 # to float rounding. Runs in float64, so any difference is latentgrad's float32 rounding.
+#
+# Each kind the model section names (attention, ffn, norm) is looked up in the ATTENTION, FFN
+# and NORM tables below. A kind missing from its table, or a tensor of model.safetensors that
+# the forward pass never reads, stops the script with an error instead of a wrong loss.
 import json
 import math
 import sys
@@ -14,6 +18,24 @@ import sys
 import torch
 
 DTYPE = torch.float64
+
+
+def fail(message):
+    sys.exit(f"charlm_torch_eval.py: {message}")
+
+
+class Weights(dict):
+    """name -> tensor, remembering which names the forward pass read."""
+
+    def __init__(self, tensors):
+        super().__init__(tensors)
+        self.read = set()
+
+    def __getitem__(self, name):
+        if name not in self:
+            fail(f"model.safetensors has no tensor {name!r}, which the checkpoint's model section implies")
+        self.read.add(name)
+        return super().__getitem__(name)
 
 
 def load_safetensors(path):
@@ -41,6 +63,10 @@ def linear(w, prefix, x, bias=True):
 
 def layer_norm(w, prefix, x, eps):
     return torch.nn.functional.layer_norm(x, x.shape[-1:], w[prefix + ".weight"], w[prefix + ".bias"], eps)
+
+
+def rms_norm(w, prefix, x, eps):
+    return x / torch.sqrt(x.square().mean(-1, keepdim=True) + eps) * w[prefix + ".weight"]
 
 
 def rope(x, first_position, base):
@@ -117,19 +143,45 @@ def mla(w, p, x, cfg):
     return linear(w, p + ".proj", o.transpose(1, 2).reshape(B, T, D))
 
 
+def gelu_mlp(w, p, x):
+    """proj(gelu_tanh(fc x)): fc D -> 4D, proj 4D -> D."""
+    return linear(w, p + ".proj", torch.nn.functional.gelu(linear(w, p + ".fc", x), approximate="tanh"))
+
+
+def swiglu(w, p, x):
+    """w2(silu(w1 x) * w3 x): w1, w3 D -> H, w2 H -> D (H from the tensors' shapes)."""
+    return linear(w, p + ".w2", torch.nn.functional.silu(linear(w, p + ".w1", x)) * linear(w, p + ".w3", x))
+
+
+# model.<key> -> the function of each kind this script knows. A checkpoint without "ffn" or
+# "norm" (written before those keys existed) means gelu and layernorm.
 ATTENTION = {"mha": mha, "latent": latent, "mla": mla}
+FFN = {"gelu": gelu_mlp, "swiglu": swiglu}
+NORM = {"layernorm": layer_norm, "rmsnorm": rms_norm}
+KINDS = {"attention": ("ATTENTION", ATTENTION, None), "ffn": ("FFN", FFN, "gelu"), "norm": ("NORM", NORM, "layernorm")}
+
+
+def kind(cfg, key):
+    """The function for model.<key>, or exit naming the key, the kind and the known kinds."""
+    table_name, table, default = KINDS[key]
+    name = cfg.get(key, default)
+    if name is None:
+        fail(f"checkpoint model section has no {key!r}")
+    if not isinstance(name, str) or name not in table:
+        fail(f"checkpoint model.{key} = {name!r}: this script knows {', '.join(table)}; add it to {table_name} below")
+    return table[name]
 
 
 def forward(w, cfg, ids):
     """ids (B, T) -> logits (B, T, V)."""
     eps = cfg["layer_norm_eps"]
-    gelu = lambda t: torch.nn.functional.gelu(t, approximate="tanh")
+    attn, ffn, norm = kind(cfg, "attention"), kind(cfg, "ffn"), kind(cfg, "norm")
     h = w["wte.weight"][ids]  # (B, T, D); no position table, RoPE is in attention
     for i in range(cfg["layers"]):
         p = f"blocks.{i}"
-        h = h + ATTENTION[cfg["attention"]](w, p + ".attn", layer_norm(w, p + ".ln1", h, eps), cfg)
-        h = h + linear(w, p + ".mlp.proj", gelu(linear(w, p + ".mlp.fc", layer_norm(w, p + ".ln2", h, eps))))
-    h = layer_norm(w, "ln_f", h, eps)
+        h = h + attn(w, p + ".attn", norm(w, p + ".ln1", h, eps), cfg)
+        h = h + ffn(w, p + ".mlp", norm(w, p + ".ln2", h, eps))
+    h = norm(w, "ln_f", h, eps)
     return h @ w["wte.weight"].T  # tied output head
 
 
@@ -137,7 +189,14 @@ def main():
     ckpt, text_path = sys.argv[1], sys.argv[2]
     meta = json.load(open(f"{ckpt}/checkpoint.json"))
     cfg = meta["model"]
-    w = load_safetensors(f"{ckpt}/model.safetensors")
+    w = Weights(load_safetensors(f"{ckpt}/model.safetensors"))
+    with torch.no_grad():
+        forward(w, cfg, torch.zeros(1, 1, dtype=torch.long))  # which tensors does the forward pass read?
+    unread = sorted(set(w) - w.read)
+    if unread:
+        kinds = ", ".join(f"{k} {cfg.get(k, KINDS[k][2])!r}" for k in KINDS)
+        fail(f"model.safetensors holds {len(unread)} tensor(s) that the forward pass for {kinds} never reads: "
+             f"{', '.join(unread[:8])}{', ...' if len(unread) > 8 else ''}")
     id_of = {b: i + 1 for i, b in enumerate(meta["vocab"])}  # id 0: a byte never seen in training
     ids = torch.tensor([id_of.get(b, 0) for b in open(text_path, "rb").read()])
     ctx, n = cfg["ctx"], len(ids)
