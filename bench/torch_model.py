@@ -1,10 +1,20 @@
 """bench/torch_model.py: the same char-level LM written in PyTorch, for side-by-side speed comparisons only.
 
-Mirrors models/charlm: token embedding, pre-LayerNorm blocks (attention + GELU MLP),
-final LayerNorm, head tied to the embedding, RoPE on adjacent pairs, GPT-2 init.
-Attention kinds: "mha" (causal softmax attention) and "latent" (the causal latent bank
-of docs/latent-attention.md, chunked form, with a local window), written with the same
-math as the C++ layer. Not a dependency of the project: PyTorch is optional.
+Mirrors models/charlm: token embedding, pre-norm blocks (attention + feed-forward), final
+norm, head tied to the embedding, RoPE on adjacent pairs, GPT-2 init. Parameter names are
+the checkpoint's (docs/checkpoint.md). The kinds, chosen by the config keys below, are
+written with the same math as the C++ layers:
+
+  attn: "mha" (causal softmax attention) or "latent" (the causal latent bank of
+        docs/latent-attention.md, chunked form, with a local window)
+  ffn:  "gelu" (fc D -> 4D, gelu_tanh, proj 4D -> D; the default) or "swiglu"
+        (w2(silu(w1 x) * w3 x), hidden size 8 * ceil(floor(8D/3) / 8))
+  norm: "layernorm" (the default) or "rmsnorm" (x / sqrt(mean(x^2) + eps) * weight, no bias)
+
+An unknown kind raises ValueError naming the kinds this file knows. Init as in the C++ code:
+Linear and embedding weights N(0, 0.02^2), biases 0, the residual output projections
+(attention proj, mlp proj or w2) N(0, (0.02 / sqrt(2 layers))^2), norm gains 1.
+Not a dependency of the project: PyTorch is optional.
 """
 import math
 
@@ -107,23 +117,80 @@ class LatentAttention(nn.Module):
         return self.proj(y)
 
 
+class GeluMLP(nn.Module):
+    """proj(gelu_tanh(fc x)), fc D -> 4D, proj 4D -> D."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, 4 * dim)
+        self.proj = nn.Linear(4 * dim, dim)
+        self.proj.residual = True
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+def swiglu_hidden(dim):
+    """8 * ceil(floor(8 dim / 3) / 8): 344 for dim 128, 1024 for 384, 48 for 16."""
+    return 8 * -(-(8 * dim // 3) // 8)
+
+
+class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x), w1 and w3 D -> H, w2 H -> D."""
+
+    def __init__(self, dim):
+        super().__init__()
+        hidden = swiglu_hidden(dim)
+        self.w1 = nn.Linear(dim, hidden)
+        self.w3 = nn.Linear(dim, hidden)
+        self.w2 = nn.Linear(hidden, dim)
+        self.w2.residual = True
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis; gain 1, no bias."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+ATTENTION = {
+    "mha": lambda cfg: MHA(cfg["dim"], cfg["heads"], cfg["layers"]),
+    "latent": lambda cfg: LatentAttention(cfg["dim"], cfg["heads"], cfg["latents"], cfg["window"], cfg["chunk"]),
+}
+FFN = {"gelu": GeluMLP, "swiglu": SwiGLU}
+NORM = {"layernorm": lambda dim: nn.LayerNorm(dim, eps=1e-5), "rmsnorm": lambda dim: RMSNorm(dim, eps=1e-5)}
+
+
+def kind(cfg, key, table, default=None):
+    """The constructor for cfg[key] (or the default when the key is absent); unknown kinds raise."""
+    name = cfg.get(key, default)
+    if name not in table:
+        raise ValueError(f"torch_model: {key} = {name!r} is not a kind this file knows ({', '.join(table)})")
+    return table[name]
+
+
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         D = cfg["dim"]
-        self.ln1 = nn.LayerNorm(D)
-        if cfg["attn"] == "mha":
-            self.attn = MHA(D, cfg["heads"], cfg["layers"])
-        else:
-            self.attn = LatentAttention(D, cfg["heads"], cfg["latents"], cfg["window"], cfg["chunk"])
-        self.ln2 = nn.LayerNorm(D)
-        self.fc = nn.Linear(D, 4 * D)
-        self.proj = nn.Linear(4 * D, D)
-        self.proj.residual = True
+        norm = kind(cfg, "norm", NORM, "layernorm")
+        self.ln1 = norm(D)
+        self.attn = kind(cfg, "attn", ATTENTION)(cfg)
+        self.ln2 = norm(D)
+        self.mlp = kind(cfg, "ffn", FFN, "gelu")(D)
 
     def forward(self, x):
         x = x + self.attn(self.ln1(x))
-        return x + self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+        return x + self.mlp(self.ln2(x))
 
 
 class CharLM(nn.Module):
@@ -131,7 +198,7 @@ class CharLM(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(cfg["vocab"], cfg["dim"])
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg["layers"]))
-        self.ln_f = nn.LayerNorm(cfg["dim"])
+        self.ln_f = kind(cfg, "norm", NORM, "layernorm")(cfg["dim"])
         for m in self.modules():  # GPT-2 init
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 std = 0.02 / math.sqrt(2 * cfg["layers"]) if getattr(m, "residual", False) else 0.02
