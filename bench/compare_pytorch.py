@@ -13,7 +13,7 @@ whose threads spin against PyTorch's OpenMP threads: at 2 threads that run is se
 slower than with the OpenMP build. The ratio uses PyTorch's best run of all.
 
 PyTorch is optional (Debian: apt-get install python3-torch); run with /usr/bin/python3.
-Usage: /usr/bin/python3 bench/compare_pytorch.py --data PATH [--bin build/charlm_bench]
+Usage: /usr/bin/python3 bench/compare_pytorch.py --data PATH [--bin build/charlm_bench] [--ffn swiglu --norm rmsnorm]
 """
 import argparse
 import json
@@ -45,10 +45,10 @@ def torch_worker(args):
     torch.manual_seed(args.seed)
     data = open(args.data, "rb").read()
     vocab = sorted(set(data))
-    index = {b: i for i, b in enumerate(vocab)}
+    index = {b: i + 1 for i, b in enumerate(vocab)}  # id 0: the unknown byte, as in latentgrad
     tokens = torch.tensor([index[b] for b in data], dtype=torch.long)
-    cfg = dict(CONFIGS[args.config], vocab=len(vocab), attn=args.attn, latents=16, window=16,
-               chunk=args.chunk)
+    cfg = dict(CONFIGS[args.config], vocab=len(vocab) + 1, attn=args.attn, latents=16, window=16,
+               chunk=args.chunk, ffn=args.ffn, norm=args.norm)
     model = CharLM(cfg)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -74,6 +74,7 @@ def torch_worker(args):
         "step_ms": median * 1e3,
         "tokens_per_s": B * T / median,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "params": sum(p.numel() for p in model.parameters()),
         "loss": float(loss),
     }))
 
@@ -106,6 +107,8 @@ def main():
     ap.add_argument("--steps-large", type=int, default=3, help="timed steps for the 10.7M config (seconds each)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every run (baseline config)")
+    ap.add_argument("--ffn", default="gelu", help="feed-forward kind of both models: gelu | swiglu")
+    ap.add_argument("--norm", default="layernorm", help="norm kind of both models: layernorm | rmsnorm")
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worker", choices=["torch"], help=argparse.SUPPRESS)
@@ -134,7 +137,9 @@ def main():
     print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; PyTorch {torch_version}. Each row: the median "
           f"over {args.rounds} rounds (1 for 10.7M) of each run's median step; a run times {args.steps} steps "
           f"after {args.warmup} warm-up ({args.steps_large} after 1 for 10.7M). Rounds interleave the runs, so "
-          f"a slow spell of a shared machine hits every engine alike.\n")
+          f"a slow spell of a shared machine hits every engine alike."
+          + (f" Feed-forward {args.ffn}, norm {args.norm}." if (args.ffn, args.norm) != ("gelu", "layernorm") else "")
+          + "\n")
     print("| config | attention | engine | threads | ms/step | tokens/s | MFU | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     ratios = []
@@ -152,7 +157,8 @@ def main():
                         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "torch", "--data", args.data,
                                "--config", config, "--attn-one", attn, "--threads", str(threads),
                                "--steps", str(steps), "--warmup", str(warmup),
-                               "--chunk", str(args.chunk), "--seed", str(args.seed)]
+                               "--chunk", str(args.chunk), "--seed", str(args.seed),
+                               "--ffn", args.ffn, "--norm", args.norm]
                     else:
                         c = CONFIGS[config]
                         cmd = [args.bin, "train", "--data", args.data, "--attn", attn, "--threads", str(threads),
@@ -160,7 +166,13 @@ def main():
                                "--ctx", str(c["ctx"]), "--batch", str(c["batch"]), "--steps", str(steps),
                                "--warmup", str(warmup), "--chunk", str(args.chunk), "--seed", str(args.seed),
                                "--json"]
+                        if (args.ffn, args.norm) != ("gelu", "layernorm"):
+                            cmd += ["--ffn", args.ffn, "--norm", args.norm]
                     results[i].append(run_json(cmd, env))
+                params = {engine: results[i][0]["params"] for i, (engine, *_) in enumerate(cells)}
+                if len(set(params.values())) != 1:  # e.g. a latentgrad binary that ignores --ffn or --norm
+                    sys.exit(f"the engines built different models ({config}, {attn}, ffn {args.ffn}, norm "
+                             f"{args.norm}): " + ", ".join(f"{e} {n:,} parameters" for e, n in params.items()))
             best = {}
             for i, (engine, label, extra, threads) in enumerate(cells):
                 rs = results[i]
