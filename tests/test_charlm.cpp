@@ -103,7 +103,7 @@ ModelConfig small_model(const char* kind, int64_t vocab, int64_t layers, int64_t
   c.ctx = ctx;
   c.latents = latents;
   c.window = window;
-  c.attention = nn::parse_attention_kind(kind);
+  c.attention = kind;
   return c;
 }
 
@@ -693,7 +693,7 @@ TEST_CASE("config: every setting survives the file; the command line overrides i
   TrainSettings s;
   s.data = "corpus with spaces, and a comma.txt";
   s.out = "runs/o'neil";
-  s.model.attention = nn::AttentionKind::MLA;
+  s.model.attention = "mla";
   s.model.layers = 3;
   s.model.heads = 2;
   s.model.dim = 24;
@@ -984,7 +984,7 @@ TEST_CASE("a non-finite loss stops training, keeps the last good checkpoint and 
   TrainResult r = train_with_hook(
       tiny_train(dir / "corpus.txt", dir / "run", {"--steps", "30", "--eval-every", "5"}),
       [](int64_t step, CharLM& model) {
-        if (step == 7) model.ln_f->weight.data()[0] = std::numeric_limits<float>::quiet_NaN();
+        if (step == 7) model.ln_f->parameters()[0].data()[0] = std::numeric_limits<float>::quiet_NaN();
       },
       &err);
   CHECK(r.exit_code == 1);
@@ -1011,7 +1011,10 @@ TEST_CASE("fixture ckpt_v1: an old checkpoint loads, evaluates to its recorded l
   CheckpointMeta meta = read_checkpoint_meta(fixture);
   CHECK(meta.step == 20);
   CHECK(meta.model.dim == 16);
-  CHECK(meta.model.attention == nn::AttentionKind::Latent);
+  CHECK(meta.model.attention == "latent");
+  CHECK(meta.model.ffn == "gelu");  // from before the ffn and norm settings: their defaults
+  CHECK(meta.model.norm == "layernorm");
+  CHECK_FALSE(json::Json::parse(files::read_file(fixture + "/checkpoint.json")).at("model").contains("ffn"));
   CHECK(meta.vocab.size() == 25);
   CHECK(meta.best_step == 20);
   CHECK(meta.data_rng[0] == 0x94955ec1b40fbd04ull);  // the hex words, exactly
