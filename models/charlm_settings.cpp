@@ -154,8 +154,13 @@ class Declare {
       }
     };
     s.to_json = [field](const TrainSettings& t) { return json::Json(value_of(field, t)); };
-    s.from_json = [field](TrainSettings& t, const json::Json& v, const std::string& where) {
-      field(t) = json::get_string(v, where);
+    s.from_json = [field, &table](TrainSettings& t, const json::Json& v, const std::string& where) {
+      const std::string& name = json::get_string(v, where);
+      try {
+        field(t) = table.find(name).name;
+      } catch (const Error& e) {
+        throw Error(fmt::format("{}: {}", where, e.what()));
+      }
     };
     s.copy = [field](TrainSettings& to, const TrainSettings& from) { field(to) = value_of(field, from); };
     return s;
