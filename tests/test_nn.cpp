@@ -1,4 +1,4 @@
-// tests/test_nn.cpp: layer gradient checks, RoPE, the KV cache, Module, safetensors.
+// tests/test_nn.cpp: layer and nn/ fused op gradient checks, RoPE, the KV cache, Module, safetensors.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
@@ -12,6 +12,8 @@
 #include "core/ops.h"
 #include "nn/dropout.h"
 #include "nn/embedding.h"
+#include "nn/fused_ops.h"
+#include "nn/latent_attention.h"
 #include "nn/layer_norm.h"
 #include "nn/linear.h"
 #include "nn/latent_attention.h"
@@ -246,6 +248,20 @@ TEST_CASE("causal_attention_fused: a portable build's AVX-512 and portable kerne
       CHECK(grad_diff == 0.0f);
     }
   }
+}
+
+TEST_CASE("grad: latent_attention_fused over its five inputs, W = 0 and W > 0") {
+  // Here so that this file checks every op of nn/fused_ops.h; the op's thorough tests, the packed
+  // overload among them, are in tests/test_latent_attention.cpp.
+  nn::LatentInputs in;
+  in.queries = random_leaf({1, 2, 5, 4}, 64, 0.5f);
+  in.keys = random_leaf({1, 2, 5, 4}, 65, 0.5f);
+  in.rotated_keys = random_leaf({1, 2, 5, 4}, 66, 0.5f);
+  in.values = random_leaf({1, 2, 5, 4}, 67);
+  in.latents = random_leaf({2, 3, 4}, 68);  // (H, M, d)
+  for (int64_t window : {0, 2})
+    check_gradients([&] { return nn::latent_attention_fused(in, window); },
+                    {in.queries, in.keys, in.rotated_keys, in.values, in.latents});
 }
 
 TEST_CASE("grad: CausalSelfAttention with the composed core (the reference path)") {
@@ -675,4 +691,12 @@ TEST_CASE("save_module / load_module") {
   nn::TransformerBlock wider(mha_config(16, 2), rng_c);
   check_error([&] { nn::load_module(wider, path); }, "has shape");
   std::filesystem::remove_all(std::filesystem::path(path).parent_path());
+}
+
+// Runs last in this file (doctest orders by file, then line), like the core ops' check in
+// tests/test_ops_grad.cpp.
+TEST_CASE("every op of nn/fused_ops.h has a gradient check") {
+  for (std::string_view op : nn::kFusedOps)
+    CHECK_MESSAGE(lg::testing::checked_ops().count(std::string(op)) == 1,
+                  "op '" << op << "' is listed in nn/fused_ops.h but no gradient check here builds it");
 }

@@ -13,7 +13,7 @@
 // ---- core: tensors and autograd --------------------------------------------------------------
 #include "core/version.h"  // LATENTGRAD_VERSION (these headers) and lg::version() (the library)
 #include "core/tensor.h"   // Tensor, Shape, lg::Error, backward(), NoGradGuard, attach_node for fused ops
-#include "core/ops.h"      // every differentiable op (add ... concat), operators, set_num_threads
+#include "core/ops.h"      // every differentiable core op (add ... concat), operators, set_num_threads
 #include "core/random.h"   // Rng (seeded, state saved and restored), randn, uniform
 #include "core/files.h"    // lg::files: whole-file reads, crash-safe atomic writes, fnv1a64
 
