@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "nn/attention.h"
+#include "nn/kinds.h"
 #include "nn/latent_attention.h"
 
 using namespace lg;
@@ -129,24 +129,24 @@ double median(std::vector<double> v) {
 
 struct Variant {
   std::string label;
-  nn::AttentionConfig config;
+  nn::BlockConfig config;
   bool chunked_core = false;  // latent attention: the composed chunked path instead of the fused op
   bool generation = true;     // step() is the same for both latent cores: time it once
 };
 
 std::vector<Variant> variants(const Options& o) {
-  nn::AttentionConfig c;
+  nn::BlockConfig c;
   c.dim = o.dim;
   c.heads = o.heads;
   c.layers = 4;
   c.latents = o.latents;
   c.chunk = o.chunk;
   std::vector<Variant> out;
-  c.kind = nn::AttentionKind::MHA;
+  c.attention = "mha";
   out.push_back({"mha", c});
-  c.kind = nn::AttentionKind::MLA;
+  c.attention = "mla";
   out.push_back({"mla", c});
-  c.kind = nn::AttentionKind::Latent;
+  c.attention = "latent";
   for (int64_t w : {int64_t{0}, o.window}) {
     c.window = w;
     out.push_back({fmt::format("latent W={}", w), c});

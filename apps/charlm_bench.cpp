@@ -99,7 +99,8 @@ usage:
       the ring all-reduce formula in docs/distributed.md uses.
 
 model flags (defaults: the baseline config):
-  --attn latent|mla|mha (latent)  --layers N (4)  --heads N (4)  --dim N (128)  --ctx N (64)
+  --attn KIND (latent)  --ffn KIND (gelu)  --norm KIND (layernorm): the kinds charlm train --help lists
+  --layers N (4)  --heads N (4)  --dim N (128)  --ctx N (64)
   --batch N (12)  --latents M (16)  --window W (16)  --chunk C (32)
 )";
 
@@ -124,7 +125,9 @@ static Flags parse_flags(int argc, char** argv, int first) {
 static charlm::ModelConfig model_config(const Flags& f, int64_t vocab) {
   charlm::ModelConfig c;
   c.vocab = vocab;
-  c.attention = nn::parse_attention_kind(f.get("attn", "latent"));
+  c.attention = f.get("attn", "latent");
+  c.ffn = f.get("ffn", "gelu");
+  c.norm = f.get("norm", "layernorm");
   c.layers = f.integer("layers", 4);
   c.heads = f.integer("heads", 4);
   c.dim = f.integer("dim", 128);
@@ -157,7 +160,7 @@ static double sgemm_gflops(int64_t n) {
 // scores and mixing, 12 L D x (positions each query touches): T for mha (the square, as in
 // nanoGPT's estimate), M + W + C for latent attention (latents, window, the chunk's square).
 static double flops_per_token(const charlm::ModelConfig& c, int64_t params, int64_t chunk) {
-  double touched = c.attention == nn::AttentionKind::Latent
+  double touched = c.attention == "latent"
                        ? static_cast<double>(c.latents + c.window + chunk)
                        : static_cast<double>(c.ctx);
   return 6.0 * static_cast<double>(params) + 12.0 * c.layers * c.dim * touched;
@@ -179,7 +182,7 @@ static int run_train(const Flags& f) {
     for (auto& id : ids) id = static_cast<int32_t>(1 + r.below(vocab - 1));
   }
   charlm::ModelConfig cfg = model_config(f, vocab);
-  nn::AttentionConfig acfg = cfg.attention_config();
+  const nn::BlockConfig& acfg = cfg.block_config();
   int64_t chunk = f.integer("chunk", acfg.chunk);
   int64_t B = f.integer("batch", 12), T = cfg.ctx;
   int64_t steps = f.integer("steps", 20), warmup = f.integer("warmup", 3);
@@ -218,14 +221,14 @@ static int run_train(const Flags& f) {
         "\"step_ms\": {:.3f}, \"tokens_per_s\": {:.1f}, "
         "\"model_gflops\": {:.2f}, \"sgemm_peak_gflops\": {:.2f}, \"mfu\": {:.4f}, \"peak_rss_mb\": {:.1f}, "
         "\"loss\": {:.4f}}}\n",
-        nn::attention_kind_name(cfg.attention), cpu_kernels(), get_num_threads(), parallel.shards(),
+        cfg.attention, cpu_kernels(), get_num_threads(), parallel.shards(),
         model.parameter_count(), step_s * 1e3, tokens_per_s, flops / 1e9, peak / 1e9, flops / peak, rss,
         last_loss);
   } else {
     fmt::print(
         "{} attention, {} layers, dim {}, ctx {}, batch {}, {} parameters, {} threads, {} shards, {} "
         "kernels\n",
-        nn::attention_kind_name(cfg.attention), cfg.layers, cfg.dim, T, B, model.parameter_count(),
+        cfg.attention, cfg.layers, cfg.dim, T, B, model.parameter_count(),
         get_num_threads(), parallel.shards(), cpu_kernels());
     fmt::print("  step (median of {}): {:.2f} ms   {:.0f} tokens/s\n", steps, step_s * 1e3, tokens_per_s);
     fmt::print("  model: {:.2f} GFLOP/s of a measured sgemm peak of {:.2f} GFLOP/s: MFU {:.1f}%\n", flops / 1e9,
@@ -280,7 +283,7 @@ static int run_generate(const Flags& f) {
     }
   }
   if (f.json) {
-    fmt::print("{{\"attn\": \"{}\", \"per_token_us\": {{", nn::attention_kind_name(cfg.attention));
+    fmt::print("{{\"attn\": \"{}\", \"per_token_us\": {{", cfg.attention);
     for (size_t i = 0; i < rows.size(); ++i)
       fmt::print("{}\"{}\": {:.2f}", i ? ", " : "", rows[i].first, rows[i].second.first * 1e6);
     fmt::print("}}, \"rss_mb\": {{");
@@ -289,7 +292,7 @@ static int run_generate(const Flags& f) {
     fmt::print("}}}}\n");
   } else {
     fmt::print("{} attention generation, {} layers, dim {}, {} kernels\n",
-               nn::attention_kind_name(cfg.attention), cfg.layers, cfg.dim, cpu_kernels());
+               cfg.attention, cfg.layers, cfg.dim, cpu_kernels());
     fmt::print("  {:>9}  {:>12}  {:>8}\n", "position", "us/token", "RSS MB");
     for (auto& [pos, r] : rows) fmt::print("  {:>9}  {:>12.2f}  {:>8.1f}\n", pos, r.first * 1e6, r.second);
     fmt::print("  last / first per-token time: {:.2f}x\n", rows.back().second.first / rows.front().second.first);

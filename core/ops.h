@@ -1,11 +1,12 @@
-// core/ops.h: every differentiable op of the engine, one line each, with its shapes.
+// core/ops.h: every differentiable core op, one line each, with its shapes (nn/'s own: nn/fused_ops.h).
 //
 // Each op computes its output and, when grad mode is on and an input requires grad,
 // attaches a Node whose closure adds into the inputs' gradients (see core/tensor.h).
 // Shapes: "..." is any number of leading dimensions; "bcast" is numpy broadcasting.
 // To add an op: implement it next to its kin in core/*.cpp, list it here and in
 // kDifferentiableOps below, and give it a gradient check in tests/test_ops_grad.cpp
-// (the suite fails while a listed op has none).
+// (the suite fails while a listed op has none). An op that lives in nn/ goes into
+// nn/fused_ops.h instead, with its gradient check in tests/test_nn.cpp.
 #pragma once
 
 #include <cstdint>
@@ -73,8 +74,14 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t axis); // join along axis
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t axis);  // slices
 Tensor contiguous(const Tensor& x);                         // x itself when already contiguous
 
-// The op names recorded in graph nodes, one per differentiable op above. The gradient
-// check suite fails unless every name here has been seen in a checked graph.
+// The op names recorded in graph nodes, one per differentiable op above; tests/test_ops_grad.cpp
+// fails unless every name here has been seen in a graph it gradient-checked. Each name is its
+// function's name (an operator records the function it calls: x + 1.0f is "add_scalar"), except
+// the axis overloads sum(x, axis, keepdim), mean(x, axis, keepdim) and max(x, axis, keepdim):
+// they record "sum_axis", "mean_axis" and "max_axis", so that the check must cover their
+// backward apart from the whole-tensor sum(x), mean(x) and max(x). The ops of nn/ with their
+// own backward (rope, causal_attention_fused, latent_attention_fused, ...) are not core ops:
+// nn/fused_ops.h lists them, and tests/test_nn.cpp checks that list the same way.
 inline constexpr std::string_view kDifferentiableOps[] = {
     "add",        "sub",        "mul",        "div",           "where",      "masked_fill",
     "neg",        "add_scalar", "mul_scalar", "pow_scalar",    "exp",        "log",

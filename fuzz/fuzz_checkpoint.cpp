@@ -38,7 +38,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const char* names[] = {"checkpoint.json", "model.safetensors", "optimizer.safetensors"};
   for (size_t i = 0; i < parts.size() && i < 3; ++i) write_bytes(dir / names[i], parts[i]);
 
-  const lg::charlm::ModelConfig tiny = tiny_model_config(lg::nn::AttentionKind::Latent, 4);
+  const lg::charlm::ModelConfig tiny = tiny_model_config("latent", 4);
   std::optional<lg::charlm::CheckpointMeta> meta;
   try {
     meta = lg::charlm::read_checkpoint_meta(dir.string());

@@ -43,13 +43,17 @@ void safetensors_seeds(const path& out, const path& scratch) {
 void checkpoint_seeds(const path& out, const path& scratch) {
   const path dir = out / "fuzz_checkpoint";
   const std::string sep(fuzzing::kFileSeparator);
-  const std::pair<const char*, nn::AttentionKind> kinds[] = {{"latent", nn::AttentionKind::Latent},
-                                                             {"mha", nn::AttentionKind::MHA},
-                                                             {"mla", nn::AttentionKind::MLA}};
-  for (const auto& [name, kind] : kinds) {
+  // name, attention, ffn, norm
+  const char* kinds[][4] = {{"latent", "latent", "gelu", "layernorm"},
+                            {"mha", "mha", "gelu", "layernorm"},
+                            {"mla", "mla", "gelu", "layernorm"},
+                            {"swiglu_rmsnorm", "latent", "swiglu", "rmsnorm"}};
+  for (const auto& [name, attention, ffn, norm] : kinds) {
     charlm::CheckpointMeta meta;
     meta.vocab = charlm::Vocab::from_text("abc");
-    meta.model = fuzzing::tiny_model_config(kind, meta.vocab.size());
+    meta.model = fuzzing::tiny_model_config(attention, meta.vocab.size());
+    meta.model.ffn = ffn;
+    meta.model.norm = norm;
     charlm::TrainSettings settings;
     settings.model = meta.model;
     meta.training = settings.to_json();
@@ -68,7 +72,7 @@ void checkpoint_seeds(const path& out, const path& scratch) {
     const std::string weights = read(ckpt / "model.safetensors");
     const std::string moments = read(ckpt / "optimizer.safetensors");
     write(dir, fmt::format("{}.ckpt", name), json + sep + weights + sep + moments);
-    if (kind == nn::AttentionKind::Latent) {
+    if (std::string(name) == "latent") {
       write(dir, "no_optimizer.ckpt", json + sep + weights);
       write(dir, "json_only.ckpt", json);
     }

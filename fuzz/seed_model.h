@@ -22,14 +22,14 @@ struct TinyModule : nn::Module {
 };
 
 // Small enough that building it and loading its weights costs well under a millisecond.
-inline charlm::ModelConfig tiny_model_config(nn::AttentionKind kind, int64_t vocab) {
+inline charlm::ModelConfig tiny_model_config(const std::string& attention, int64_t vocab) {
   charlm::ModelConfig c;
   c.vocab = vocab;
   c.layers = 1;
   c.heads = 2;
   c.dim = 8;
   c.ctx = 8;
-  c.attention = kind;
+  c.attention = attention;
   c.latents = 2;
   c.window = 2;
   return c;

@@ -16,114 +16,17 @@
 namespace lg::charlm {
 
 // ============================================================================
-// Configuration
-// ============================================================================
-
-void ModelConfig::validate() const {
-  auto positive = [](const char* flag, int64_t v) {
-    if (v <= 0) throw Error(fmt::format("{} must be a positive integer, got {}", flag, v));
-  };
-  auto non_negative = [](const char* flag, int64_t v) {
-    if (v < 0) throw Error(fmt::format("{} must be >= 0, got {}", flag, v));
-  };
-  if (vocab < 2)
-    throw Error(fmt::format("vocabulary of {} ids is too small (needs at least one byte)", vocab));
-  positive("--layers", layers);
-  positive("--heads", heads);
-  positive("--dim", dim);
-  positive("--ctx", ctx);
-  if (dim % heads != 0) throw Error(fmt::format("--dim {} is not divisible by --heads {}", dim, heads));
-  if ((dim / heads) % 2 != 0)
-    throw Error(fmt::format("head size --dim / --heads = {} / {} = {} is odd; RoPE needs an even head size",
-                            dim, heads, dim / heads));
-  if (!(dropout >= 0.0f && dropout < 1.0f))
-    throw Error(fmt::format("--dropout must be in [0, 1), got {}", dropout));
-  if (attention == nn::AttentionKind::Latent) {
-    positive("--latents", latents);
-    non_negative("--window", window);
-  }
-  if (attention == nn::AttentionKind::MLA) {
-    non_negative("--kv-rank", kv_rank);
-    non_negative("--q-rank", q_rank);
-    non_negative("--rope-dim", rope_dim);
-    if (rope_dim % 2 != 0)
-      throw Error(fmt::format("--rope-dim {} is odd; RoPE needs an even size", rope_dim));
-    const int64_t head = dim / heads;
-    if (rope_dim == 0 && (head / 2) % 2 != 0)
-      throw Error(fmt::format(
-          "--attn mla: the default --rope-dim (head size / 2 = {}) is odd; give an even --rope-dim",
-          head / 2));
-  }
-}
-
-nn::AttentionConfig ModelConfig::attention_config() const {
-  nn::AttentionConfig a;
-  a.kind = attention;
-  a.dim = dim;
-  a.heads = heads;
-  a.layers = layers;
-  a.dropout = dropout;
-  a.latents = latents;
-  a.window = window;
-  a.kv_rank = kv_rank;
-  a.q_rank = q_rank;
-  a.rope_dim = rope_dim;
-  return a;
-}
-
-json::Json ModelConfig::to_json() const {
-  nn::AttentionConfig a = attention_config();
-  return {{"vocab", vocab},
-          {"layers", layers},
-          {"heads", heads},
-          {"dim", dim},
-          {"ctx", ctx},
-          {"attention", attention_kind_name(attention)},
-          {"latents", latents},
-          {"window", window},
-          {"kv_rank", kv_rank},
-          {"q_rank", q_rank},
-          {"rope_dim", rope_dim},
-          {"dropout", static_cast<double>(dropout)},
-          // fixed by the code, recorded so a reader of the file needs nothing else
-          {"bias", a.bias},
-          {"rope_base", static_cast<double>(a.rope_base)},
-          {"chunk", a.chunk},
-          {"layer_norm_eps", 1e-5}};
-}
-
-ModelConfig ModelConfig::from_json(const json::Json& v) {
-  auto integer = [&](const char* key) {
-    return json::get_int(json::at(v, key), fmt::format("config.{}", key));
-  };
-  ModelConfig c;
-  c.vocab = integer("vocab");
-  c.layers = integer("layers");
-  c.heads = integer("heads");
-  c.dim = integer("dim");
-  c.ctx = integer("ctx");
-  c.attention = nn::parse_attention_kind(json::get_string(json::at(v, "attention"), "config.attention"));
-  c.latents = integer("latents");
-  c.window = integer("window");
-  c.kv_rank = integer("kv_rank");
-  c.q_rank = integer("q_rank");
-  c.rope_dim = integer("rope_dim");
-  c.dropout = static_cast<float>(json::get_number(json::at(v, "dropout"), "config.dropout"));
-  return c;
-}
-
-// ============================================================================
 // Model
 // ============================================================================
 
 CharLM::CharLM(const ModelConfig& config, Rng& init_rng) : config_(config) {
   config_.validate();
-  nn::AttentionConfig attn = config_.attention_config();
+  const nn::BlockConfig& block = config_.block_config();
   wte = register_module("wte", std::make_shared<nn::Embedding>(config_.vocab, config_.dim, init_rng));
   for (int64_t i = 0; i < config_.layers; ++i)
     blocks.push_back(
-        register_module(fmt::format("blocks.{}", i), std::make_shared<nn::TransformerBlock>(attn, init_rng)));
-  ln_f = register_module("ln_f", std::make_shared<nn::LayerNorm>(config_.dim));
+        register_module(fmt::format("blocks.{}", i), std::make_shared<nn::TransformerBlock>(block, init_rng)));
+  ln_f = register_module("ln_f", nn::make_norm(block, init_rng));
 }
 
 Tensor CharLM::forward(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng) {

@@ -3,8 +3,8 @@
 // Forward pass, for token ids (B, T) at positions 0..T-1:
 //   h      = wte[ids]                                     (B, T, D)  token embedding, no position table:
 //                                                                     RoPE inside attention gives positions
-//   h      = blocks.i(h, first_position = 0)  i = 0..L-1  (B, T, D)  pre-LN transformer blocks
-//   h      = ln_f(h)                                      (B, T, D)
+//   h      = blocks.i(h, first_position = 0)  i = 0..L-1  (B, T, D)  pre-norm transformer blocks
+//   h      = ln_f(h)                                      (B, T, D)  the configured norm kind
 //   logits = h @ wte.weight^T                             (B, T, V)  head tied to the embedding
 // docs/checkpoint.md spells out every tensor and every step for reimplementing it.
 #pragma once
@@ -15,32 +15,26 @@
 
 #include "core/json_io.h"
 #include "dist/dist.h"
-#include "nn/attention.h"
 #include "nn/embedding.h"
-#include "nn/layer_norm.h"
+#include "nn/kinds.h"
 #include "nn/transformer_block.h"
 
 namespace lg::charlm {
 
-struct ModelConfig {
+// The model's settings: those of its blocks (nn::BlockConfig: the kind of each part, its sizes)
+// and its own. Each is declared for flags, help and checkpoints in models/charlm_settings.cpp,
+// which also defines validate, to_json and from_json from the declarations.
+struct ModelConfig : nn::BlockConfig {
   int64_t vocab = 0;  // V, including the unknown id 0
-  int64_t layers = 4;
-  int64_t heads = 4;
-  int64_t dim = 128;  // D; head size D / heads must be even (RoPE rotates pairs)
   int64_t ctx = 64;   // T, the training window and the evaluation window
-  nn::AttentionKind attention = nn::AttentionKind::Latent;
-  int64_t latents = 16;  // M (latent)
-  int64_t window = 16;   // W (latent): positions also attended directly
-  int64_t kv_rank = 0;   // d_c (mla), 0 = D / 2
-  int64_t q_rank = 0;    // query compression rank (mla), 0 = none
-  int64_t rope_dim = 0;  // d_R (mla), 0 = head size / 2
-  float dropout = 0.0f;
 
   // Throws lg::Error naming the offending flag (e.g. "--dim 100 is not divisible by --heads 3").
   void validate() const;
-  nn::AttentionConfig attention_config() const;
+  const nn::BlockConfig& block_config() const { return *this; }
+  // The checkpoint's model section. from_json gives a missing key its default (a checkpoint
+  // from before that setting) and refuses an unknown one; throws lg::Error on an ill-typed value.
   json::Json to_json() const;
-  static ModelConfig from_json(const json::Json& v);  // throws lg::Error on missing/ill-typed keys
+  static ModelConfig from_json(const json::Json& v);
 };
 
 class CharLM : public nn::Module {
@@ -66,7 +60,7 @@ class CharLM : public nn::Module {
 
   std::shared_ptr<nn::Embedding> wte;                         // "wte": weight (V, D), also the output head
   std::vector<std::shared_ptr<nn::TransformerBlock>> blocks;  // "blocks.0" .. "blocks.{L-1}"
-  std::shared_ptr<nn::LayerNorm> ln_f;                        // "ln_f"
+  std::shared_ptr<nn::Norm> ln_f;                             // "ln_f"
 
  private:
   ModelConfig config_;

@@ -342,7 +342,7 @@ int eval_command(const std::vector<std::string>& args, Console& console) {
   human << fmt::format(
       "charlm eval: {} (step {}, {} attention, {} parameters) on {} ({} bytes, {} outside the "
       "vocabulary)\n",
-      m.dir, m.meta.step, nn::attention_kind_name(m.meta.model.attention),
+      m.dir, m.meta.step, m.meta.model.attention,
       human_count(m.model->parameter_count()), a.data, human_count(static_cast<int64_t>(text.size())),
       human_count(unknown));
   human << "  " << metrics_line("eval", r) << "\n";

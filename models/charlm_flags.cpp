@@ -13,24 +13,8 @@ namespace lg::charlm {
 
 namespace {
 
-int64_t to_int(const std::string& flag, const std::string& text) {
-  int64_t v = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size())
-    throw UsageError(fmt::format("{}: '{}' is not an integer", flag, text));
-  return v;
-}
-
-double to_real(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || !std::isfinite(v) || std::isspace(static_cast<unsigned char>(text[0])))
-    throw UsageError(fmt::format("{}: '{}' is not a finite number", flag, text));
-  return v;
-}
-
-// Range checks made as a value is parsed (the train settings' other checks are
-// TrainSettings::validate's, once every flag is known).
+// Range checks of the eval and sample flags, made as a value is parsed (the train settings'
+// are their declarations', models/charlm_settings.cpp).
 using IntCheck = std::function<void(const std::string& flag, int64_t value)>;
 void positive(const std::string& flag, int64_t v) {
   if (v <= 0) throw UsageError(fmt::format("{} must be a positive integer, got {}", flag, v));
@@ -48,10 +32,10 @@ class Flags {
  public:
   Flags(CLI::App& app, const char* command) : app_(app), command_(command) {}
 
-  void group(const char* name) { group_ = name; }
+  void group(const std::string& name) { group_ = name; }
 
   // `set` parses the flag's text into its field; `shown` is the default help prints ("" for none).
-  void value(const std::string& flag, const char* placeholder, const std::string& help,
+  void value(const std::string& flag, const std::string& placeholder, const std::string& help,
              const std::string& shown, std::function<void(const std::string&)> set) {
     const std::string twice = fmt::format("charlm {}: {} given twice", command_, flag);
     app_.add_option(
@@ -167,73 +151,21 @@ saves a checkpoint and exits (code 130 or 143); run again with --resume to conti
       ->type_name("FILE")
       ->group("config files");
 
-  f.group("data and output");
-  f.required_text("--data", "PATH", s.data, "corpus text file (required)");
-  f.required_text("--out", "DIR", s.out, "run directory (required; must not hold a run unless --resume)");
-  f.value("--split", "A,B,C", "train,val,test fractions, each > 0, sum 1", split_str(s.split),
-          [&s](const std::string& text) { s.split = parse_split(text); });
-  f.on_off("--resume", s.resume,
-           "continue the run in DIR exactly where its latest checkpoint stopped\n"
-           "(only --steps, --eval-every, --eval-batches, --log-every and\n"
-           "--threads may differ from the saved run)");
-  f.on_off("--json", s.json,
-           "print one JSON object with the final metrics on stdout\n"
-           "(the human-readable report goes to stderr)");
-
-  f.group("model");
-  f.value("--attn", "KIND", "latent | mla | mha", nn::attention_kind_name(s.model.attention),
-          [&s](const std::string& text) {
-            try {
-              s.model.attention = nn::parse_attention_kind(text);
-            } catch (const Error& e) {
-              throw UsageError(fmt::format("--attn: {}", e.what()));
-            }
-          });
-  f.integer("--layers", "N", s.model.layers, "transformer blocks");
-  f.integer("--heads", "N", s.model.heads, "attention heads");
-  f.integer("--dim", "N", s.model.dim, "model width; dim/heads must be even (RoPE)");
-  f.integer("--ctx", "N", s.model.ctx, "context length (training window)");
-  f.integer("--latents", "M", s.model.latents, "latent attention: latent bank size");
-  f.integer("--window", "W", s.model.window, "latent attention: recent positions attended");
-  f.integer("--kv-rank", "N", s.model.kv_rank, "mla: cached KV latent size (0 = dim/2)");
-  f.integer("--q-rank", "N", s.model.q_rank, "mla: query compression rank (0 = none)");
-  f.integer("--rope-dim", "N", s.model.rope_dim, "mla: rotary key size per head (0 = head/2)");
-  f.value(
-      "--dropout", "P", "dropout probability in [0, 1)", fmt::format("{}", s.model.dropout),
-      [&s](const std::string& text) { s.model.dropout = static_cast<float>(to_real("--dropout", text)); });
-
-  f.group("optimization (AdamW, beta1 0.9, beta2 0.99; warmup then cosine decay to --min-lr)");
-  f.integer("--steps", "N", s.steps, "optimizer steps");
-  f.integer("--batch", "N", s.batch, "sequences per step");
-  f.real("--lr", "X", s.lr, "peak learning rate");
-  f.real("--min-lr", "X", s.min_lr, "final learning rate");
-  f.integer("--warmup", "N", s.warmup, "linear warmup steps (at most --steps)");
-  f.real("--weight-decay", "X", s.weight_decay, "decoupled decay of weight matrices");
-  f.real("--grad-clip", "X", s.grad_clip, "max global gradient norm (0 = off)");
-
-  f.group("evaluation and logging");
-  f.integer("--eval-every", "N", s.eval_every, "estimate train/val loss, save; every N steps");
-  f.integer("--eval-batches", "N", s.eval_batches, "batches per estimate");
-  f.integer("--log-every", "N", s.log_every, "progress line every N steps (not a terminal)");
-  f.value("--seed", "N", "seed of initialisation, batches and dropout", fmt::format("{}", s.seed),
-          [&s](const std::string& text) {
-            int64_t seed = to_int("--seed", text);
-            at_least_zero()("--seed", seed);
-            s.seed = static_cast<uint64_t>(seed);
-          });
-  f.integer("--threads", "N", s.threads,
-            fmt::format("{}\n"
-                        "Each step cuts the batch into one shard per thread, run side by\n"
-                        "side (data parallel). A run is bitwise reproducible for a given\n"
-                        "thread count; another count changes the float rounding only.",
-                        kThreadsHelp));
-
-  f.group("several processes or machines (started by mpirun; see the README and below)");
-  f.real("--bucket-mb", "X", s.bucket_mb,
-         "gradients all-reduced in buckets of about X MB, each as soon\n"
-         "as backward has produced it");
-  f.on_off("--no-overlap", !s.overlap, "all-reduce after backward instead (slower; for measuring)",
-           [&s] { s.overlap = false; });
+  // Every other flag is a setting, as models/charlm_settings.cpp declares it.
+  for (const Setting& setting : train_settings()) {
+    f.group(setting.group);
+    if (setting.placeholder.empty()) {
+      f.on_off(setting.flag(), setting.text(s) == "true", setting.help,
+               [&s, &setting] { setting.parse(s, "true"); });
+      continue;
+    }
+    f.value(setting.flag(), setting.placeholder.c_str(), setting.help, setting.text(s),
+            [&s, &setting](const std::string& text) {
+              setting.parse(s, text);
+              setting.check(s);
+            });
+    if (setting.required) app.get_option(setting.flag())->required();
+  }
 }
 
 void add_eval_flags(CLI::App& app, EvalArgs& a) {

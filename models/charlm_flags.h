@@ -1,15 +1,17 @@
-// models/charlm_flags.h: every flag of the charlm commands, declared once (CLI11) with its help and default.
+// models/charlm_flags.h: the charlm commands' flags as CLI11 options, with their help and defaults.
 //
-// A declaration binds a flag to the field it sets, checks its value and carries the help line
-// and the default that `--help` prints; the train flags also name the keys of a --config file
-// and of the config.toml that every run records (train_config_toml). Parsing, config files and
-// help layout are models/charlm_cli.cpp's.
+// `charlm train`'s flags are its settings, each made an option from its declaration
+// (models/charlm_settings.h); `eval`'s and `sample`'s are declared here. An option checks its
+// value and carries the help line and the default that `--help` prints; train's also name the
+// keys of a --config file and of the config.toml every run records (train_config_toml).
+// Parsing, config files and help layout are models/charlm_cli.cpp's.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
 #include "core/tensor.h"
+#include "models/charlm_settings.h"
 #include "models/charlm_train.h"
 
 namespace CLI {
@@ -17,11 +19,6 @@ class App;
 }
 
 namespace lg::charlm {
-
-// A mistake in the command line or in a --config file (exit code 2).
-struct UsageError : Error {
-  using Error::Error;
-};
 
 // The flags of `charlm eval` and `charlm sample`, with their defaults.
 struct EvalArgs {

@@ -17,6 +17,7 @@
 #include "dist/dist.h"
 #include "models/charlm_checkpoint.h"
 #include "models/charlm_flags.h"
+#include "models/charlm_settings.h"
 #include "models/svg_plot.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
@@ -35,109 +36,7 @@ static constexpr float kSampleTemperature = 0.8f;
 // Settings
 // ============================================================================
 
-void TrainSettings::validate(bool vocab_known) const {
-  auto positive = [](const char* flag, int64_t v) {
-    if (v <= 0) throw Error(fmt::format("{} must be a positive integer, got {}", flag, v));
-  };
-  auto positive_real = [](const char* flag, double v) {
-    if (!(v > 0) || !std::isfinite(v))
-      throw Error(fmt::format("{} must be a positive number, got {}", flag, v));
-  };
-  positive("--batch", batch);
-  positive("--steps", steps);
-  positive("--eval-every", eval_every);
-  positive("--eval-batches", eval_batches);
-  positive("--log-every", log_every);
-  positive_real("--lr", lr);
-  if (!(min_lr >= 0) || !std::isfinite(min_lr))
-    throw Error(fmt::format("--min-lr must be >= 0, got {}", min_lr));
-  if (min_lr > lr) throw Error(fmt::format("--min-lr {} is above --lr {}", min_lr, lr));
-  if (warmup < 0) throw Error(fmt::format("--warmup must be >= 0, got {}", warmup));
-  if (!(weight_decay >= 0) || !std::isfinite(weight_decay))
-    throw Error(fmt::format("--weight-decay must be >= 0, got {}", weight_decay));
-  if (!(grad_clip >= 0) || !std::isfinite(grad_clip))
-    throw Error(fmt::format("--grad-clip must be >= 0 (0 = off), got {}", grad_clip));
-  if (threads < 0) throw Error(fmt::format("--threads must be >= 0 (0 = OMP_NUM_THREADS), got {}", threads));
-  if (seed > (1ull << 53)) throw Error(fmt::format("--seed must be at most 2^53, got {}", seed));
-  if (!(bucket_mb > 0) || !std::isfinite(bucket_mb) || bucket_mb > 1024)
-    throw Error(fmt::format("--bucket-mb must be in (0, 1024], got {}", bucket_mb));
-  ModelConfig m = model;
-  if (!vocab_known) m.vocab = 256;  // checked later, once the training split is read
-  m.validate();
-}
-
-json::Json TrainSettings::to_json() const {
-  // Keys are the flag names, so a resumed run can name exactly the flag that differs.
-  return {{"attn", nn::attention_kind_name(model.attention)},
-          {"layers", model.layers},
-          {"heads", model.heads},
-          {"dim", model.dim},
-          {"ctx", model.ctx},
-          {"latents", model.latents},
-          {"window", model.window},
-          {"kv-rank", model.kv_rank},
-          {"q-rank", model.q_rank},
-          {"rope-dim", model.rope_dim},
-          {"dropout", static_cast<double>(model.dropout)},
-          {"batch", batch},
-          {"steps", steps},
-          {"lr", lr},
-          {"min-lr", min_lr},
-          {"warmup", warmup},
-          {"weight-decay", weight_decay},
-          {"grad-clip", grad_clip},
-          {"beta1", beta1},
-          {"beta2", beta2},
-          {"eval-every", eval_every},
-          {"eval-batches", eval_batches},
-          {"log-every", log_every},
-          {"split", split_str(split)},
-          {"seed", static_cast<int64_t>(seed)},
-          {"threads", threads}};
-}
-
-TrainSettings TrainSettings::from_json(const json::Json& v) {
-  TrainSettings s;
-  auto integer = [&](const char* key) {
-    return json::get_int(json::at(v, key), fmt::format("training.{}", key));
-  };
-  auto number = [&](const char* key) {
-    return json::get_number(json::at(v, key), fmt::format("training.{}", key));
-  };
-  s.model.attention = nn::parse_attention_kind(json::get_string(json::at(v, "attn"), "training.attn"));
-  s.model.layers = integer("layers");
-  s.model.heads = integer("heads");
-  s.model.dim = integer("dim");
-  s.model.ctx = integer("ctx");
-  s.model.latents = integer("latents");
-  s.model.window = integer("window");
-  s.model.kv_rank = integer("kv-rank");
-  s.model.q_rank = integer("q-rank");
-  s.model.rope_dim = integer("rope-dim");
-  s.model.dropout = static_cast<float>(number("dropout"));
-  s.batch = integer("batch");
-  s.steps = integer("steps");
-  s.lr = number("lr");
-  s.min_lr = number("min-lr");
-  s.warmup = integer("warmup");
-  s.weight_decay = number("weight-decay");
-  s.grad_clip = number("grad-clip");
-  s.beta1 = number("beta1");
-  s.beta2 = number("beta2");
-  s.eval_every = integer("eval-every");
-  s.eval_batches = integer("eval-batches");
-  s.log_every = integer("log-every");
-  s.split = parse_split(json::get_string(json::at(v, "split"), "training.split"));
-  s.seed = static_cast<uint64_t>(integer("seed"));
-  s.threads = integer("threads");
-  return s;
-}
-
-bool resume_may_override(const std::string& flag) {
-  return flag == "--steps" || flag == "--eval-every" || flag == "--eval-batches" || flag == "--log-every" ||
-         flag == "--threads" || flag == "--json" || flag == "--data" || flag == "--out" ||
-         flag == "--resume" || flag == "--bucket-mb" || flag == "--no-overlap";
-}
+// TrainSettings::validate, to_json and from_json are models/charlm_settings.cpp's: the settings' declarations drive them.
 
 uint64_t stream_seed(uint64_t seed, Stream stream) {
   return seed ^ (static_cast<uint64_t>(stream) * 0x9E3779B97F4A7C15ull);
@@ -407,29 +306,18 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       std::string dir = resolve_checkpoint_dir(latest_dir);
       resumed = read_checkpoint_meta(dir);
       TrainSettings saved = TrainSettings::from_json(resumed.training);
-      json::Json saved_json = saved.to_json(), given_json = settings.to_json();
-      for (const std::string& flag : given) {
-        if (resume_may_override(flag)) continue;
-        std::string key = flag.substr(2);
-        std::string given_value = json::dump(json::at(given_json, key)),
-                    saved_value = json::dump(json::at(saved_json, key));
-        if (given_value != saved_value)
-          return fail(
-              fmt::format("--resume: {} {} differs from the checkpoint's {} (only --steps, --eval-every, "
-                          "--eval-batches, --log-every and --threads may change when resuming)",
-                          flag, given_value, saved_value));
+      for (const Setting& setting : train_settings()) {
+        const bool given_here = given.count(setting.flag()) > 0;
+        if (setting.scope == Scope::Command || (setting.scope == Scope::Session && given_here)) {
+          setting.copy(saved, settings);
+        } else if (given_here) {
+          const std::string given_value = json::dump(setting.to_json(settings)),
+                            saved_value = json::dump(setting.to_json(saved));
+          if (given_value != saved_value)
+            return fail(fmt::format("--resume: {} {} differs from the checkpoint's {} (only {} may change when resuming)",
+                                    setting.flag(), given_value, saved_value, resumable_flags()));
+        }
       }
-      saved.data = settings.data;
-      saved.out = settings.out;
-      saved.resume = true;
-      saved.json = settings.json;
-      saved.bucket_mb = settings.bucket_mb;  // how gradients travel, not saved in the checkpoint
-      saved.overlap = settings.overlap;
-      if (given.count("--steps")) saved.steps = settings.steps;
-      if (given.count("--eval-every")) saved.eval_every = settings.eval_every;
-      if (given.count("--eval-batches")) saved.eval_batches = settings.eval_batches;
-      if (given.count("--log-every")) saved.log_every = settings.log_every;
-      if (given.count("--threads")) saved.threads = settings.threads;
       settings = saved;
       if (resumed.step > settings.steps)
         return fail(fmt::format("--resume: the checkpoint has already run {} steps, more than --steps {}",
@@ -814,7 +702,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                       {"best_step", final_meta.step},
                       {"best_val_loss_estimate", best_val},
                       {"wall_s", wall},
-                      {"attn", nn::attention_kind_name(settings.model.attention)},
+                      {"attn", settings.model.attention},
                       {"checkpoint", final_dir},
                       {"ranks", static_cast<int64_t>(world.size)},
                       {"comm_ms_per_step", result.comm_ms_per_step},

@@ -42,16 +42,16 @@ struct TrainSettings {
   bool overlap = true;     // all-reduce buckets while backward runs (--no-overlap: after it)
   bool resume = false, json = false;
 
+  // Each is declared once, with its flag, range, help and scope, in models/charlm_settings.cpp,
+  // which also defines these three from the declarations.
   // Throws lg::Error naming the flag of any invalid value (model ones via ModelConfig::validate,
   // which needs model.vocab set; call with vocab_known = false before the corpus is read).
   void validate(bool vocab_known) const;
-  // The settings saved in a checkpoint, and back.
+  // The settings saved in a checkpoint (keyed by flag name), and back: a missing key takes its
+  // default, an unknown one is refused.
   json::Json to_json() const;
   static TrainSettings from_json(const json::Json& v);
 };
-
-// Flags that --resume lets the command line change; every other flag must match the checkpoint.
-bool resume_may_override(const std::string& flag);
 
 // Stop requests (SIGINT from Ctrl-C, SIGTERM from a cluster scheduler or `kill`): the training
 // loop stops after the step in progress (on every rank, at the same step), saves a checkpoint

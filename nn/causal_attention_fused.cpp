@@ -133,7 +133,7 @@ Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v)
   Tensor kept = kept_probabilities(q.size(0) * q.size(1), q.size(2), grad);
   run_forward(qc, kc, vc, scale, out, lse, kept);
   Tensor out_saved = out.detach();
-  return attach_node(out, "causal_attention", {q, k, v},
+  return attach_node(out, "causal_attention_fused", {q, k, v},
                      [q, k, v, qc, kc, vc, out_saved, lse, kept, scale](const Tensor& g) {
     Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(qc.shape()), dv = Tensor::empty(qc.shape());
     run_backward(qc, kc, vc, g, out_saved, lse, kept, scale, dq.data(), dk.data(), dv.data());
@@ -163,7 +163,7 @@ Tensor causal_attention_fused(const Tensor& qkv) {
   Tensor kept = kept_probabilities(B * H, T, grad_enabled() && qkv.requires_grad());
   run_forward(q, k, v, scale, out, lse, kept);
   Tensor out_saved = out.detach();
-  return attach_node(merged, "causal_attention", {qkv}, [qkv, q, k, v, out_saved, lse, kept, scale, H](const Tensor& g) {
+  return attach_node(merged, "causal_attention_fused", {qkv}, [qkv, q, k, v, out_saved, lse, kept, scale, H](const Tensor& g) {
     // dq, dk, dv side by side, every element written: one buffer, taken as qkv's gradient.
     Tensor grads = Tensor::empty(qkv.shape());
     const int64_t n = q.numel();

@@ -270,7 +270,7 @@ Tensor latent_attention_naive(const LatentInputs& in, int64_t window) {
 // The layer
 // ============================================================================
 
-LatentAttention::LatentAttention(const AttentionConfig& config, Rng& rng)
+LatentAttention::LatentAttention(const BlockConfig& config, Rng& rng)
     : config_(config), head_dim_(config.heads > 0 ? config.dim / config.heads : 0) {
   const int64_t D = config.dim, H = config.heads;
   if (H < 1 || D % H != 0 || head_dim_ % 2 != 0)

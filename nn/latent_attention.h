@@ -79,7 +79,7 @@ class LatentAttention : public Attention {
  public:
   // Uses config.dim, heads, latents, window, chunk, layers, rope_base, bias. config.dropout is the
   // block's business (nn/transformer_block.h drops the attention output), not this layer's.
-  LatentAttention(const AttentionConfig& config, Rng& rng);
+  LatentAttention(const BlockConfig& config, Rng& rng);
 
   Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D), `core`
   std::unique_ptr<AttentionState> make_state(int64_t batch) const override;
@@ -94,7 +94,7 @@ class LatentAttention : public Attention {
   // The (M, D) bank split across heads: (H, M, d).
   Tensor latent_bank() const;
 
-  const AttentionConfig& config() const { return config_; }
+  const BlockConfig& config() const { return config_; }
 
   // Which core forward() runs. Fused: latent_attention_fused, one op with its own backward.
   // Chunked: latent_attention_chunked, the readable training algorithm from core ops. Its
@@ -117,7 +117,7 @@ class LatentAttention : public Attention {
  private:
   Tensor output(const Tensor& o) const;  // (B, H, T, d) -> (B, T, D): heads joined, then "proj"
 
-  AttentionConfig config_;
+  BlockConfig config_;
   int64_t head_dim_;              // d = D / H
   std::shared_ptr<Linear> qkv_;   // D -> 3D: [q heads ; k heads ; v heads], each (H, d)
   std::shared_ptr<Linear> proj_;  // D -> D, std 0.02 / sqrt(2 layers) (GPT-2 residual init)

@@ -408,7 +408,7 @@ Tensor fused_op(const LatentInputs& in, int64_t window, const Tensor& packed) {
   std::vector<Tensor> inputs = packed.defined() ? std::vector<Tensor>{packed, in.latents}
                                                 : std::vector<Tensor>{in.queries, in.keys, in.rotated_keys,
                                                                       in.values, in.latents};
-  return attach_node(out, "latent_attention", std::move(inputs), [in, packed, rows, dims, fast, o_offset, B, H](const Tensor& g) {
+  return attach_node(out, "latent_attention_fused", std::move(inputs), [in, packed, rows, dims, fast, o_offset, B, H](const Tensor& g) {
     const int64_t T = dims.T, d = dims.d, M = dims.M, n = B * H * T * d;
     Tensor go = contiguous_data(g);
     // dq, dk, dkr, dv (B, H, T, d): side by side in one buffer that becomes packed's gradient as

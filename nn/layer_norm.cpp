@@ -8,6 +8,9 @@ LayerNorm::LayerNorm(int64_t dim, float epsilon) : eps(epsilon) {
   bias = register_parameter("bias", Tensor::zeros({dim}));
 }
 
+LayerNorm::LayerNorm(const BlockConfig& config, Rng&)
+    : LayerNorm(config.dim, static_cast<float>(config.norm_eps)) {}
+
 Tensor LayerNorm::forward(const Tensor& x) const { return layer_norm(x, weight, bias, eps); }
 
 }  // namespace lg::nn

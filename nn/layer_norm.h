@@ -1,14 +1,16 @@
 // nn/layer_norm.h: normalise each row to zero mean, unit variance, then a learned per-feature gain and bias.
 #pragma once
 
-#include "nn/module.h"
+#include "nn/block_config.h"
+#include "nn/norm.h"
 
 namespace lg::nn {
 
-class LayerNorm : public Module {
+class LayerNorm : public Norm {
  public:
   explicit LayerNorm(int64_t dim, float eps = 1e-5f);  // gain 1, bias 0: the identity on normalised rows
-  Tensor forward(const Tensor& x) const;               // (..., D) -> (..., D)
+  LayerNorm(const BlockConfig& config, Rng& rng);     // the norm kind "layernorm": width config.dim
+  Tensor forward(const Tensor& x) const override;      // (..., D) -> (..., D)
 
   Tensor weight;  // (D,) gain
   Tensor bias;    // (D,)

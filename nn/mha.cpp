@@ -10,7 +10,7 @@
 
 namespace lg::nn {
 
-CausalSelfAttention::CausalSelfAttention(const AttentionConfig& config, Rng& rng)
+CausalSelfAttention::CausalSelfAttention(const BlockConfig& config, Rng& rng)
     : dim_(config.dim),
       heads_(config.heads),
       head_dim_(config.heads > 0 ? config.dim / config.heads : 0),

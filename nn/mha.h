@@ -37,7 +37,7 @@ Tensor causal_attention_composed(const Tensor& q, const Tensor& k, const Tensor&
 
 class CausalSelfAttention : public Attention {
  public:
-  CausalSelfAttention(const AttentionConfig& config, Rng& rng);
+  CausalSelfAttention(const BlockConfig& config, Rng& rng);
 
   Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D)
   std::unique_ptr<AttentionState> make_state(int64_t batch) const override;

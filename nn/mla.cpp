@@ -24,7 +24,7 @@ static Tensor split_heads(const Tensor& t, int64_t heads) {
   return permute(reshape(t, {B, T, heads, t.size(2) / heads}), {0, 2, 1, 3});
 }
 
-MLA::MLA(const AttentionConfig& config, Rng& rng) : config_(config) {
+MLA::MLA(const BlockConfig& config, Rng& rng) : config_(config) {
   const int64_t D = config.dim, H = config.heads;
   if (H < 1 || D % H != 0) throw Error(fmt::format("MLA: dim {} does not split into {} heads", D, H));
   head_dim_ = D / H;

@@ -13,7 +13,7 @@
 // (D -> d_c), "k_up" and "v_up" (d_c -> H d), "k_rope" (D -> d_R), "proj" (H d -> D,
 // residual init 0.02 / sqrt(2 layers)). All other weights N(0, 0.02^2).
 //
-// Defaults (AttentionConfig fields left at 0):
+// Defaults (BlockConfig fields left at 0):
 //   kv_rank  d_c = D / 2     cache of D / 2 + d_R floats per token instead of MHA's 2 D
 //   rope_dim d_R = d / 2     must be even (RoPE rotates pairs)
 //   q_rank   0               no query compression (it saves parameters, not cache)
@@ -49,7 +49,7 @@ struct MLAState : AttentionState {
 class MLA : public Attention {
  public:
   // Uses config.dim, heads, layers, rope_base, bias, kv_rank, q_rank, rope_dim (see above).
-  MLA(const AttentionConfig& config, Rng& rng);
+  MLA(const BlockConfig& config, Rng& rng);
 
   Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D)
   std::unique_ptr<AttentionState> make_state(int64_t batch) const override;
@@ -63,7 +63,7 @@ class MLA : public Attention {
   // Query parts of x (B, T, D) at positions first_position + t: q^C (B, H, T, d), q^R (B, H, T, d_R).
   void queries(const Tensor& x, int64_t first_position, Tensor& content, Tensor& rotary) const;
 
-  AttentionConfig config_;
+  BlockConfig config_;
   int64_t head_dim_, kv_rank_, rope_dim_;
   std::shared_ptr<Linear> q_, q_down_, q_up_, q_rope_;  // q_ without compression; q_down_, q_up_ with
   std::shared_ptr<Linear> kv_down_, k_up_, v_up_, k_rope_, proj_;

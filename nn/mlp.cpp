@@ -11,6 +11,8 @@ MLP::MLP(int64_t dim, int64_t layers, bool bias, Rng& rng) {
   proj = register_module("proj", std::make_shared<Linear>(4 * dim, dim, bias, rng, residual_std));
 }
 
+MLP::MLP(const BlockConfig& config, Rng& rng) : MLP(config.dim, config.layers, config.bias, rng) {}
+
 Tensor MLP::forward(const Tensor& x) const {
   Tensor hidden = gelu(fc->forward(x));  // (..., 4D)
   return proj->forward(hidden);          // (..., D)

@@ -1,13 +1,13 @@
-// nn/transformer_block.cpp: the pre-LayerNorm residual block (GPT-2 layout) over any attention kind.
+// nn/transformer_block.cpp: the pre-norm residual block (GPT-2 layout) over any kinds of its parts.
 #include "nn/transformer_block.h"
 
 namespace lg::nn {
 
-TransformerBlock::TransformerBlock(const AttentionConfig& cfg, Rng& rng) {
-  ln1 = register_module("ln1", std::make_shared<LayerNorm>(cfg.dim));
+TransformerBlock::TransformerBlock(const BlockConfig& cfg, Rng& rng) {
+  ln1 = register_module("ln1", make_norm(cfg, rng));
   attn = register_module("attn", make_attention(cfg, rng));
-  ln2 = register_module("ln2", std::make_shared<LayerNorm>(cfg.dim));
-  mlp = register_module("mlp", std::make_shared<MLP>(cfg.dim, cfg.layers, cfg.bias, rng));
+  ln2 = register_module("ln2", make_norm(cfg, rng));
+  mlp = register_module("mlp", make_feed_forward(cfg, rng));
   dropout = register_module("dropout", std::make_shared<Dropout>(cfg.dropout));
 }
 

@@ -16,14 +16,14 @@
 
 using namespace lg;
 using lg::testing::max_abs_diff;
-using lg::nn::AttentionConfig;
+using lg::nn::BlockConfig;
 using lg::nn::LatentAttention;
 
 namespace {
 
-AttentionConfig latent_config(int64_t dim, int64_t heads, int64_t latents, int64_t window, int64_t chunk) {
-  AttentionConfig c;
-  c.kind = nn::AttentionKind::Latent;
+BlockConfig latent_config(int64_t dim, int64_t heads, int64_t latents, int64_t window, int64_t chunk) {
+  BlockConfig c;
+  c.attention = "latent";
   c.dim = dim;
   c.heads = heads;
   c.latents = latents;
@@ -33,7 +33,7 @@ AttentionConfig latent_config(int64_t dim, int64_t heads, int64_t latents, int64
   return c;
 }
 
-AttentionConfig small_config(int64_t window, int64_t chunk) { return latent_config(8, 2, 3, window, chunk); }
+BlockConfig small_config(int64_t window, int64_t chunk) { return latent_config(8, 2, 3, window, chunk); }
 
 // Latents at std 1 (the layer's scale), the rest at 0.4: see lg::testing::randomize_parameters.
 void randomize(nn::Module& module, uint64_t seed) {
@@ -476,7 +476,7 @@ TEST_CASE("latent attention (5e): the fused op on packed inputs, heads merged, e
 
 TEST_CASE("latent attention: parameters, init and errors") {
   Rng rng(16);
-  AttentionConfig config = small_config(2, 4);
+  BlockConfig config = small_config(2, 4);
   LatentAttention layer(config, rng);
   auto params = layer.state_dict();
   CHECK(params.at("latents").shape() == Shape{3, 8});

@@ -8,14 +8,14 @@
 
 using namespace lg;
 using lg::testing::max_abs_diff;
-using lg::nn::AttentionConfig;
+using lg::nn::BlockConfig;
 using lg::nn::MLA;
 
 namespace {
 
-AttentionConfig mla_config(int64_t q_rank) {
-  AttentionConfig c;
-  c.kind = nn::AttentionKind::MLA;
+BlockConfig mla_config(int64_t q_rank) {
+  BlockConfig c;
+  c.attention = "mla";
   c.dim = 8;
   c.heads = 2;  // d = 4, so d_R = 2 and d_c = 4 by default
   c.q_rank = q_rank;
@@ -46,7 +46,7 @@ TEST_CASE("mla: defaults and parameter names") {
   CHECK(pc.at("q_up.weight").shape() == Shape{8, 6});
   CHECK(pc.at("q_rope.weight").shape() == Shape{4, 6});
   CHECK(pc.count("q.weight") == 0);
-  AttentionConfig odd = mla_config(0);
+  BlockConfig odd = mla_config(0);
   odd.rope_dim = 3;
   CHECK_THROWS_AS(MLA(odd, rng), Error);
 }
@@ -107,7 +107,7 @@ TEST_CASE("mla: step() with absorbed weights equals forward(), with and without 
 }
 
 TEST_CASE("mla: the cache holds exactly d_c + d_R floats per token") {
-  AttentionConfig config = mla_config(0);
+  BlockConfig config = mla_config(0);
   config.kv_rank = 3;
   config.rope_dim = 4;
   Rng rng(9);

@@ -1,4 +1,4 @@
-// tests/test_nn.cpp: layer gradient checks, RoPE, the KV cache, Module, safetensors.
+// tests/test_nn.cpp: layer and nn/ fused op gradient checks, RoPE, the KV cache, Module, safetensors.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
@@ -12,13 +12,17 @@
 #include "core/ops.h"
 #include "nn/dropout.h"
 #include "nn/embedding.h"
+#include "nn/fused_ops.h"
+#include "nn/latent_attention.h"
 #include "nn/layer_norm.h"
 #include "nn/linear.h"
+#include "nn/latent_attention.h"
 #include "nn/mha.h"
 #include "nn/mlp.h"
 #include "nn/rmsnorm.h"
 #include "nn/rope.h"
 #include "nn/safetensors.h"
+#include "nn/swiglu.h"
 #include "nn/transformer_block.h"
 #include "tests/gradcheck.h"
 
@@ -36,9 +40,9 @@ static std::vector<Tensor> with_parameters(std::vector<Tensor> inputs, const nn:
   return inputs;
 }
 
-static nn::AttentionConfig mha_config(int64_t dim, int64_t heads) {
-  nn::AttentionConfig cfg;
-  cfg.kind = nn::AttentionKind::MHA;
+static nn::BlockConfig mha_config(int64_t dim, int64_t heads) {
+  nn::BlockConfig cfg;
+  cfg.attention = "mha";
   cfg.dim = dim;
   cfg.heads = heads;
   cfg.layers = 2;
@@ -246,6 +250,20 @@ TEST_CASE("causal_attention_fused: a portable build's AVX-512 and portable kerne
   }
 }
 
+TEST_CASE("grad: latent_attention_fused over its five inputs, W = 0 and W > 0") {
+  // Here so that this file checks every op of nn/fused_ops.h; the op's thorough tests, the packed
+  // overload among them, are in tests/test_latent_attention.cpp.
+  nn::LatentInputs in;
+  in.queries = random_leaf({1, 2, 5, 4}, 64, 0.5f);
+  in.keys = random_leaf({1, 2, 5, 4}, 65, 0.5f);
+  in.rotated_keys = random_leaf({1, 2, 5, 4}, 66, 0.5f);
+  in.values = random_leaf({1, 2, 5, 4}, 67);
+  in.latents = random_leaf({2, 3, 4}, 68);  // (H, M, d)
+  for (int64_t window : {0, 2})
+    check_gradients([&] { return nn::latent_attention_fused(in, window); },
+                    {in.queries, in.keys, in.rotated_keys, in.values, in.latents});
+}
+
 TEST_CASE("grad: CausalSelfAttention with the composed core (the reference path)") {
   Rng rng(16);
   nn::CausalSelfAttention attn(mha_config(8, 2), rng);
@@ -256,7 +274,7 @@ TEST_CASE("grad: CausalSelfAttention with the composed core (the reference path)
 }
 
 TEST_CASE("grad: TransformerBlock with MHA and residual dropout") {
-  nn::AttentionConfig cfg = mha_config(8, 2);
+  nn::BlockConfig cfg = mha_config(8, 2);
   cfg.dropout = 0.2f;
   Rng rng(19);
   nn::TransformerBlock block(cfg, rng);
@@ -363,7 +381,7 @@ TEST_CASE("MHA: causal, and step() over positions equals forward(), B = 2") {
 }
 
 TEST_CASE("TransformerBlock: step() equals forward() in eval mode; dropout only while training") {
-  nn::AttentionConfig cfg = mha_config(16, 2);
+  nn::BlockConfig cfg = mha_config(16, 2);
   cfg.dropout = 0.5f;
   Rng rng(29);
   nn::TransformerBlock block(cfg, rng);
@@ -381,13 +399,32 @@ TEST_CASE("TransformerBlock: step() equals forward() in eval mode; dropout only 
     CHECK(max_abs_diff(block.step(slice(x, 1, t, t + 1), *state), slice(parallel, 1, t, t + 1)) < 1e-5f);
 }
 
-TEST_CASE("attention kinds by name") {
-  for (auto kind : {nn::AttentionKind::MHA, nn::AttentionKind::Latent, nn::AttentionKind::MLA})
-    CHECK(nn::parse_attention_kind(nn::attention_kind_name(kind)) == kind);
-  CHECK(std::string(nn::attention_kind_name(nn::AttentionKind::MHA)) == "mha");
-  check_error([] { nn::parse_attention_kind("flash"); }, "unknown attention kind 'flash'");
+TEST_CASE("kinds by name: each part's table builds its kinds and refuses an unknown name with the list") {
   Rng rng(0);
-  CHECK(dynamic_cast<nn::CausalSelfAttention*>(nn::make_attention(mha_config(8, 2), rng).get()) != nullptr);
+  nn::BlockConfig cfg = mha_config(8, 2);
+  CHECK(dynamic_cast<nn::CausalSelfAttention*>(nn::make_attention(cfg, rng).get()) != nullptr);
+  cfg.attention = "latent";
+  CHECK(dynamic_cast<nn::LatentAttention*>(nn::make_attention(cfg, rng).get()) != nullptr);
+  cfg.ffn = "swiglu";
+  CHECK(dynamic_cast<nn::SwiGLU*>(nn::make_feed_forward(cfg, rng).get()) != nullptr);
+  cfg.ffn = "gelu";
+  CHECK(dynamic_cast<nn::MLP*>(nn::make_feed_forward(cfg, rng).get()) != nullptr);
+  cfg.norm = "rmsnorm";
+  CHECK(dynamic_cast<nn::RMSNorm*>(nn::make_norm(cfg, rng).get()) != nullptr);
+  cfg.norm = "layernorm";
+  CHECK(dynamic_cast<nn::LayerNorm*>(nn::make_norm(cfg, rng).get()) != nullptr);
+  // Every name in a table builds a module of that part.
+  for (const auto& kind : nn::attention_kinds().kinds()) CHECK(kind.make(mha_config(8, 2), rng) != nullptr);
+  for (const auto& kind : nn::feed_forward_kinds().kinds()) CHECK(kind.make(cfg, rng) != nullptr);
+  for (const auto& kind : nn::norm_kinds().kinds()) CHECK(kind.make(cfg, rng) != nullptr);
+
+  cfg.attention = "flash";
+  check_error([&] { nn::make_attention(cfg, rng); }, "unknown attention kind 'flash' (expected latent, mha or mla)");
+  cfg.ffn = "relu";
+  check_error([&] { nn::make_feed_forward(cfg, rng); }, "unknown feed-forward kind 'relu' (expected gelu or swiglu)");
+  cfg.norm = "batchnorm";
+  check_error([&] { nn::make_norm(cfg, rng); }, "unknown norm kind 'batchnorm' (expected layernorm or rmsnorm)");
+  CHECK(nn::norm_kinds().names(" | ") == "layernorm | rmsnorm");
 }
 
 // ============================================================================
@@ -406,7 +443,7 @@ TEST_CASE("Module: dotted names and parameter count of a TransformerBlock") {
   // D = 8: LayerNorms 2 * 2D = 32, qkv 3D*D + 3D = 216, proj D*D + D = 72,
   // fc 4D*D + 4D = 288, mlp proj 4D*D + D = 264.
   CHECK(block.parameter_count() == 32 + 216 + 72 + 288 + 264);
-  nn::AttentionConfig no_bias = mha_config(8, 2);
+  nn::BlockConfig no_bias = mha_config(8, 2);
   no_bias.bias = false;
   nn::TransformerBlock lean(no_bias, rng);
   CHECK(lean.parameter_count() == 32 + 192 + 64 + 256 + 256);
@@ -421,7 +458,7 @@ static double stddev(const Tensor& t) {
 }
 
 TEST_CASE("GPT-2 init: std 0.02, residual projections 0.02 / sqrt(2 layers), zero biases, unit gains") {
-  nn::AttentionConfig cfg = mha_config(64, 4);
+  nn::BlockConfig cfg = mha_config(64, 4);
   cfg.layers = 8;
   Rng rng(33);
   nn::TransformerBlock block(cfg, rng);
@@ -654,4 +691,12 @@ TEST_CASE("save_module / load_module") {
   nn::TransformerBlock wider(mha_config(16, 2), rng_c);
   check_error([&] { nn::load_module(wider, path); }, "has shape");
   std::filesystem::remove_all(std::filesystem::path(path).parent_path());
+}
+
+// Runs last in this file (doctest orders by file, then line), like the core ops' check in
+// tests/test_ops_grad.cpp.
+TEST_CASE("every op of nn/fused_ops.h has a gradient check") {
+  for (std::string_view op : nn::kFusedOps)
+    CHECK_MESSAGE(lg::testing::checked_ops().count(std::string(op)) == 1,
+                  "op '" << op << "' is listed in nn/fused_ops.h but no gradient check here builds it");
 }

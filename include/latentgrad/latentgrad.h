@@ -13,7 +13,7 @@
 // ---- core: tensors and autograd --------------------------------------------------------------
 #include "core/version.h"  // LATENTGRAD_VERSION (these headers) and lg::version() (the library)
 #include "core/tensor.h"   // Tensor, Shape, lg::Error, backward(), NoGradGuard, attach_node for fused ops
-#include "core/ops.h"      // every differentiable op (add ... concat), operators, set_num_threads
+#include "core/ops.h"      // every differentiable core op (add ... concat), operators, set_num_threads
 #include "core/random.h"   // Rng (seeded, state saved and restored), randn, uniform
 #include "core/files.h"    // lg::files: whole-file reads, crash-safe atomic writes, fnv1a64
 
@@ -21,16 +21,22 @@
 #include "nn/module.h"             // Module: named parameters, submodules, train/eval, state_dict
 #include "nn/linear.h"             // Linear: y = x W^T + b
 #include "nn/embedding.h"          // Embedding: token ids -> vectors
-#include "nn/layer_norm.h"         // LayerNorm
-#include "nn/rmsnorm.h"            // RMSNorm (the worked example of docs/extending.md)
+#include "nn/block_config.h"       // BlockConfig: the settings every kind of block part is built from
+#include "nn/norm.h"               // Norm: the interface of the norm kinds
+#include "nn/layer_norm.h"         // LayerNorm (norm kind "layernorm")
+#include "nn/rmsnorm.h"            // RMSNorm (norm kind "rmsnorm")
 #include "nn/dropout.h"            // Dropout, active in training mode only
-#include "nn/mlp.h"                // MLP: Linear D->4D, GELU, Linear 4D->D
+#include "nn/feed_forward.h"       // FeedForward: the interface of the feed-forward kinds
+#include "nn/mlp.h"                // MLP: Linear D->4D, GELU, Linear 4D->D (feed-forward kind "gelu")
+#include "nn/swiglu.h"             // SwiGLU: W2(silu(W1 x) * W3 x) (feed-forward kind "swiglu";
+                                   // the worked example of docs/extending.md)
 #include "nn/rope.h"               // rope, split_heads_rope: rotary position embedding
-#include "nn/attention.h"          // Attention interface, AttentionConfig, make_attention
+#include "nn/attention.h"          // Attention: the interface of the attention kinds
 #include "nn/mha.h"                // CausalSelfAttention: multi-head attention with a KV cache
 #include "nn/latent_attention.h"   // LatentAttention: O(N M) attention through M learned latents
 #include "nn/mla.h"                // MLA: DeepSeek-V2 multi-head latent attention
-#include "nn/transformer_block.h"  // TransformerBlock: pre-LayerNorm attention + MLP
+#include "nn/kinds.h"              // the kinds of each part by name: factories, lists for help
+#include "nn/transformer_block.h"  // TransformerBlock: pre-norm attention + feed-forward
 #include "nn/safetensors.h"        // write/read_safetensors, save_module/load_module
 
 // ---- optim: training ---------------------------------------------------------------------------
