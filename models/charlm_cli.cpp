@@ -340,9 +340,9 @@ int eval_command(const std::vector<std::string>& args, Console& console) {
   const int64_t unknown = m.meta.vocab.count_unknown(text);
   EvalResult r = evaluate_tokens(*m.model, ids, 16, dist::world());
   human << fmt::format(
-      "charlm eval: {} (step {}, {} attention, {} parameters) on {} ({} bytes, {} outside the "
-      "vocabulary)\n",
-      m.dir, m.meta.step, m.meta.model.attention,
+      "charlm eval: {} (step {}, attn {}, ffn {}, norm {}, {} parameters) on {} ({} bytes, {} outside "
+      "the vocabulary)\n",
+      m.dir, m.meta.step, m.meta.model.attention, m.meta.model.ffn, m.meta.model.norm,
       human_count(m.model->parameter_count()), a.data, human_count(static_cast<int64_t>(text.size())),
       human_count(unknown));
   human << "  " << metrics_line("eval", r) << "\n";
