@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
-# scripts/charlm_torch_eval.py: recomputes `charlm eval` in PyTorch from a checkpoint, following docs/checkpoint.md.
-#
-#   python3 scripts/charlm_torch_eval.py CHECKPOINT_DIR TEXT_FILE
-#
-# Needs only torch (Debian: apt-get install python3-torch). Reads model.safetensors and
-# checkpoint.json, rebuilds the model from the formulas in docs/checkpoint.md (no latentgrad
-# code), and prints the mean loss over every token of TEXT_FILE, which matches `charlm eval`
-# to float rounding. Runs in float64, so any difference is latentgrad's float32 rounding.
-#
-# Each kind the model section names (attention, ffn, norm) is looked up in the ATTENTION, FFN
-# and NORM tables below. A kind missing from its table, or a tensor of model.safetensors that
-# the forward pass never reads, stops the script with an error instead of a wrong loss.
+"""scripts/charlm_torch_eval.py: recomputes `charlm eval` in PyTorch from a checkpoint, following docs/checkpoint.md.
+
+  python3 scripts/charlm_torch_eval.py CHECKPOINT_DIR TEXT_FILE
+
+Needs only torch (Debian: apt-get install python3-torch). Reads model.safetensors and
+checkpoint.json, rebuilds the model from the formulas in docs/checkpoint.md (no latentgrad
+code), and prints the mean loss over every token of TEXT_FILE, which matches `charlm eval`
+to float rounding. Runs in float64, so any difference is latentgrad's float32 rounding.
+
+Each kind the model section names (attention, ffn, norm) is looked up in the ATTENTION, FFN
+and NORM tables of this file. A kind missing from its table, or a tensor of model.safetensors
+that the forward pass never reads, stops the script with an error instead of a wrong loss.
+"""
+import argparse
 import json
 import math
 import sys
 
-import torch
+try:
+    import torch
+except ImportError:
+    sys.exit(f"charlm_torch_eval.py needs PyTorch, which {sys.executable} does not have "
+             "(Debian: apt-get install python3-torch, then run /usr/bin/python3)")
 
 DTYPE = torch.float64
 
@@ -186,7 +192,11 @@ def forward(w, cfg, ids):
 
 
 def main():
-    ckpt, text_path = sys.argv[1], sys.argv[2]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint directory, e.g. runs/main/best")
+    ap.add_argument("text", metavar="TEXT_FILE", help="the text to evaluate on (at least 2 bytes)")
+    args = ap.parse_args()
+    ckpt, text_path = args.checkpoint, args.text
     meta = json.load(open(f"{ckpt}/checkpoint.json"))
     cfg = meta["model"]
     w = Weights(load_safetensors(f"{ckpt}/model.safetensors"))
@@ -200,6 +210,8 @@ def main():
     id_of = {b: i + 1 for i, b in enumerate(meta["vocab"])}  # id 0: a byte never seen in training
     ids = torch.tensor([id_of.get(b, 0) for b in open(text_path, "rb").read()])
     ctx, n = cfg["ctx"], len(ids)
+    if n < 2:
+        fail(f"{text_path} has {n} byte(s): nothing to predict")
     total, correct = 0.0, 0
     with torch.no_grad():
         for s in range(0, n - 1, ctx):  # non-overlapping windows; each token after the first predicted once
