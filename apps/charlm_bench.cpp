@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -114,6 +115,11 @@ static Flags parse_flags(int argc, char** argv, int first) {
       fmt::print("{}", kHelp);
       std::exit(0);
     } else if (a.rfind("--", 0) == 0 && i + 1 < argc) {
+      // A misspelt flag would otherwise leave its setting at the default, unnoticed.
+      static const std::set<std::string> known = {
+          "attn",   "ffn",   "norm",    "layers", "heads",  "dim",   "ctx",       "batch", "latents", "window",
+          "chunk",  "steps", "warmup",  "threads", "shards", "data", "seed", "positions", "size",  "kb", "reps"};
+      if (!known.count(a.substr(2))) throw Error(fmt::format("unknown flag '{}' (see --help)", a));
       f.values[a.substr(2)] = argv[++i];
     } else {
       throw Error(fmt::format("unknown or incomplete argument '{}' (see --help)", a));

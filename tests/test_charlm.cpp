@@ -602,7 +602,7 @@ TEST_CASE(
   CHECK(ModelConfig::from_json(model).norm == "layernorm");
   model["ffn"] = "geglu";
   CHECK_THROWS_WITH_AS(ModelConfig::from_json(model),
-                       "model.ffn: unknown feed-forward kind 'geglu' (expected gelu or swiglu)", Error);
+                       doctest::Contains("model.ffn: unknown feed-forward kind 'geglu' (expected gelu"), Error);
   model.erase("ffn");
   model["depth"] = 3;
   CHECK_THROWS_WITH_AS(ModelConfig::from_json(model), doctest::Contains("model.depth: not a setting"), Error);

@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "nn/kinds.h"
 #include "nn/swiglu.h"
 #include "nn/transformer_block.h"
 #include "tests/gradcheck.h"
@@ -86,9 +87,11 @@ TEST_CASE("SwiGLU: width 8D/3 rounded up to a multiple of 8, names, and the resi
   CHECK(std_of(ffn.w2->weight) == doctest::Approx(0.02 / std::sqrt(16.0)).epsilon(0.03));
 }
 
-TEST_CASE("a block of every ffn and norm kind: gradients, and step() equals forward()") {
-  for (const char* ffn : {"gelu", "swiglu"})
-    for (const char* norm : {"layernorm", "rmsnorm"}) {
+TEST_CASE("a block of every registered ffn and norm kind: gradients, and step() equals forward()") {
+  // Every kind in the tables of nn/kinds.cpp, so a kind added there is checked here too.
+  for (const auto& ffn_kind : nn::feed_forward_kinds().kinds())
+    for (const auto& norm_kind : nn::norm_kinds().kinds()) {
+      const std::string &ffn = ffn_kind.name, &norm = norm_kind.name;
       CAPTURE(ffn);
       CAPTURE(norm);
       nn::BlockConfig cfg = small_config(8);
