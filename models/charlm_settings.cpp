@@ -297,7 +297,13 @@ std::vector<Setting> declare_train_settings() {
 
   d.group("optimization (AdamW; warmup then cosine decay to --min-lr)", Scope::Run);
   d.integer("steps", run(&TrainSettings::steps), "N", "optimizer steps", 1).scope = Scope::Session;
-  d.integer("batch", run(&TrainSettings::batch), "N", "sequences per step", 1);
+  d.integer("batch", run(&TrainSettings::batch), "N", "sequences per micro-batch (per step without --accum)",
+            1);
+  d.integer("accum", run(&TrainSettings::accum), "N",
+            "micro-batches per optimizer step: their gradients are averaged,\n"
+            "as one step on a batch of N x --batch sequences (long contexts\n"
+            "at --batch 1 get a sane effective batch in the memory of one)",
+            1);
   d.real("lr", run(&TrainSettings::lr), "X", "peak learning rate", positive());
   d.real("min-lr", run(&TrainSettings::min_lr), "X", "final learning rate", at_least(0));
   d.integer("warmup", run(&TrainSettings::warmup), "N", "linear warmup steps (at most --steps)", 0);

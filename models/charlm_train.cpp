@@ -36,7 +36,8 @@ static constexpr float kSampleTemperature = 0.8f;
 // Settings
 // ============================================================================
 
-// TrainSettings::validate, to_json and from_json are models/charlm_settings.cpp's: the settings' declarations drive them.
+// TrainSettings::validate, to_json and from_json are models/charlm_settings.cpp's: the settings' declarations
+// drive them.
 
 uint64_t stream_seed(uint64_t seed, Stream stream) {
   return seed ^ (static_cast<uint64_t>(stream) * 0x9E3779B97F4A7C15ull);
@@ -314,8 +315,9 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
           const std::string given_value = json::dump(setting.to_json(settings)),
                             saved_value = json::dump(setting.to_json(saved));
           if (given_value != saved_value)
-            return fail(fmt::format("--resume: {} {} differs from the checkpoint's {} (only {} may change when resuming)",
-                                    setting.flag(), given_value, saved_value, resumable_flags()));
+            return fail(fmt::format(
+                "--resume: {} {} differs from the checkpoint's {} (only {} may change when resuming)",
+                setting.flag(), given_value, saved_value, resumable_flags()));
         }
       }
       settings = saved;
@@ -497,7 +499,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     int64_t latest_step = step;
 
     // ---- training ----
-    const int64_t B = settings.batch, T = settings.model.ctx;
+    const int64_t B = settings.batch, T = settings.model.ctx, N = settings.accum;
     const int64_t start_step = step;
     double train_seconds = 0;  // this process's time inside training steps
     double comm_seconds = 0;   // of which waiting on other ranks
@@ -513,10 +515,26 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       const auto step_start = clock::now();
       const float lr = optim::lr_at(schedule, step + 1);  // the k-th update (k = step + 1) uses lr_at(k)
       optimizer.config.lr = lr;
-      sample_batch(train_ids, B, T, data_rng, x, y);  // the whole batch, on every rank
       optimizer.zero_grad();
-      // This rank's shards, one per thread; across ranks, the reducer sums the gradients.
-      parallel.forward_backward_shards(x, y, B, T, dropout_rng, shards, shard_losses, reducer.get());
+      // N micro-batches (--accum) draw the N B windows one batch of N B would, in the same order.
+      // Their gradients add up in .grad; only the last one goes through the reducer, which sums
+      // what the shards hold then over ranks (as DDP's no_sync does), so ranks exchange once.
+      std::vector<double> micro_losses;
+      for (int64_t micro = 0; micro < N; ++micro) {
+        sample_batch(train_ids, B, T, data_rng, x, y);  // the whole micro-batch, on every rank
+        // This rank's shards, one per thread; across ranks, the reducer sums the gradients.
+        parallel.forward_backward_shards(x, y, B, T, dropout_rng, shards, micro_losses,
+                                         micro + 1 == N ? reducer.get() : nullptr);
+        if (micro == 0) shard_losses.assign(micro_losses.size(), 0.0);
+        for (size_t s = 0; s < micro_losses.size(); ++s)
+          shard_losses[s] += micro_losses[s] / static_cast<double>(N);
+      }
+      if (N > 1) {  // each micro-batch's loss was its own mean: the step's is their mean
+        const float scale = 1.0f / static_cast<float>(N);
+        for (Tensor& p : model.parameters())
+          if (Tensor g = p.grad(); g.defined())
+            for (float *v = g.data(), *end = v + g.numel(); v < end; ++v) *v *= scale;
+      }
       if (ranks) {
         // One small collective: every shard's loss, and whether any rank was asked to stop.
         const auto comm_start = clock::now();
@@ -553,7 +571,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
 
       // progress: one line rewritten in place on a terminal, plain lines otherwise
       const int64_t done_here = step - start_step;
-      const double tokens_per_s = static_cast<double>(done_here * B * T) / train_seconds;
+      const double tokens_per_s = static_cast<double>(done_here * N * B * T) / train_seconds;
       const double eta = seconds_since(loop_start) / static_cast<double>(done_here) *
                          static_cast<double>(settings.steps - step);
       std::string line = fmt::format("step {:>{}}/{}  loss {:.4f}  lr {:.2e}  {:>7} tok/s  ETA {}", step,
@@ -627,7 +645,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     }
     end_progress();
     result.tokens_per_s =
-        train_seconds > 0 ? static_cast<double>((step - start_step) * B * T) / train_seconds : 0;
+        train_seconds > 0 ? static_cast<double>((step - start_step) * N * B * T) / train_seconds : 0;
     result.comm_ms_per_step =
         step > start_step ? 1e3 * comm_seconds / static_cast<double>(step - start_step) : 0;
     if (!step_seconds.empty()) {

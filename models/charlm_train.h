@@ -29,6 +29,7 @@ struct TrainSettings {
   std::string data, out;
   ModelConfig model;  // model.vocab is set from the training split
   int64_t batch = 12;
+  int64_t accum = 1;  // micro-batches of `batch` sequences per optimizer step
   int64_t steps = 2000;
   double lr = 1e-3, min_lr = 1e-4;
   int64_t warmup = 100;

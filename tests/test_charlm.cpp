@@ -534,6 +534,32 @@ TEST_CASE("resume after SIGINT or SIGTERM continues exactly: bitwise the losses 
   }
 }
 
+TEST_CASE("--accum N: N micro-batches per step give the step of one N times larger batch") {
+  TempDir dir("accum");
+  write_text(dir / "corpus.txt", generated_text(12000));
+  for (const char* threads : {"1", "2"}) {
+    CAPTURE(threads);
+    auto run = [&](const std::string& name, const char* batch, const char* accum) {
+      std::string err;
+      TrainResult r = train_with_hook(tiny_train(dir / "corpus.txt", dir / (name + threads),
+                                                 {"--batch", batch, "--accum", accum, "--steps", "12",
+                                                  "--eval-every", "6", "--threads", threads}),
+                                      {}, &err);
+      INFO(err);
+      REQUIRE(r.exit_code == 0);
+      return r;
+    };
+    TrainResult big = run("big", "8", "1"), micro = run("micro", "2", "4");
+    REQUIRE(micro.losses.size() == 12);
+    // The same windows, the same mean loss and gradient, up to the order of float additions.
+    for (size_t i = 0; i < 12; ++i) CHECK(micro.losses[i] == doctest::Approx(big.losses[i]).epsilon(1e-4));
+    CHECK(micro.test.loss == doctest::Approx(big.test.loss).epsilon(1e-4));
+    // A different batch is a different run: the comparison can fail.
+    TrainResult small = run("small", "2", "1");
+    CHECK(std::abs(small.losses[11] - big.losses[11]) > 1e-3);
+  }
+}
+
 TEST_CASE("every registered kind of every part trains, saves, evaluates to its reported loss and samples") {
   // Driven by the tables of nn/kinds.cpp: a kind added there is run here with no change to this test.
   std::vector<std::pair<std::string, std::string>> runs;  // flag, kind
@@ -602,7 +628,8 @@ TEST_CASE(
   CHECK(ModelConfig::from_json(model).norm == "layernorm");
   model["ffn"] = "geglu";
   CHECK_THROWS_WITH_AS(ModelConfig::from_json(model),
-                       doctest::Contains("model.ffn: unknown feed-forward kind 'geglu' (expected gelu"), Error);
+                       doctest::Contains("model.ffn: unknown feed-forward kind 'geglu' (expected gelu"),
+                       Error);
   model.erase("ffn");
   model["depth"] = 3;
   CHECK_THROWS_WITH_AS(ModelConfig::from_json(model), doctest::Contains("model.depth: not a setting"), Error);
@@ -761,6 +788,7 @@ TEST_CASE("config: every setting survives the file; the command line overrides i
   s.model.rope_dim = 4;
   s.model.dropout = 0.15f;
   s.batch = 3;
+  s.accum = 4;
   s.steps = 77;
   s.lr = 1.2345678901234567e-3;
   s.min_lr = 1e-5;

@@ -140,8 +140,7 @@ TEST_CASE("ShardRange: shards run in separate places add up to the whole batch")
   // What two ranks do, without MPI: each runs its range; the sum of their gradients and
   // weighted losses is the one-process result (here with 3 shards of a batch of 7: 2, 2, 3).
   Rng i0(3), i1(3), i2(3), d0(4), d1(4), d2(4);
-  CharLM whole(small_model("mha"), i0), first(small_model("mha"), i1),
-      rest(small_model("mha"), i2);
+  CharLM whole(small_model("mha"), i0), first(small_model("mha"), i1), rest(small_model("mha"), i2);
   std::vector<int32_t> x, y;
   random_batch(7, 8, x, y, 9);
   DataParallel dw(whole, 3), df(first, 1), dr(rest, 2);
@@ -347,6 +346,22 @@ TEST_CASE("mpirun -np K --threads 1 equals one process with K threads; eval acro
   CHECK(e1.at("tokens").get<int64_t>() == e3.at("tokens").get<int64_t>());
   CHECK(relative(e1.at("loss").get<double>(), e3.at("loss").get<double>()) <= 1e-9);
   CHECK(e1.at("accuracy").get<double>() == e3.at("accuracy").get<double>());
+}
+
+TEST_CASE("--accum under mpirun: ranks exchange once per step and equal one process") {
+  // The micro-batches' gradients add up on each rank; the last one's all-reduce carries the sum.
+  set_job_environment();
+  TempDir dir("dist-accum");
+  write_text(dir / "corpus.txt", generated_text(30000));
+  const std::vector<std::string> accum = {"--accum", "3"};
+  Job one(train_args(dir, "one", 8) + accum + std::vector<std::string>{"--threads", "2"}, dir / "one.out",
+          dir / "one.err");
+  REQUIRE(one.wait(120) == 0);
+  Job many(mpirun(2) + train_args(dir, "many", 8) + accum + std::vector<std::string>{"--threads", "1"},
+           dir / "many.out", dir / "many.err");
+  REQUIRE(many.wait(120) == 0);
+  // The sums are grouped differently (per rank, then across), so equal up to float rounding.
+  check_equivalent(final_json(one), final_json(many), /*bitwise=*/false);
 }
 
 TEST_CASE("--resume with another number of ranks continues as one process would") {
