@@ -24,14 +24,19 @@ CharLM::CharLM(const ModelConfig& config, Rng& init_rng) : config_(config) {
   const nn::BlockConfig& block = config_.block_config();
   wte = register_module("wte", std::make_shared<nn::Embedding>(config_.vocab, config_.dim, init_rng));
   for (int64_t i = 0; i < config_.layers; ++i)
-    blocks.push_back(
-        register_module(fmt::format("blocks.{}", i), std::make_shared<nn::TransformerBlock>(block, init_rng)));
+    blocks.push_back(register_module(fmt::format("blocks.{}", i),
+                                     std::make_shared<nn::TransformerBlock>(block, init_rng)));
   ln_f = register_module("ln_f", nn::make_norm(block, init_rng));
 }
 
 Tensor CharLM::forward(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng) {
   if (T < 1 || T > config_.ctx)
     throw Error(fmt::format("CharLM::forward: T = {} must be in [1, ctx = {}]", T, config_.ctx));
+  return forward_positions(ids, B, T, dropout_rng);
+}
+
+Tensor CharLM::forward_positions(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng) {
+  if (T < 1) throw Error(fmt::format("CharLM::forward: T = {} must be at least 1", T));
   Tensor h = wte->forward(ids, {B, T});                              // (B, T, D)
   for (auto& block : blocks) h = block->forward(h, 0, dropout_rng);  // (B, T, D)
   h = ln_f->forward(h);                                              // (B, T, D)
@@ -223,9 +228,9 @@ static void sum_over_ranks(EvalResult& r, const dist::World& world) {
 }
 
 EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64_t batch,
-                           const dist::World& world) {
+                           const dist::World& world, int64_t window) {
   auto start = std::chrono::steady_clock::now();
-  int64_t n = static_cast<int64_t>(ids.size()), ctx = model.config().ctx;
+  int64_t n = static_cast<int64_t>(ids.size()), ctx = window > 0 ? window : model.config().ctx;
   if (n < 2) throw Error(fmt::format("evaluation needs at least 2 tokens, got {}", n));
   bool was_training = model.is_training();
   model.eval();
@@ -241,12 +246,12 @@ EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64
     int64_t b = std::min(batch, last - w0);
     x.assign(ids.begin() + w0 * ctx, ids.begin() + (w0 + b) * ctx);
     y.assign(ids.begin() + w0 * ctx + 1, ids.begin() + (w0 + b) * ctx + 1);
-    score_rows(model.forward(x, b, ctx, unused), y, r);
+    score_rows(model.forward_positions(x, b, ctx, unused), y, r);
   }
   if (int64_t rest = predictions - full * ctx; rest > 0 && world.rank == world.size - 1) {
     x.assign(ids.begin() + full * ctx, ids.begin() + full * ctx + rest);
     y.assign(ids.begin() + full * ctx + 1, ids.end());
-    score_rows(model.forward(x, 1, rest, unused), y, r);
+    score_rows(model.forward_positions(x, 1, rest, unused), y, r);
   }
   sum_over_ranks(r, world);
   r.loss /= static_cast<double>(r.tokens);
@@ -282,12 +287,15 @@ double estimate_loss(CharLM& model, const std::vector<int32_t>& ids, int64_t bat
 // Sampling
 // ============================================================================
 
-Generator::Generator(CharLM& model) : model_(model), state_(model.make_state(1)) {}
+Generator::Generator(CharLM& model) : model_(model), state_(model.make_state(1)) {
+  rebuilds_ = false;
+  for (const auto& block : model.blocks) rebuilds_ = rebuilds_ || block->attn->state_grows();
+}
 
 void Generator::feed(int32_t id) {
   int64_t ctx = model_.config().ctx;
-  history_.push_back(id);
-  if (state_.position >= ctx) {
+  if (rebuilds_) history_.push_back(id);
+  if (rebuilds_ && state_.position >= ctx) {
     // Re-prime from the last ctx / 2 tokens (the newest one included, fed below).
     state_ = model_.make_state(1);
     int64_t keep = std::max<int64_t>(1, ctx / 2);
@@ -295,7 +303,8 @@ void Generator::feed(int32_t id) {
       model_.step({history_[i]}, state_);
   }
   logits_ = model_.step({id}, state_).to_vector();
-  if (history_.size() > static_cast<size_t>(ctx)) history_.erase(history_.begin());
+  if (history_.size() > static_cast<size_t>(ctx))
+    history_.erase(history_.begin());  // only what a rebuild reads
 }
 
 int32_t Generator::sample(Rng& rng, float temperature, int64_t top_k) const {

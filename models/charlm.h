@@ -44,6 +44,8 @@ class CharLM : public nn::Module {
   // ids (B, T) row-major, T <= ctx -> logits (B, T, V). dropout_rng draws dropout masks
   // (untouched in eval mode or with dropout 0).
   Tensor forward(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng);
+  // The same for any T >= 1: positions from ctx on were never trained (`charlm eval --ctx`).
+  Tensor forward_positions(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng);
   // Mean cross-entropy of logits (B, T, V) against targets (B, T) -> ().
   static Tensor loss(const Tensor& logits, const std::vector<int32_t>& targets);
 
@@ -132,11 +134,12 @@ struct EvalResult {
 
 // Every token of `ids` after the first is predicted exactly once: non-overlapping windows
 // [s, s + ctx) for s = 0, ctx, 2 ctx, ... predict ids[s + 1 .. s + ctx], the last window
-// being shorter. Windows go through the model `batch` at a time, in eval mode, without a
-// graph. Needs at least 2 ids. Across ranks (world.size > 1, every rank calling), each rank
-// scores its share of the windows and the sums are added over ranks: every rank gets the result.
+// being shorter. `window` > 0 uses windows of that length instead of the model's ctx (longer
+// ones run positions past the trained range). Windows go through the model `batch` at a time, in eval mode,
+// without a graph. Needs at least 2 ids. Across ranks (world.size > 1, every rank calling), each rank scores
+// its share of the windows and the sums are added over ranks: every rank gets the result.
 EvalResult evaluate_tokens(CharLM& model, const std::vector<int32_t>& ids, int64_t batch,
-                           const dist::World& world = {});
+                           const dist::World& world = {}, int64_t window = 0);
 
 // Mean loss over every token of `batches` random (batch, ctx) windows drawn from Rng(seed): the
 // cheap estimate used during training. Eval mode, no graph; the caller's rngs are untouched.
@@ -147,13 +150,18 @@ double estimate_loss(CharLM& model, const std::vector<int32_t>& ids, int64_t bat
 // ---- sampling -----------------------------------------------------------------------------
 
 // Autoregressive generation of one sequence with per-layer incremental state: each new token
-// costs one step() per block, whatever the prefix length (for latent attention the state
-// itself is constant-size). The model was trained on windows of ctx positions, so when the
-// state reaches position ctx it is rebuilt from the last ctx / 2 tokens (a sliding window that
-// keeps every position the model sees inside the trained range).
+// costs one step() per block. With latent attention the state has a fixed size (M running sums
+// and the last W positions), so generation simply goes on, for any length, at a flat cost per
+// token; its positions run past the trained ctx (RoPE makes every score depend on distances
+// only, and the latents' sums weigh the whole prefix). A state that grows (mha's and mla's
+// caches) would make each token dearer, and would reach distances the model never saw in
+// training: when it reaches position ctx it is rebuilt from the last ctx / 2 tokens (a sliding
+// window that keeps every position inside the trained range).
 class Generator {
  public:
   explicit Generator(CharLM& model);
+  bool rebuilds() const { return rebuilds_; }  // whether the state is rebuilt at ctx (see above)
+  const std::vector<float>& logits() const { return logits_; }  // (V,) after the last feed()
   void feed(int32_t id);  // appends a token and computes the next-token logits
   // Draws the next id from the last logits: temperature 0 is greedy; top_k 0 keeps every
   // id. The unknown id is never drawn. Needs at least one feed() before.
@@ -164,6 +172,7 @@ class Generator {
   CharLM::State state_;
   std::vector<int32_t> history_;
   std::vector<float> logits_;  // (V,)
+  bool rebuilds_ = true;
 };
 
 }  // namespace lg::charlm

@@ -338,13 +338,18 @@ int eval_command(const std::vector<std::string>& args, Console& console) {
     throw Error(fmt::format("{} has {} byte; evaluation needs at least 2", a.data, text.size()));
   const std::vector<int32_t> ids = m.meta.vocab.encode(text);
   const int64_t unknown = m.meta.vocab.count_unknown(text);
-  EvalResult r = evaluate_tokens(*m.model, ids, 16, dist::world());
+  const int64_t window = a.ctx > 0 ? a.ctx : m.meta.model.ctx;
+  // Windows much longer than the trained ctx go through one at a time (their activations grow with it).
+  const int64_t batch = std::max<int64_t>(1, 16 * m.meta.model.ctx / window);
+  EvalResult r = evaluate_tokens(*m.model, ids, batch, dist::world(), window);
   human << fmt::format(
-      "charlm eval: {} (step {}, attn {}, ffn {}, norm {}, {} parameters) on {} ({} bytes, {} outside "
-      "the vocabulary)\n",
+      "charlm eval: {} (step {}, attn {}, ffn {}, norm {}, {} parameters, windows of {}{}) on {} ({} bytes, "
+      "{} "
+      "outside the vocabulary)\n",
       m.dir, m.meta.step, m.meta.model.attention, m.meta.model.ffn, m.meta.model.norm,
-      human_count(m.model->parameter_count()), a.data, human_count(static_cast<int64_t>(text.size())),
-      human_count(unknown));
+      human_count(m.model->parameter_count()), window,
+      window > m.meta.model.ctx ? fmt::format(", trained at {}", m.meta.model.ctx) : std::string(), a.data,
+      human_count(static_cast<int64_t>(text.size())), human_count(unknown));
   human << "  " << metrics_line("eval", r) << "\n";
   human << fmt::format("  {:.1f} s, {} tokens/s\n", r.seconds,
                        human_count(std::llround(static_cast<double>(r.tokens) / std::max(r.seconds, 1e-9))));
@@ -354,6 +359,8 @@ int eval_command(const std::vector<std::string>& args, Console& console) {
                     {"step", m.meta.step},
                     {"data", a.data},
                     {"tokens", r.tokens},
+                    {"ctx", window},
+                    {"trained_ctx", m.meta.model.ctx},
                     {"unknown_bytes", unknown},
                     {"loss", r.loss},
                     {"ppl", r.ppl()},

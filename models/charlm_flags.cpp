@@ -169,7 +169,7 @@ saves a checkpoint and exits (code 130 or 143); run again with --resume to conti
 }
 
 void add_eval_flags(CLI::App& app, EvalArgs& a) {
-  app.description(R"(usage: charlm eval --ckpt DIR --data PATH [--json] [--threads N]
+  app.description(R"(usage: charlm eval --ckpt DIR --data PATH [--ctx N] [--json] [--threads N]
 
 Evaluates a checkpoint on every token of PATH: non-overlapping windows of ctx bytes, each
 byte after the first predicted once. Reports loss (nats), perplexity, bits per character
@@ -181,6 +181,11 @@ and PATH) and rank 0 prints the totals.)");
   f.group("flags");
   f.required_text("--ckpt", "DIR", a.ckpt, "a checkpoint directory, or a run directory (uses its best/)");
   f.required_text("--data", "PATH", a.data, "text file to evaluate");
+  f.integer("--ctx", "N", a.ctx,
+            "window length (0 = the model's ctx). A longer one runs positions\n"
+            "past the trained range: RoPE scores depend on distances only, but\n"
+            "distances past ctx were never trained on",
+            at_least_zero(" (0 = the model's ctx)"));
   f.on_off("--json", a.json, "print one JSON object with the metrics on stdout");
   f.integer("--threads", "N", a.threads, kThreadsHelp, at_least_zero(" (0 = OMP_NUM_THREADS)"));
 }
@@ -189,9 +194,11 @@ void add_sample_flags(CLI::App& app, SampleArgs& a) {
   app.description(R"(usage: charlm sample --ckpt DIR [flags]
 
 Generates text, printing each character as it is produced. Each new character costs one
-incremental step per layer (attention state carried along, nothing recomputed). The model
-was trained on windows of ctx characters: when the state reaches ctx positions it is
-rebuilt from the last ctx/2 characters, so every position stays in the trained range.)");
+incremental step per layer (attention state carried along, nothing recomputed). Latent
+attention's state has a fixed size, so it goes on for any length at a flat cost per
+character. mha's and mla's caches grow, and the model was trained on windows of ctx
+characters: when their state reaches ctx positions it is rebuilt from the last ctx/2
+characters, so every position stays in the trained range.)");
   Flags f(app, "sample");
   f.group("flags");
   f.required_text("--ckpt", "DIR", a.ckpt, "a checkpoint directory, or a run directory (uses its best/)");

@@ -23,6 +23,7 @@ namespace lg::charlm {
 // The flags of `charlm eval` and `charlm sample`, with their defaults.
 struct EvalArgs {
   std::string ckpt, data;
+  int64_t ctx = 0;  // evaluation window; 0 = the model's
   bool json = false;
   int64_t threads = 0;
 };

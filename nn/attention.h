@@ -32,6 +32,9 @@ class Attention : public Module {
   virtual std::unique_ptr<AttentionState> make_state(int64_t batch) const = 0;
   // x (B, 1, D) -> (B, 1, D) at position state.position; advances the state. No graph.
   virtual Tensor step(const Tensor& x, AttentionState& state) = 0;
+  // Whether the state grows with every step (a KV cache) rather than keeping a fixed size (the
+  // latent bank's running sums). Generation rebuilds a growing state to bound its cost.
+  virtual bool state_grows() const { return true; }
 };
 
 }  // namespace lg::nn

@@ -84,6 +84,7 @@ class LatentAttention : public Attention {
   Tensor forward(const Tensor& x, int64_t first_position = 0) override;  // (B, T, D) -> (B, T, D), `core`
   std::unique_ptr<AttentionState> make_state(int64_t batch) const override;
   Tensor step(const Tensor& x, AttentionState& state) override;  // (B, 1, D) -> (B, 1, D)
+  bool state_grows() const override { return false; }  // M running sums and the last W positions
 
   // The whole layer with the naive core in place of the chunked one (tests). (B, T, D) -> (B, T, D)
   Tensor forward_naive(const Tensor& x, int64_t first_position = 0);
