@@ -102,7 +102,7 @@ usage:
 model flags (defaults: the baseline config):
   --attn KIND (latent)  --ffn KIND (gelu)  --norm KIND (layernorm): the kinds charlm train --help lists
   --layers N (4)  --heads N (4)  --dim N (128)  --ctx N (64)
-  --batch N (12)  --latents M (16)  --window W (16)  --chunk C (32)
+  --batch N (12)  --latents M (16)  --window W (16)  --chunk C (32)  --recompute 0|1 (0; train only)
 )";
 
 static Flags parse_flags(int argc, char** argv, int first) {
@@ -117,7 +117,7 @@ static Flags parse_flags(int argc, char** argv, int first) {
     } else if (a.rfind("--", 0) == 0 && i + 1 < argc) {
       // A misspelt flag would otherwise leave its setting at the default, unnoticed.
       static const std::set<std::string> known = {
-          "attn",   "ffn",   "norm",    "layers", "heads",  "dim",   "ctx",       "batch", "latents", "window",
+          "attn",   "ffn",   "norm", "recompute",    "layers", "heads",  "dim",   "ctx",       "batch", "latents", "window",
           "chunk",  "steps", "warmup",  "threads", "shards", "data", "seed", "positions", "size",  "kb", "reps"};
       if (!known.count(a.substr(2))) throw Error(fmt::format("unknown flag '{}' (see --help)", a));
       f.values[a.substr(2)] = argv[++i];
@@ -197,6 +197,7 @@ static int run_train(const Flags& f) {
 
   Rng init(f.integer("seed", 0)), data_rng(f.integer("seed", 0) + 1), dropout_rng(3);
   charlm::CharLM model(cfg, init);
+  model.recompute = f.integer("recompute", 0) != 0;
   optim::AdamWConfig ocfg;
   ocfg.beta2 = 0.99f;
   ocfg.weight_decay = 0.1f;

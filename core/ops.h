@@ -89,7 +89,7 @@ inline constexpr std::string_view kDifferentiableOps[] = {
     "dropout",    "sum",        "sum_axis",   "mean",          "mean_axis",  "max",
     "max_axis",   "cumsum",     "matmul",     "embedding",     "softmax",    "log_softmax",
     "cross_entropy", "layer_norm", "reshape", "transpose",     "permute",    "slice",
-    "select",     "concat",     "contiguous", "linear"};
+    "select",     "concat",     "contiguous", "linear",        "recomputed"};  // recomputed: core/recompute.h
 // (split is made of slices, so checking slice checks it.)
 
 // ---- non-differentiable helpers -------------------------------------------------------

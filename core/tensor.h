@@ -137,6 +137,17 @@ class NoGradGuard {
  private:
   bool previous_;
 };
+// The opposite, for code that builds a graph while a backward runs (core/recompute.h).
+class EnableGradGuard {
+ public:
+  EnableGradGuard();
+  ~EnableGradGuard();
+  EnableGradGuard(const EnableGradGuard&) = delete;
+  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
 
 // ---- for op implementations (core/*.cpp and fused ops elsewhere) ----
 

@@ -10,6 +10,7 @@
 #include <exception>
 #include <numeric>
 
+#include "core/recompute.h"
 #include "dist/dist.h"
 #include "models/charlm_data.h"
 
@@ -38,7 +39,27 @@ Tensor CharLM::forward(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rn
 Tensor CharLM::forward_positions(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng) {
   if (T < 1) throw Error(fmt::format("CharLM::forward: T = {} must be at least 1", T));
   Tensor h = wte->forward(ids, {B, T});                              // (B, T, D)
-  for (auto& block : blocks) h = block->forward(h, 0, dropout_rng);  // (B, T, D)
+  for (auto& block : blocks) {
+    if (!recompute || !is_training()) {
+      h = block->forward(h, 0, dropout_rng);  // (B, T, D)
+      continue;
+    }
+    // The block runs twice (forward, then again in backward): both times from this state of the
+    // dropout generator, so that both draw the same masks; the caller's generator then moves on
+    // as one run would have moved it.
+    auto after = std::make_shared<Rng>(dropout_rng);
+    const Rng start = dropout_rng;
+    nn::TransformerBlock* b = block.get();
+    h = recomputed(
+        [b, start, after](const Tensor& x) {
+          Rng rng = start;
+          Tensor y = b->forward(x, 0, rng);
+          *after = rng;
+          return y;
+        },
+        h);
+    dropout_rng = *after;
+  }
   h = ln_f->forward(h);                                              // (B, T, D)
   return matmul(h, transpose(wte->weight, 0, 1));                    // (B, T, V): tied head, W^T as a view
 }
@@ -104,6 +125,7 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids,
   std::vector<CharLM*> models{&model_};
   for (auto& r : replicas_) {
     r->train(model_.is_training());
+    r->recompute = model_.recompute;
     r->zero_grad();
     models.push_back(r.get());
   }

@@ -60,6 +60,10 @@ class CharLM : public nn::Module {
 
   const ModelConfig& config() const { return config_; }
 
+  // Activation recomputation (core/recompute.h): in training, keep each block's input only and
+  // run the block again in backward. The same gradients, bit for bit; less memory, more time.
+  bool recompute = false;
+
   std::shared_ptr<nn::Embedding> wte;                         // "wte": weight (V, D), also the output head
   std::vector<std::shared_ptr<nn::TransformerBlock>> blocks;  // "blocks.0" .. "blocks.{L-1}"
   std::shared_ptr<nn::Norm> ln_f;                             // "ln_f"

@@ -315,6 +315,11 @@ std::vector<Setting> declare_train_settings() {
   d.real("beta2", run(&TrainSettings::beta2), "X", "AdamW: decay of the squared-gradient mean",
          between(0, 1, true));
 
+  d.group("optimization (AdamW; warmup then cosine decay to --min-lr)", Scope::Session);
+  d.on_off("recompute", run(&TrainSettings::recompute),
+           "keep only each block's input and run the block again in backward:\n"
+           "the same gradients, bit for bit, in less memory (long contexts)");
+
   d.group("evaluation and logging", Scope::Session);
   d.integer("eval-every", run(&TrainSettings::eval_every), "N",
             "estimate train/val loss, save; every N steps", 1);

@@ -353,6 +353,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     Rng data_rng(stream_seed(settings.seed, Stream::Data));
     Rng dropout_rng(stream_seed(settings.seed, Stream::Dropout));
     CharLM model(settings.model, init_rng);
+    model.recompute = settings.recompute;
     optim::AdamWConfig adam;
     adam.lr = static_cast<float>(settings.lr);
     adam.beta1 = static_cast<float>(settings.beta1);

@@ -41,6 +41,7 @@ struct TrainSettings {
   int64_t threads = 0;     // 0: as OMP_NUM_THREADS says
   double bucket_mb = 1.0;  // gradient all-reduce bucket size, across ranks (dist/dist.h)
   bool overlap = true;     // all-reduce buckets while backward runs (--no-overlap: after it)
+  bool recompute = false;  // recompute each block's forward in backward (CharLM::recompute)
   bool resume = false, json = false;
 
   // Each is declared once, with its flag, range, help and scope, in models/charlm_settings.cpp,

@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include "core/ops.h"
+#include "core/recompute.h"
 #include "tests/gradcheck.h"
 
 using namespace lg;
@@ -199,6 +200,34 @@ TEST_CASE("grad: reshape, transpose, permute, slice, select, concat, split, cont
     auto parts = split(x, {1, 3}, 2);
     return mul(parts[0], sum(parts[1], 2, true));
   }, {x});
+}
+
+TEST_CASE("grad: recomputed runs its function again in backward, into its input and the parameters it reads") {
+  Tensor x = random_leaf({3, 4}, 70), w = random_leaf({4, 4}, 71);
+  int calls = 0;
+  auto f = [&](const Tensor& in) {
+    ++calls;
+    return tanh(matmul(in, w)) * in + in;  // reads in twice, and a parameter
+  };
+  check_gradients([&] { return recomputed(f, x); }, {x, w});
+  // The same gradients as without recomputation, bit for bit, from one more call of f.
+  Tensor r = random_leaf({3, 4}, 72);
+  x.zero_grad();
+  w.zero_grad();
+  sum(f(x) * r).backward();
+  std::vector<float> gx = x.grad().to_vector(), gw = w.grad().to_vector();
+  x.zero_grad();
+  w.zero_grad();
+  calls = 0;
+  sum(recomputed(f, x) * r).backward();
+  CHECK(calls == 2);
+  CHECK(x.grad().to_vector() == gx);
+  CHECK(w.grad().to_vector() == gw);
+  // Without grad mode, plain f: no second call.
+  NoGradGuard no_grad;
+  calls = 0;
+  recomputed(f, x);
+  CHECK(calls == 1);
 }
 
 // Runs last in this file (doctest orders by file, then line).
