@@ -99,12 +99,23 @@ static size_t storage_bytes(int64_t n) {
   return (bytes + step - 1) / step * step;
 }
 
+static std::atomic<int64_t> g_storage_live{0}, g_storage_peak{0};
+int64_t storage_bytes_live() { return g_storage_live.load(); }
+int64_t storage_bytes_peak() { return g_storage_peak.load(); }
+void reset_storage_peak() { g_storage_peak.store(g_storage_live.load()); }
+
 Storage::Storage(int64_t n) : size(n) {
   data = pool().take(storage_bytes(n));
   if (!data) throw Error(fmt::format("out of memory allocating {} floats", n));
+  const int64_t live = g_storage_live += static_cast<int64_t>(storage_bytes(n));
+  for (int64_t peak = g_storage_peak.load(); live > peak && !g_storage_peak.compare_exchange_weak(peak, live);) {
+  }
 }
 
-Storage::~Storage() { pool().give(data, storage_bytes(size)); }
+Storage::~Storage() {
+  g_storage_live -= static_cast<int64_t>(storage_bytes(size));
+  pool().give(data, storage_bytes(size));
+}
 
 // ============================================================================
 // TensorImpl lifetime: a live counter, and iterative teardown of deep graphs

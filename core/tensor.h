@@ -124,6 +124,11 @@ class Tensor {
 
 // Number of TensorImpl objects alive: tests use it to see activations released.
 int64_t live_tensors();
+// Bytes of tensor storage allocated now, and the most at any time since the last reset (what a
+// step's activations, gradients and weights take, without the allocator's own overhead).
+int64_t storage_bytes_live();
+int64_t storage_bytes_peak();
+void reset_storage_peak();  // the peak becomes the bytes live now
 
 // Grad mode: while off (inside a NoGradGuard), ops record no graph.
 bool grad_enabled();

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <limits>
 #include <ostream>
 #include <thread>
@@ -107,6 +108,52 @@ void end_job(std::ostream& err, const std::string& message, int exit_code) {
 
 static double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// ============================================================================
+// Memory: what a step will take, measured before anything large is allocated
+// ============================================================================
+
+MemoryEstimate estimate_step_memory(CharLM& model, int64_t tokens, int64_t shards) {
+  // One forward and backward of one sequence at two lengths. Every attention kind keeps O(T)
+  // per sequence for backward (mha's fused core keeps one log-sum-exp per row past T = 128),
+  // so the activations are a fixed part plus a cost per token.
+  const int64_t ctx = model.config().ctx, t1 = std::min<int64_t>(ctx, 512), t0 = std::max<int64_t>(1, t1 / 2);
+  auto peak_of_step = [&](int64_t T) {
+    const std::vector<int32_t> ids(static_cast<size_t>(T), 1);
+    Rng dropout(0);
+    const int64_t before = storage_bytes_live();
+    reset_storage_peak();
+    CharLM::loss(model.forward(ids, 1, T, dropout), ids).backward();
+    const int64_t used = storage_bytes_peak() - before;
+    model.zero_grad();
+    return used;
+  };
+  const int64_t p0 = peak_of_step(t0), p1 = t1 > t0 ? peak_of_step(t1) : p0;
+  MemoryEstimate e;
+  e.bytes_per_token = t1 > t0 ? static_cast<double>(p1 - p0) / static_cast<double>(t1 - t0)
+                              : static_cast<double>(p0) / static_cast<double>(t0);
+  const double param_bytes = 4.0 * static_cast<double>(model.parameter_count());
+  // Weights, their gradient, AdamW's two moments, and each further shard's own gradient.
+  const double fixed = param_bytes * (4.0 + static_cast<double>(shards - 1));
+  const double per_sequence =
+      std::max(0.0, static_cast<double>(p0) - e.bytes_per_token * static_cast<double>(t0) - param_bytes);
+  e.bytes = static_cast<int64_t>(fixed + per_sequence * static_cast<double>(shards) +
+                                 e.bytes_per_token * static_cast<double>(tokens));
+  return e;
+}
+
+int64_t memory_available() {
+  if (const char* limit = std::getenv("LATENTGRAD_MEMORY_MB"); limit != nullptr && *limit != '\0')
+    return static_cast<int64_t>(std::strtod(limit, nullptr) * 1048576.0);
+  std::string meminfo;
+  try {
+    meminfo = files::read_file("/proc/meminfo");
+  } catch (const Error&) {
+    return 0;
+  }
+  const size_t at = meminfo.find("MemAvailable:");
+  return at == std::string::npos ? 0 : std::strtoll(meminfo.c_str() + at + 13, nullptr, 10) * 1024;
 }
 
 // ============================================================================
@@ -382,6 +429,21 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       best_step = resumed.best_step;
       train_seconds_before = resumed.train_seconds;
     }
+    // Before any file is written: would a step fit in memory?
+    const int64_t sequences_here = (settings.batch + world.size - 1) / world.size;
+    const MemoryEstimate memory = estimate_step_memory(model, sequences_here * settings.model.ctx,
+                                                       std::min<int64_t>(sequences_here, get_num_threads()));
+    const int64_t available = memory_available();
+    if (available > 0 && memory.bytes > available)
+      return fail(
+          fmt::format("--ctx {} with --batch {} needs about {} MB per training step ({:.1f} KB per token of "
+                      "batch x ctx{}), "
+                      "more than the {} MB available{}: {}a smaller --batch with --accum, or a smaller --ctx",
+                      settings.model.ctx, settings.batch, memory.bytes >> 20, memory.bytes_per_token / 1024.0,
+                      ranks ? " on this rank" : "", available >> 20,
+                      std::getenv("LATENTGRAD_MEMORY_MB") ? " (LATENTGRAD_MEMORY_MB)" : "",
+                      settings.recompute ? "use " : "use --recompute, "));
+    result.memory_estimate_mb = static_cast<double>(memory.bytes) / 1048576.0;
     if (world.rank == 0) {
       files::ensure_writable_dir(settings.out);
       files::write_file_atomic(settings.out + "/config.toml", train_config_toml(settings));
@@ -474,6 +536,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
             "note", settings.batch, all_threads);
     }
     human << fmt::format("  {:<14}{}\n", "kernels", cpu_kernels());
+    human << fmt::format("  {:<14}about {} MB a step ({:.1f} KB per token of batch x ctx; {} MB available)\n",
+                         "memory", memory.bytes >> 20, memory.bytes_per_token / 1024.0, available >> 20);
     human << "parameters (the output head reuses wte.weight):\n";
     for (const auto& [name, tensor] : model.named_parameters())
       human << fmt::format("  {:<34}{:<14}{:>10}\n", name, shape_text(tensor.shape()),
@@ -509,6 +573,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     auto last_line = loop_start - std::chrono::seconds(1);  // the last progress line printed
     std::vector<int32_t> x, y;
     std::vector<double> shard_losses, step_seconds;
+    reset_storage_peak();
     DataParallel parallel(model, std::max<int64_t>(shards.count, 1));
     model.train();
     while (step < settings.steps) {
@@ -647,6 +712,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     end_progress();
     result.tokens_per_s =
         train_seconds > 0 ? static_cast<double>((step - start_step) * N * B * T) / train_seconds : 0;
+    result.memory_peak_mb = static_cast<double>(storage_bytes_peak()) / 1048576.0;
     result.comm_ms_per_step =
         step > start_step ? 1e3 * comm_seconds / static_cast<double>(step - start_step) : 0;
     if (!step_seconds.empty()) {
@@ -725,6 +791,8 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                       {"checkpoint", final_dir},
                       {"ranks", static_cast<int64_t>(world.size)},
                       {"comm_ms_per_step", result.comm_ms_per_step},
+                      {"memory_estimate_mb", result.memory_estimate_mb},
+                      {"memory_peak_mb", result.memory_peak_mb},
                       {"step_ms_median", result.step_ms_median}};
       json::Json& losses = j["step_losses"] = json::Json::array();  // every step run here, in order
       for (float l : result.losses) losses.push_back(static_cast<double>(l));

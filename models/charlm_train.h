@@ -80,6 +80,8 @@ struct TrainResult {
   double tokens_per_s = 0;
   double comm_ms_per_step = 0;  // waiting on other ranks (gradients, losses), per step
   double step_ms_median = 0;    // median time of this run's steps
+  double memory_estimate_mb = 0;  // tensor memory of a step, estimated before training (see below)
+  double memory_peak_mb = 0;      // the most tensor memory in use while training
   int64_t params = 0;
 };
 
@@ -90,6 +92,18 @@ struct TrainResult {
 using StepHook = std::function<void(int64_t step, CharLM& model)>;
 TrainResult run_train(TrainSettings settings, const std::set<std::string>& given, Console& console,
                       const StepHook& after_step = {});
+
+// The tensor memory a training step takes, estimated from one forward and backward of a single
+// sequence at two lengths (which it runs on model, leaving no gradient behind): the weights,
+// their gradients, AdamW's moments, each shard's gradients, and the activations, linear in the
+// tokens of the step. `tokens` and `shards` are this process's (batch x ctx and threads).
+struct MemoryEstimate {
+  int64_t bytes = 0;
+  double bytes_per_token = 0;  // activations per token of batch x ctx, all layers
+};
+MemoryEstimate estimate_step_memory(CharLM& model, int64_t tokens, int64_t shards);
+// MemAvailable of /proc/meminfo, or LATENTGRAD_MEMORY_MB when set; 0 if unknown.
+int64_t memory_available();
 
 // Seeds of the run's independent random streams, derived from --seed.
 enum class Stream : uint64_t { Init = 1, Data, Dropout, TrainEstimate, ValEstimate, Sample };

@@ -53,7 +53,7 @@ std::vector<std::string> tiny_train(const std::string& data, const std::string& 
       "16",    "--ctx",   "16", "--batch",      "4",  "--latents", "4", "--window", "4",   "--eval-batches",
       "2",     "--steps", "30", "--eval-every", "10", "--warmup",  "5", "--lr",     "3e-3"};
   for (size_t i = 0; i < extra.size(); ++i) {
-    bool is_switch = extra[i] == "--resume" || extra[i] == "--json";
+    bool is_switch = extra[i] == "--resume" || extra[i] == "--json" || extra[i] == "--recompute";
     auto it = std::find(args.begin(), args.end(), extra[i]);
     if (!is_switch && it != args.end()) {
       *(it + 1) = extra[++i];
@@ -435,7 +435,8 @@ TEST_CASE("data parallel with dropout: shards draw their own masks, reproducibly
   CHECK(std::isfinite(two.back()));
 }
 
-TEST_CASE("recompute: bitwise the same loss and gradients as keeping the activations, with dropout and shards") {
+TEST_CASE(
+    "recompute: bitwise the same loss and gradients as keeping the activations, with dropout and shards") {
   for (const char* kind : {"latent", "mha", "mla"})
     for (int64_t shards : {1, 2}) {
       CAPTURE(kind);
@@ -587,6 +588,36 @@ TEST_CASE("--accum N: N micro-batches per step give the step of one N times larg
     TrainResult small = run("small", "2", "1");
     CHECK(std::abs(small.losses[11] - big.losses[11]) > 1e-3);
   }
+}
+
+TEST_CASE(
+    "memory: a step's estimate is close to what training uses; a step that cannot fit is refused first") {
+  TempDir dir("memory");
+  write_text(dir / "corpus.txt", generated_text(12000));
+  for (const char* recompute : {"0", "1"})
+    for (const char* threads : {"1", "2"}) {
+      CAPTURE(recompute);
+      CAPTURE(threads);
+      std::vector<std::string> extra = {"--ctx",        "256", "--batch",   "2",     "--steps", "4",
+                                        "--eval-every", "4",   "--threads", threads, "--json"};
+      if (std::string(recompute) == "1") extra.push_back("--recompute");
+      Run run = cli(tiny_train(dir / "corpus.txt", dir / (std::string("fits") + recompute + threads), extra));
+      INFO(run.err);
+      REQUIRE(run.code == 0);
+      const json::Json j = json::parse(run.out);
+      const double estimate = j.at("memory_estimate_mb").get<double>(),
+                   peak = j.at("memory_peak_mb").get<double>();
+      MESSAGE("estimate " << estimate << " MB, peak " << peak << " MB");
+      CHECK(estimate > 0.8 * peak);
+      // Two shards at once are the worst case the estimate takes; their steps may also overlap less.
+      if (std::string(threads) == "1") CHECK(estimate < 1.3 * peak);
+    }
+  setenv("LATENTGRAD_MEMORY_MB", "1", 1);
+  Run refused = cli(tiny_train(dir / "corpus.txt", dir / "big", {"--ctx", "256"}));
+  unsetenv("LATENTGRAD_MEMORY_MB");
+  expect_error(refused, "--ctx 256 with --batch 4 needs about");
+  expect_error(refused, "more than the 1 MB available (LATENTGRAD_MEMORY_MB): use --recompute");
+  CHECK_FALSE(fs::exists(dir.path / "big"));  // refused before writing anything
 }
 
 TEST_CASE("every registered kind of every part trains, saves, evaluates to its reported loss and samples") {
