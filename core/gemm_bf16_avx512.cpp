@@ -55,18 +55,31 @@ __m512i pair_words(__m512 even, __m512 odd) {
 
 __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1); }
 
-// A source row along which k runs contiguously (A untransposed, B transposed): its kc values
-// as ceil(kc / 2) pair words, written stride words apart. 16 floats become 8 words: rounded,
-// shifted to the low half of their lane, and narrowed to 16 bits each by vpmovdw, which lays
-// k = 2p and 2p + 1 side by side.
+// The pair words of 16 consecutive k values of a row (fewer at its end: n, the rest read as
+// zeros): rounded, shifted to the low half of their lane, and narrowed to 16 bits each by
+// vpmovdw, which lays k = 2p and 2p + 1 side by side: 8 words.
+__m256i pairs_of_row(const float* src, int64_t n) {
+  const __m512 x = _mm512_maskz_loadu_ps(first_lanes(n), src);
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_to_bf16_hi(x), 16));
+}
+
+// A source row along which k runs contiguously: its kc values as ceil(kc / 2) pair words,
+// written stride words apart (a column of a packed panel).
 void pack_k_contiguous(const float* src, int64_t kc, uint32_t* dst, int64_t stride) {
   alignas(32) uint32_t words[8];
   for (int64_t k = 0; k < kc; k += 16) {
     const int64_t n = min64(16, kc - k);
-    const __m512 x = _mm512_maskz_loadu_ps(first_lanes(n), src + k);  // beyond kc: zero
-    _mm256_store_si256(reinterpret_cast<__m256i*>(words),
-                       _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_to_bf16_hi(x), 16)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(words), pairs_of_row(src + k, n));
     for (int64_t q = 0; q < (n + 1) / 2; ++q) dst[(k / 2 + q) * stride] = words[q];
+  }
+}
+
+// The same row's pair words side by side: 16 floats in, 32 bytes out, no scatter.
+void pack_k_contiguous_row(const float* src, int64_t kc, uint32_t* dst) {
+  for (int64_t k = 0; k < kc; k += 16) {
+    const int64_t n = min64(16, kc - k);
+    const __mmask8 words = static_cast<__mmask8>((1u << ((n + 1) / 2)) - 1);
+    _mm256_mask_storeu_epi32(dst + k / 2, words, pairs_of_row(src + k, n));
   }
 }
 
@@ -93,15 +106,20 @@ void pack_b_panel(bool trans_b, const float* B, int64_t ldb, int64_t k0, int64_t
   }
 }
 
-// Rows [i0, i0 + mr) of op(A), k from k0 to k0 + kc, as one panel of MR rows (missing rows zero).
+// Rows [i0, i0 + mr) of op(A), k from k0 to k0 + kc, as one panel of MR rows (missing rows
+// zero). The micro-kernel reads word (i, p) of a panel at i * row_step + p * pair_step, so the
+// packing keeps the layout that its source gives cheaply:
+//   A untransposed (k contiguous): row by row, pair words side by side (row_step = kp);
+//   A transposed (i contiguous): pair by pair, MR rows side by side (pair_step = MR).
+// Turning one into the other would be a transpose in the packing, whose cost counts here:
+// A is packed once for every N columns of work, where B is packed once for every M rows.
 void pack_a_panel(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mr, int64_t k0, int64_t kc,
                   uint32_t* dst) {
   const int64_t kp = ceil_div(kc, 2);
-  if (!trans_a) {  // A[i][k]: row i is contiguous in k
-    for (int64_t i = 0; i < mr; ++i) pack_k_contiguous(A + (i0 + i) * lda + k0, kc, dst + i, MR);
-    for (int64_t i = mr; i < MR; ++i)
-      for (int64_t p = 0; p < kp; ++p) dst[p * MR + i] = 0;
-  } else {  // A stored as K x M: the MR rows of one k are contiguous
+  if (!trans_a) {
+    for (int64_t i = 0; i < mr; ++i) pack_k_contiguous_row(A + (i0 + i) * lda + k0, kc, dst + i * kp);
+    std::memset(dst + mr * kp, 0, (MR - mr) * kp * sizeof(uint32_t));
+  } else {
     const __mmask16 m = first_lanes(mr), all = first_lanes(MR);
     for (int64_t p = 0; p < kp; ++p) {
       const float* even = A + (k0 + 2 * p) * lda + i0;
@@ -113,7 +131,9 @@ void pack_a_panel(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t
 }
 
 // The micro-kernel: C[0..MR)[0..NR) (+)= A panel x B panel over kp pairs of k. 28 accumulators,
-// two registers of B and one broadcast word of A: 31 of the 32 zmm registers.
+// two registers of B and one broadcast word of A: 31 of the 32 zmm registers. kRowMajorA: the
+// A panel's words row by row (see pack_a_panel), else pair by pair.
+template <bool kRowMajorA>
 void micro_kernel(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, bool load_c) {
   __m512 acc[MR][2];
   for (int64_t i = 0; i < MR; ++i)
@@ -122,96 +142,172 @@ void micro_kernel(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, in
   for (int64_t p = 0; p < kp; ++p) {
     const __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
     for (int64_t i = 0; i < MR; ++i) {
-      const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i]));
+      const uint32_t word = kRowMajorA ? a[i * kp + p] : a[p * MR + i];
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(word));
       acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
       acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
     }
-    a += MR;
     b += NR;
   }
   for (int64_t i = 0; i < MR; ++i)
     for (int64_t h = 0; h < 2; ++h) _mm512_storeu_ps(c + i * ldc + 16 * h, acc[i][h]);
 }
 
-// A tile at the edge of C (mr < MR or nr < NR): the micro-kernel runs on a full tile in a
-// local buffer, and only the part inside C is read and written.
-void edge_tile(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, bool load_c, int64_t mr,
-               int64_t nr) {
-  alignas(64) float tile[MR * NR];
-  std::memset(tile, 0, sizeof(tile));
+// One tile of C. At the edge of C (mr < MR or nr < NR) the micro-kernel runs on a full tile in
+// a local buffer, and only the part inside C is read and written.
+template <bool kRowMajorA>
+void tile(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, bool load_c, int64_t mr,
+          int64_t nr) {
+  if (mr == MR && nr == NR) return micro_kernel<kRowMajorA>(kp, a, b, c, ldc, load_c);
+  alignas(64) float edge[MR * NR];
+  std::memset(edge, 0, sizeof(edge));
   if (load_c)
-    for (int64_t i = 0; i < mr; ++i) std::memcpy(tile + i * NR, c + i * ldc, nr * sizeof(float));
-  micro_kernel(kp, a, b, tile, NR, load_c);
-  for (int64_t i = 0; i < mr; ++i) std::memcpy(c + i * ldc, tile + i * NR, nr * sizeof(float));
+    for (int64_t i = 0; i < mr; ++i) std::memcpy(edge + i * NR, c + i * ldc, nr * sizeof(float));
+  micro_kernel<kRowMajorA>(kp, a, b, edge, NR, load_c);
+  for (int64_t i = 0; i < mr; ++i) std::memcpy(c + i * ldc, edge + i * NR, nr * sizeof(float));
+}
+
+// Asks for the tile of C at c (MR rows of NR floats: two cache lines each) to be brought
+// into L1 while the current tile computes. C is read at the start of a micro-kernel, before
+// its first vdpbf16ps can issue; from L3 or memory (a 4096 x 384 C is 6 MB) that wait is
+// as long as a good part of the tile's arithmetic.
+void prefetch_tile(const float* c, int64_t ldc, int64_t mr) {
+  for (int64_t i = 0; i < mr; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
+  }
+}
+
+// Brings a block of a source matrix (rows x width floats, ld apart) into L2 a few cache lines
+// at a time: the next block of A while the current one computes. Packing reads A from memory
+// once per block of k (a 4096 x 1152 A is 18 MB); read on demand, the packing would wait for
+// every line in turn, while the micro-kernels leave the memory bus idle.
+struct Prefetcher {
+  const float* base = nullptr;
+  int64_t ld = 0, rows = 0, lines_per_row = 0, next = 0;
+
+  void start(const float* block, int64_t block_ld, int64_t block_rows, int64_t width) {
+    base = block, ld = block_ld, rows = block_rows, next = 0;
+    lines_per_row = (width + 15) / 16 + 1;  // + 1: a row need not start on a line
+  }
+  int64_t lines() const { return rows * lines_per_row; }
+  void advance(int64_t count) {
+    for (const int64_t end = min64(next + count, lines()); next < end; ++next) {
+      const float* p = base + (next / lines_per_row) * ld + (next % lines_per_row) * 16;
+      _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+    }
+  }
+};
+
+// One operand of a product: where op(X)'s element (r, k) lives.
+struct Source {
+  const float* data;
+  int64_t ld;
+  bool trans;
+  // The block of rows [r0, r0 + rows) and k in [k0, k0 + kc), for the prefetcher.
+  void prefetch(Prefetcher& p, int64_t r0, int64_t rows, int64_t k0, int64_t kc) const {
+    if (trans)
+      p.start(data + k0 * ld + r0, ld, kc, rows);
+    else
+      p.start(data + r0 * ld + k0, ld, rows, kc);
+  }
+};
+
+// The product on one thread: BLIS's five loops around the micro-kernel. mc: a multiple of MR,
+// kc: even, nc: a multiple of NR. b_pack holds nc x kc bf16, a_pack mc x kc.
+void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a_src, const Source& b_src,
+                     int64_t M, int64_t N, int64_t K, float* C, int64_t ldc, bool accumulate, uint32_t* b_pack,
+                     uint32_t* a_pack) {
+  for (int64_t j0 = 0; j0 < N; j0 += nc_max) {  // 5th loop: blocks of N (B's block in L3)
+    const int64_t nc = min64(nc_max, N - j0);
+    const int64_t n_panels = ceil_div(nc, NR);
+    for (int64_t k0 = 0; k0 < K; k0 += kc_max) {  // 4th loop: blocks of K
+      const int64_t kc = min64(kc_max, K - k0), kp = ceil_div(kc, 2);
+      // C starts from its old value when accumulating, and from every earlier block of k.
+      const bool load_c = accumulate || k0 > 0;
+      for (int64_t jp = 0; jp < n_panels; ++jp)
+        pack_b_panel(b_src.trans, b_src.data, b_src.ld, k0, kc, j0 + jp * NR, min64(NR, nc - jp * NR),
+                     b_pack + jp * NR * kp);
+      for (int64_t i0 = 0; i0 < M; i0 += mc) {  // 3rd loop: blocks of M (A's block in L2)
+        const int64_t mcur = min64(mc, M - i0);
+        for (int64_t ip = 0; ip * MR < mcur; ++ip)
+          pack_a_panel(a_src.trans, a_src.data, a_src.ld, i0 + ip * MR, min64(MR, mcur - ip * MR), k0, kc,
+                       a_pack + ip * MR * kp);
+        Prefetcher next_a;  // the next block of A, spread over this block's panels of B
+        if (i0 + mc < M) a_src.prefetch(next_a, i0 + mc, min64(mc, M - i0 - mc), k0, kc);
+        const int64_t lines_per_panel = ceil_div(next_a.lines(), n_panels);
+        for (int64_t jp = 0; jp < n_panels; ++jp) {  // 2nd loop: a panel of B (kc x NR, in L1)
+          next_a.advance(lines_per_panel);
+          const int64_t nr = min64(NR, nc - jp * NR);
+          const uint32_t* b = b_pack + jp * NR * kp;
+          for (int64_t ip = 0; ip * MR < mcur; ++ip) {  // 1st loop: against every panel of A's block
+            const int64_t mr = min64(MR, mcur - ip * MR);
+            float* c = C + (i0 + ip * MR) * ldc + j0 + jp * NR;
+            const uint32_t* a = a_pack + ip * MR * kp;
+            if (load_c && (ip + 1) * MR < mcur) prefetch_tile(c + MR * ldc, ldc, min64(MR, mcur - (ip + 1) * MR));
+            if (a_src.trans)
+              tile<false>(kp, a, b, c, ldc, load_c, mr, nr);
+            else
+              tile<true>(kp, a, b, c, ldc, load_c, mr, nr);
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace
 
 bool gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
           int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-  const int threads = blocks.threads;
-  const int64_t kc_max = blocks.kc, nc_max = blocks.nc;
-  // M is cut into blocks of at most mc rows, as many as a multiple of the thread count so
-  // that every thread gets the same number, each a whole number of MR-row panels.
-  int64_t m_blocks = ceil_div(M, blocks.mc);
-  m_blocks = ceil_div(m_blocks, threads) * threads;
-  const int64_t mc = ceil_div(ceil_div(M, m_blocks), MR) * MR;
-  m_blocks = ceil_div(M, mc);
+  // Threads share out C and nothing else: each takes its own rows (its own columns when C has
+  // too few rows) and runs the one-thread algorithm on them, packing its own copy of B's
+  // blocks. B is packed T times instead of once, which costs little next to the product
+  // (each packed element of B serves M / T rows); in exchange no thread ever waits for
+  // another until the end, which matters on a machine shared with other work, where a
+  // thread that waits at a barrier may wait for a whole time slice of someone else's job.
+  int threads = blocks.threads;
+  const bool split_rows = M >= threads * 4 * MR;
+  if (!split_rows && N < threads * NR) threads = 1;
+  const int64_t parts_of = split_rows ? M : N, unit = split_rows ? MR : NR;
+  const int64_t part = ceil_div(ceil_div(parts_of, threads), unit) * unit;
 
-  // Packing buffers, 64-byte aligned: one B block shared by all threads, an A block per thread.
-  const int64_t kp_max = ceil_div(min64(kc_max, K), 2);
-  const int64_t b_words = ceil_div(min64(nc_max, N), NR) * NR * kp_max;
-  const int64_t a_words = mc * kp_max;
-  auto words_bytes = [](int64_t words) { return static_cast<size_t>(ceil_div(words * 4, 64) * 64); };
-  uint32_t* b_pack = static_cast<uint32_t*>(std::aligned_alloc(64, words_bytes(b_words)));
-  uint32_t* a_packs = static_cast<uint32_t*>(std::aligned_alloc(64, words_bytes(a_words) * threads));
-  if (!b_pack || !a_packs) {
-    std::free(b_pack);
-    std::free(a_packs);
-    return false;
-  }
-
+  const int64_t kc = min64(blocks.kc, K), kp_max = ceil_div(kc, 2);
+  const int64_t nc = min64(blocks.nc, ceil_div(split_rows ? N : part, NR) * NR);
+  auto bytes = [](int64_t words) { return static_cast<size_t>(ceil_div(words * 4, 64) * 64); };
+  bool out_of_memory = false;
 #pragma omp parallel num_threads(threads)
   {
-    uint32_t* a_pack = a_packs + words_bytes(a_words) / 4 * omp_get_thread_num();
-    for (int64_t j0 = 0; j0 < N; j0 += nc_max) {
-      const int64_t nc = min64(nc_max, N - j0);
-      const int64_t n_panels = ceil_div(nc, NR);
-      for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
-        const int64_t kc = min64(kc_max, K - k0), kp = ceil_div(kc, 2);
-        // C starts from its old value when accumulating, and from every earlier block of k.
-        const bool load_c = accumulate || k0 > 0;
-#pragma omp for schedule(static)
-        for (int64_t jp = 0; jp < n_panels; ++jp)
-          pack_b_panel(trans_b, B, ldb, k0, kc, j0 + jp * NR, min64(NR, nc - jp * NR), b_pack + jp * NR * kp);
-        // (the loop's barrier: every panel of B is packed before any thread reads it)
-#pragma omp for schedule(static)
-        for (int64_t mb = 0; mb < m_blocks; ++mb) {
-          const int64_t i0 = mb * mc, mcur = min64(mc, M - i0);
-          for (int64_t ip = 0; ip * MR < mcur; ++ip)
-            pack_a_panel(trans_a, A, lda, i0 + ip * MR, min64(MR, mcur - ip * MR), k0, kc, a_pack + ip * MR * kp);
-          // One panel of B (kc x NR, in L1) against every panel of the A block (mc x kc, in L2).
-          for (int64_t jp = 0; jp < n_panels; ++jp) {
-            const int64_t nr = min64(NR, nc - jp * NR);
-            const uint32_t* b = b_pack + jp * NR * kp;
-            for (int64_t ip = 0; ip * MR < mcur; ++ip) {
-              const int64_t mr = min64(MR, mcur - ip * MR);
-              float* c = C + (i0 + ip * MR) * ldc + j0 + jp * NR;
-              const uint32_t* a = a_pack + ip * MR * kp;
-              if (mr == MR && nr == NR)
-                micro_kernel(kp, a, b, c, ldc, load_c);
-              else
-                edge_tile(kp, a, b, c, ldc, load_c, mr, nr);
-            }
-          }
-        }
-        // (and its barrier: nobody packs the next B block while another thread still reads this one)
+    const int64_t first = omp_get_thread_num() * part, count = min64(part, parts_of - first);
+    if (count > 0) {
+      // This thread's share of C and the operands it reads: rows of op(A), or columns of op(B).
+      Source a_src{A, lda, trans_a}, b_src{B, ldb, trans_b};
+      int64_t m = M, n = N;
+      float* c = C;
+      if (split_rows) {
+        a_src.data += trans_a ? first : first * lda;
+        c += first * ldc;
+        m = count;
+      } else {
+        b_src.data += trans_b ? first * ldb : first;
+        c += first;
+        n = count;
       }
+      // Blocks of M of at most blocks.mc rows, all of about the same size.
+      const int64_t mc = min64(ceil_div(ceil_div(m, ceil_div(m, blocks.mc)), MR) * MR, ceil_div(m, MR) * MR);
+      uint32_t* b_pack = static_cast<uint32_t*>(std::aligned_alloc(64, bytes(nc * kp_max)));
+      uint32_t* a_pack = static_cast<uint32_t*>(std::aligned_alloc(64, bytes(mc * kp_max)));
+      if (b_pack && a_pack) {
+        gemm_one_thread(mc, kc, nc, a_src, b_src, m, n, K, c, ldc, accumulate, b_pack, a_pack);
+      } else {
+#pragma omp atomic write
+        out_of_memory = true;
+      }
+      std::free(b_pack);
+      std::free(a_pack);
     }
   }
-  std::free(b_pack);
-  std::free(a_packs);
-  return true;
+  return !out_of_memory;
 }
 
 }  // namespace lg::gemm_bf16_kernel
