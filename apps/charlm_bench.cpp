@@ -41,6 +41,26 @@ static double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// The time a piece of work got on the CPU rather than on the wall clock, for a machine shared
+// with other jobs: the calling thread's CPU time when it works alone, else the process's
+// divided by the thread count (time spent waiting for a preempted thread at a barrier counts,
+// time spent preempted does not). `--clock cpu` selects it; the default is the wall clock.
+struct WorkClock {
+  bool cpu = false;
+  int threads = 1;
+  double now() const {
+    if (!cpu) return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+    timespec ts{};
+    clock_gettime(threads == 1 ? CLOCK_THREAD_CPUTIME_ID : CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec)) / threads;
+  }
+};
+
+static bool cpu_clock(const std::string& name) {
+  if (name != "wall" && name != "cpu") throw Error(fmt::format("--clock {}: expected wall or cpu", name));
+  return name == "cpu";
+}
+
 static double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   size_t n = v.size();
@@ -100,12 +120,12 @@ usage:
   charlm_bench generate [model flags] [--positions 100,1000,10000 --threads N --json]
       Steps one sequence token by token with the incremental state and reports the median
       time per token around each position, and resident memory there.
-  charlm_bench peak     [--threads N --size N=1024 --json]
+  charlm_bench peak     [--threads N --size N=1024 --clock wall|cpu --json]
       What the CPU can do, on one core and on N threads: the fp32 FMA peak (a register-only
       loop of vfmadd231ps on zmm), the bf16 dot-product peak (the same with vdpbf16ps; reported
       unavailable without AVX512-BF16), and the sgemm rate of an N x N x N product (the MFU
       denominator) with the OpenBLAS kernels it names.
-  charlm_bench gemm     [--shapes MxNxK:tt,... --variants LIST --threads N --reps N=7 --json]
+  charlm_bench gemm     [--shapes MxNxK:tt,... --variants LIST --threads N --reps N=7 --clock wall|cpu --json]
       GFLOP/s of C (M x N) = op(A) op(B) with K the summed dimension; ":nt" after a shape says
       which operands are transposed (A, then B; default nn). The default shapes are the 10.7M
       model's products (4096 rows: its qkv, output, and feed-forward layers; forward nt,
@@ -115,6 +135,11 @@ usage:
       threads (+ N threads: gemm_bf16 as it runs), and sgemm1, sgemm (OpenBLAS fp32, one and
       N threads). Default: packed,blocked,threads,sgemm. Each as a share of the measured bf16
       dot peak of as many threads.
+  --clock cpu (peak, gemm): rates per second of CPU time the work got (one thread's, or the
+      process's over the thread count) instead of per wall-clock second: on a machine shared
+      with other jobs, time spent preempted does not count. (The sgemm of peak: wall clock.)
+  --mc N --kc N --nc N (gemm): the cache blocks of the blocked and threads variants
+      (default: gemm_bf16's own, core/gemm_bf16.cpp).
   mpirun -np K charlm_bench allreduce [--kb 4,64,1024,16384 --reps N=30]
       The trainer's gradient all-reduce (dist::GradReducer, one bucket) of each size across
       the ranks: median time, and bus bandwidth 2 (K - 1) / K x bytes / time, the figure that
@@ -140,7 +165,7 @@ static Flags parse_flags(int argc, char** argv, int first) {
       static const std::set<std::string> known = {
           "attn",   "ffn",   "norm",    "layers", "heads",  "dim",   "ctx",       "batch", "latents", "window",
           "chunk",  "steps", "warmup",  "threads", "shards", "data", "seed", "positions", "size",  "kb", "reps",
-          "shapes", "variants"};
+          "shapes", "variants", "clock", "mc", "kc", "nc"};
       if (!known.count(a.substr(2))) throw Error(fmt::format("unknown flag '{}' (see --help)", a));
       f.values[a.substr(2)] = argv[++i];
     } else {
@@ -233,14 +258,15 @@ __attribute__((target("avx512f,avx512bf16"))) static void bf16_dot_loop(int64_t 
 
 // GFLOP/s of one of the loops on `threads` threads, each running it to the end; median of 7.
 // An FMA on 16 floats is 32 FLOPs; a vdpbf16ps is 16 lanes x 2 products x 2 = 64.
-static double loop_gflops(void (*loop)(int64_t), double flops_per_instruction, int threads) {
+static double loop_gflops(void (*loop)(int64_t), double flops_per_instruction, int threads, bool cpu) {
   const int64_t iterations = 20'000'000;
+  const WorkClock clock{cpu, threads};
   std::vector<double> rates;
   for (int rep = 0; rep < 8; ++rep) {  // the first round starts the threads and is not counted
-    auto t0 = Clock::now();
+    const double t0 = clock.now();
 #pragma omp parallel num_threads(threads)
     loop(iterations);
-    const double t = seconds_since(t0);
+    const double t = clock.now() - t0;
     if (rep > 0) rates.push_back(threads * flops_per_instruction * kAccumulators * iterations / t / 1e9);
   }
   return median(rates);
@@ -249,13 +275,13 @@ static double loop_gflops(void (*loop)(int64_t), double flops_per_instruction, i
 static bool cpu_has_avx512f() { return __builtin_cpu_supports("avx512f"); }
 
 // The fp32 FMA and bf16 dot peaks; nullopt where the CPU lacks the instructions.
-static std::optional<double> fma_peak(int threads) {
+static std::optional<double> fma_peak(int threads, bool cpu) {
   if (!cpu_has_avx512f()) return std::nullopt;
-  return loop_gflops(fma_loop, 32, threads);
+  return loop_gflops(fma_loop, 32, threads, cpu);
 }
-static std::optional<double> bf16_peak(int threads) {
+static std::optional<double> bf16_peak(int threads, bool cpu) {
   if (!gemm_bf16_available()) return std::nullopt;  // CPUID leaf 7, subleaf 1, EAX bit 5
-  return loop_gflops(bf16_dot_loop, 64, threads);
+  return loop_gflops(bf16_dot_loop, 64, threads, cpu);
 }
 
 static std::string text_of(std::optional<double> gflops) {
@@ -269,21 +295,22 @@ static int run_peak(const Flags& f) {
   set_num_threads(static_cast<int>(f.integer("threads", 0)));
   const int threads = get_num_threads();
   const int64_t n = f.integer("size", 1024);
-  const auto fma1 = fma_peak(1), fma_n = fma_peak(threads);
-  const auto bf1 = bf16_peak(1), bf_n = bf16_peak(threads);
+  const bool cpu = cpu_clock(f.get("clock", "wall"));
+  const auto fma1 = fma_peak(1, cpu), fma_n = fma_peak(threads, cpu);
+  const auto bf1 = bf16_peak(1, cpu), bf_n = bf16_peak(threads, cpu);
   set_num_threads(1);
   const double sgemm1 = sgemm_gflops(n);
   set_num_threads(threads);
   const double sgemm_n = sgemm_gflops(n);
   if (f.json) {
     fmt::print(
-        "{{\"cpu\": \"{}\", \"threads\": {}, \"blas_core\": \"{}\", \"fma_peak_gflops_per_core\": {}, "
+        "{{\"cpu\": \"{}\", \"clock\": \"{}\", \"threads\": {}, \"blas_core\": \"{}\", \"fma_peak_gflops_per_core\": {}, "
         "\"fma_peak_gflops\": {}, \"bf16_dot_peak_gflops_per_core\": {}, \"bf16_dot_peak_gflops\": {}, "
         "\"sgemm_size\": {}, \"sgemm_gflops_per_core\": {:.2f}, \"sgemm_gflops\": {:.2f}}}\n",
-        cpu_name(), threads, blas_corename(), json_of(fma1), json_of(fma_n), json_of(bf1), json_of(bf_n), n, sgemm1,
+        cpu_name(), cpu ? "cpu" : "wall", threads, blas_corename(), json_of(fma1), json_of(fma_n), json_of(bf1), json_of(bf_n), n, sgemm1,
         sgemm_n);
   } else {
-    fmt::print("{}, OpenBLAS kernels: {}\n", cpu_name(), blas_corename());
+    fmt::print("{}, OpenBLAS kernels: {}, {} clock\n", cpu_name(), blas_corename(), cpu ? "CPU" : "wall");
     fmt::print("  {:<34} {:>24} {:>24}\n", "", "1 core", fmt::format("{} threads", threads));
     fmt::print("  {:<34} {:>24} {:>24}\n", "fp32 FMA peak (vfmadd231ps zmm)", text_of(fma1), text_of(fma_n));
     fmt::print("  {:<34} {:>24} {:>24}\n", "bf16 dot peak (vdpbf16ps zmm)", text_of(bf1), text_of(bf_n));
@@ -363,12 +390,13 @@ static int run_gemm(const Flags& f) {
       throw Error(fmt::format("--variants {}: this CPU has no AVX512-BF16 (naive and sgemm run anywhere)", v));
     variants.push_back(v);
   }
-  const auto peak1 = bf16_peak(1), peak_n = bf16_peak(threads);
+  const bool cpu = cpu_clock(f.get("clock", "wall"));
+  const auto peak1 = bf16_peak(1, cpu), peak_n = bf16_peak(threads, cpu);
 
   std::string json_rows;
   if (!f.json) {
-    fmt::print("{}, OpenBLAS kernels: {}; bf16 dot peak {} (1 core), {} ({} threads)\n", cpu_name(),
-               blas_corename(), text_of(peak1), text_of(peak_n), threads);
+    fmt::print("{}, OpenBLAS kernels: {}, {} clock; bf16 dot peak {} (1 core), {} ({} threads)\n", cpu_name(),
+               blas_corename(), cpu ? "CPU" : "wall", text_of(peak1), text_of(peak_n), threads);
     fmt::print("GFLOP/s (share of the bf16 dot peak of as many threads), median of up to {}:\n", reps);
     fmt::print("  {:<14} {:>16}", "product", "M x N x K op");
     for (const auto& v : variants) fmt::print(" {:>15}", v);
@@ -391,6 +419,11 @@ static int run_gemm(const Flags& f) {
         run = [&] { gemm_bf16_reference(s.ta, s.tb, s.M, s.N, s.K, a.data(), lda, b.data(), ldb, c.data(), s.N, false); };
       } else if (v == "packed" || v == "blocked" || v == "threads") {
         GemmBf16Blocking blocking = v == "packed" ? GemmBf16Blocking{} : gemm_bf16_default_blocking();
+        if (v != "packed") {
+          blocking.mc = f.integer("mc", blocking.mc);
+          blocking.kc = f.integer("kc", blocking.kc);
+          blocking.nc = f.integer("nc", blocking.nc);
+        }
         blocking.threads = v == "threads" ? threads : 1;
         used_threads = blocking.threads;
         run = [&, blocking] {
@@ -402,15 +435,16 @@ static int run_gemm(const Flags& f) {
       }
       set_num_threads(used_threads);
       // A first call (page faults, thread start), then as many more as fit in about a second.
-      auto t0 = Clock::now();
+      const WorkClock clock{cpu, used_threads};
+      double t0 = clock.now();
       run();
-      const double first = seconds_since(t0);
+      const double first = clock.now() - t0;
       const int64_t n = std::clamp<int64_t>(static_cast<int64_t>(1.0 / first), 1, reps);
       std::vector<double> rates;
       for (int64_t r = 0; r < n; ++r) {
-        t0 = Clock::now();
+        t0 = clock.now();
         run();
-        rates.push_back(flops / seconds_since(t0) / 1e9);
+        rates.push_back(flops / (clock.now() - t0) / 1e9);
       }
       set_num_threads(threads);
       const double rate = median(rates);
@@ -430,9 +464,9 @@ static int run_gemm(const Flags& f) {
       fmt::print("\n");
   }
   if (f.json)
-    fmt::print("{{\"cpu\": \"{}\", \"threads\": {}, \"blas_core\": \"{}\", \"bf16_dot_peak_gflops_per_core\": {}, "
+    fmt::print("{{\"cpu\": \"{}\", \"clock\": \"{}\", \"threads\": {}, \"blas_core\": \"{}\", \"bf16_dot_peak_gflops_per_core\": {}, "
                "\"bf16_dot_peak_gflops\": {}, \"products\": [{}]}}\n",
-               cpu_name(), threads, blas_corename(), json_of(peak1), json_of(peak_n), json_rows);
+               cpu_name(), cpu ? "cpu" : "wall", threads, blas_corename(), json_of(peak1), json_of(peak_n), json_rows);
   return 0;
 }
 

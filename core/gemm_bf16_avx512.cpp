@@ -183,18 +183,18 @@ void prefetch_tile(const float* c, int64_t ldc, int64_t mr) {
 // once per block of k (a 4096 x 1152 A is 18 MB); read on demand, the packing would wait for
 // every line in turn, while the micro-kernels leave the memory bus idle.
 struct Prefetcher {
-  const float* base = nullptr;
-  int64_t ld = 0, rows = 0, lines_per_row = 0, next = 0;
+  const float* row = nullptr;  // the row being fetched
+  int64_t ld = 0, rows_left = 0, lines_per_row = 0, line = 0;
 
   void start(const float* block, int64_t block_ld, int64_t block_rows, int64_t width) {
-    base = block, ld = block_ld, rows = block_rows, next = 0;
+    row = block, ld = block_ld, rows_left = block_rows, line = 0;
     lines_per_row = (width + 15) / 16 + 1;  // + 1: a row need not start on a line
   }
-  int64_t lines() const { return rows * lines_per_row; }
+  int64_t lines() const { return rows_left * lines_per_row; }
   void advance(int64_t count) {
-    for (const int64_t end = min64(next + count, lines()); next < end; ++next) {
-      const float* p = base + (next / lines_per_row) * ld + (next % lines_per_row) * 16;
-      _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+    for (; count > 0 && rows_left > 0; --count) {
+      _mm_prefetch(reinterpret_cast<const char*>(row + line * 16), _MM_HINT_T1);
+      if (++line == lines_per_row) line = 0, row += ld, --rows_left;
     }
   }
 };
