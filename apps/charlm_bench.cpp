@@ -439,8 +439,10 @@ static int run_gemm(const Flags& f) {
       double t0 = clock.now();
       run();
       const double first = clock.now() - t0;
-      const int64_t n = std::clamp<int64_t>(static_cast<int64_t>(1.0 / first), 1, reps);
+      // A call of over a second (the naive loops) is its own measurement.
+      const int64_t n = first >= 1.0 ? 0 : std::clamp<int64_t>(static_cast<int64_t>(1.0 / first), 1, reps);
       std::vector<double> rates;
+      if (n == 0) rates.push_back(flops / first / 1e9);
       for (int64_t r = 0; r < n; ++r) {
         t0 = clock.now();
         run();

@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/cpu.h"
 #include "core/gemm_bf16_kernel.h"
 #include "core/tensor.h"
 
@@ -37,7 +38,7 @@ float bf16_to_float(uint16_t h) {
 }
 
 bool gemm_bf16_available() {
-  static const bool available = [] {
+  static const bool cpu_has_it = [] {
     // __builtin_cpu_supports also asks the OS (XGETBV) whether it saves the zmm registers.
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
         !__builtin_cpu_supports("avx512vl"))
@@ -46,7 +47,10 @@ bool gemm_bf16_available() {
     if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
     return (eax & (1u << 5)) != 0;  // AVX512_BF16
   }();
-  return available;
+  // A portable build also follows its choice of kernels (core/cpu.h): LATENTGRAD_ISA=generic
+  // or force_generic_kernels(true) run the portable path here too.
+  if constexpr (kPortableBuild) return cpu_has_it && run_avx512_kernels();
+  return cpu_has_it;
 }
 
 // ---- the portable path -------------------------------------------------------------------------

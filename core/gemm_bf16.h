@@ -23,7 +23,8 @@ void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, cons
                const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
 
 // True when gemm_bf16 runs its fast path: the CPU has AVX-512 (F, BW, VL) and AVX512-BF16
-// (CPUID leaf 7, subleaf 1, EAX bit 5), and the OS saves the 512-bit registers.
+// (CPUID leaf 7, subleaf 1, EAX bit 5), and the OS saves the 512-bit registers; in a portable
+// build, also its AVX-512 kernels are chosen (core/cpu.h: LATENTGRAD_ISA=generic says no).
 bool gemm_bf16_available();
 
 // The portable path: scalar loops with the hardware's arithmetic (see gemm_bf16.cpp), the

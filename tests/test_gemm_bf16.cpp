@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/cpu.h"
 #include "core/gemm_bf16.h"
 #include "core/random.h"
 #include "core/tensor.h"
@@ -177,6 +178,18 @@ TEST_CASE("gemm_bf16: K = 0 zeroes C or leaves it; sizes 0 do nothing; bad argum
   std::vector<float> A(6), B(6);
   CHECK_THROWS_AS(gemm_bf16(false, false, 2, 2, 3, A.data(), 2, B.data(), 2, C.data(), 2, false), Error);
   CHECK_THROWS_AS(gemm_bf16(false, false, -1, 2, 3, A.data(), 3, B.data(), 2, C.data(), 2, false), Error);
+}
+
+TEST_CASE("gemm_bf16: a portable build's generic kernels run the portable path, which gives the same bits") {
+  const Case c{true, false, 40, 50, 33, 2, true};
+  const Operands o = make(c, 11);
+  std::vector<float> fast = o.C0, portable = o.C0;
+  gemm_bf16(c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, fast.data(), o.ldc, true);
+  const bool before = force_generic_kernels(true);
+  if (kPortableBuild) CHECK_FALSE(gemm_bf16_available());
+  gemm_bf16(c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, portable.data(), o.ldc, true);
+  force_generic_kernels(before);
+  CHECK(std::memcmp(fast.data(), portable.data(), fast.size() * 4) == 0);
 }
 
 TEST_CASE("gemm_bf16: the fast path's blockings and thread counts give the same bits") {
