@@ -233,11 +233,12 @@ void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a
         for (int64_t ip = 0; ip * MR < mcur; ++ip)
           pack_a_panel(a_src.trans, a_src.data, a_src.ld, i0 + ip * MR, min64(MR, mcur - ip * MR), k0, kc,
                        a_pack + ip * MR * kp);
-        Prefetcher next_a;  // the next block of A, spread over this block's panels of B
+        // The next block of A, a few lines before each tile: a burst of hundreds of
+        // prefetches would fill the queue of misses and stall on it.
+        Prefetcher next_a;
         if (i0 + mc < M) a_src.prefetch(next_a, i0 + mc, min64(mc, M - i0 - mc), k0, kc);
-        const int64_t lines_per_panel = ceil_div(next_a.lines(), n_panels);
+        const int64_t lines_per_tile = ceil_div(next_a.lines(), n_panels * ceil_div(mcur, MR));
         for (int64_t jp = 0; jp < n_panels; ++jp) {  // 2nd loop: a panel of B (kc x NR, in L1)
-          next_a.advance(lines_per_panel);
           const int64_t nr = min64(NR, nc - jp * NR);
           const uint32_t* b = b_pack + jp * NR * kp;
           for (int64_t ip = 0; ip * MR < mcur; ++ip) {  // 1st loop: against every panel of A's block
@@ -245,6 +246,7 @@ void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a
             float* c = C + (i0 + ip * MR) * ldc + j0 + jp * NR;
             const uint32_t* a = a_pack + ip * MR * kp;
             if (load_c && (ip + 1) * MR < mcur) prefetch_tile(c + MR * ldc, ldc, min64(MR, mcur - (ip + 1) * MR));
+            next_a.advance(lines_per_tile);
             if (a_src.trans)
               tile<false>(kp, a, b, c, ldc, load_c, mr, nr);
             else
