@@ -95,8 +95,8 @@ void gemm_bf16_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64
 
 // KC: one panel of B, kc x 32 bf16 (64 kc bytes), stays in L1 (48 KB on Zen 5, 32-48 KB on
 // recent Intel) beside the A panel the micro-kernel streams: 24 KB at kc = 384. MC: the block
-// of A, mc x kc bf16, stays in L2 (1 MB per core here): 240 KB at mc = 322. NC: the block of
-// B, kc x nc, is shared by the threads (in L3): 1.5 MB at nc = 2048.
+// of A, mc x kc bf16, stays in L2 (1 MB per core here): 240 KB at mc = 322. NC: a thread's
+// block of B, kc x nc, is read panel by panel from L2 and L3: 1.5 MB at nc = 2048.
 GemmBf16Blocking gemm_bf16_default_blocking() { return {322, 384, 2048, 0}; }
 
 static void check_args(int64_t M, int64_t N, int64_t K, bool trans_a, int64_t lda, bool trans_b, int64_t ldb,

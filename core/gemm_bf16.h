@@ -18,7 +18,7 @@ namespace lg {
 // even) on its way into the packed blocks; products are summed in fp32, k in order, starting
 // from the old C when accumulate (from zero otherwise).
 // On a CPU with AVX512-BF16 this runs the blocked kernel on the OpenMP threads; elsewhere it
-// runs gemm_bf16_reference, which gives the same bits, one thread, about a hundred times slower.
+// runs gemm_bf16_reference, which gives the same bits on one thread, several hundred times slower.
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
 

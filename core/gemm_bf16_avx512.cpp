@@ -6,7 +6,8 @@
 // of acc. So both packed operands hold two consecutive k values in every 32-bit word:
 //
 //   packed B, a panel of kNR = 32 columns: for each pair p of k, 32 words (B[2p][j], B[2p+1][j]);
-//   packed A, a panel of kMR = 14 rows:    for each pair p of k, 14 words (A[i][2p], A[i][2p+1]).
+//   packed A, a panel of kMR = 14 rows: the words (A[i][2p], A[i][2p+1]), row by row or pair by
+//   pair, whichever its source gives cheaply (pack_a_panel).
 //
 // The micro-kernel loads B's 32 words for pair p as two zmm registers, broadcasts A's word for
 // row i to all 16 lanes, and issues two vdpbf16ps per row: 28 accumulators hold the 14 x 32
@@ -15,7 +16,7 @@
 // This file is compiled with AVX512-BF16 flags in every build and runs only where
 // gemm_bf16_available() said yes. It includes no project header with inline code and uses no
 // standard-library template, so it defines no weak symbol that baseline code could end up
-// calling (core/isa.h; the CTest avx512_symbols checks it).
+// calling (core/isa.h; the CTest bf16_symbols checks it).
 #include <omp.h>
 
 #include <cstdlib>
