@@ -10,6 +10,7 @@
 // Figures are medians over the timed steps. "peak" measures what the cores can do: the fp32 FMA
 // and bf16 dot-product rates of register-only loops, and the sgemm rate, the denominator of
 // model FLOP utilisation (MFU). "gemm" times the bf16 GEMM (core/gemm_bf16.h) step by step.
+#include <cpuid.h>
 #include <fmt/format.h>
 #include <sys/resource.h>
 
@@ -274,13 +275,20 @@ static double loop_gflops(void (*loop)(int64_t), double flops_per_instruction, i
 
 static bool cpu_has_avx512f() { return __builtin_cpu_supports("avx512f"); }
 
+// AVX512-BF16 is CPUID leaf 7, subleaf 1, EAX bit 5. Asked here rather than through
+// gemm_bf16_available(), which a portable build's LATENTGRAD_ISA=generic also turns off.
+static bool cpu_has_avx512_bf16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return cpu_has_avx512f() && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)) != 0;
+}
+
 // The fp32 FMA and bf16 dot peaks; nullopt where the CPU lacks the instructions.
 static std::optional<double> fma_peak(int threads, bool cpu) {
   if (!cpu_has_avx512f()) return std::nullopt;
   return loop_gflops(fma_loop, 32, threads, cpu);
 }
 static std::optional<double> bf16_peak(int threads, bool cpu) {
-  if (!gemm_bf16_available()) return std::nullopt;  // CPUID leaf 7, subleaf 1, EAX bit 5
+  if (!cpu_has_avx512_bf16()) return std::nullopt;
   return loop_gflops(bf16_dot_loop, 64, threads, cpu);
 }
 
