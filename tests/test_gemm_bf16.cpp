@@ -107,7 +107,8 @@ float b_at(const Case& c, const Operands& o, int64_t k, int64_t j) { return c.tb
 //  2. The exact product of the bf16-rounded inputs (double sums): the kernel differs from it by
 //     its fp32 sums alone. K sums, each rounded with relative error <= u32 = 2^-24, give
 //     |error| <= gamma_K sum_k |a_bf16 b_bf16| with gamma_K = K u32 / (1 - K u32) (Higham,
-//     "Accuracy and Stability of Numerical Algorithms", 3.1); checked with 1.01 K u32.
+//     "Accuracy and Stability of Numerical Algorithms", 3.1); checked with 1.01 (K + 1) u32, the
+//     + 1 for the old C when accumulating.
 //  3. The fp32 inputs' own product (double sums): bf16 rounding changes each input by at most
 //     u = 2^-8 relative (half of bf16's 2^-7 step), so a product by at most (1 + u)^2 - 1 < 2.01 u,
 //     and each element by at most 2.01 u sum_k |a b| plus the fp32 sums of 2.
