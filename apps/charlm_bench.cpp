@@ -395,7 +395,9 @@ static int run_gemm(const Flags& f) {
     if (!known.count(v)) throw Error(fmt::format("--variants: unknown '{}' (naive, packed, blocked, threads, sgemm1, sgemm)", v));
     const bool bf16 = v != "sgemm1" && v != "sgemm";
     if (bf16 && v != "naive" && !gemm_bf16_available())
-      throw Error(fmt::format("--variants {}: this CPU has no AVX512-BF16 (naive and sgemm run anywhere)", v));
+      throw Error(fmt::format("--variants {}: the bf16 kernel cannot run here (no AVX512-BF16, or "
+                              "LATENTGRAD_ISA=generic); naive and sgemm run anywhere",
+                              v));
     variants.push_back(v);
   }
   const bool cpu = cpu_clock(f.get("clock", "wall"));

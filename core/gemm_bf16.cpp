@@ -122,7 +122,8 @@ void gemm_bf16_blocked(const GemmBf16Blocking& blocking, bool trans_a, bool tran
                        int64_t ldc, bool accumulate) {
   check_args(M, N, K, trans_a, lda, trans_b, ldb, ldc);
   if (!gemm_bf16_available())
-    throw Error("gemm_bf16_blocked: this CPU has no AVX512-BF16 (gemm_bf16 runs the portable path instead)");
+    throw Error("gemm_bf16_blocked: the fast path is off (no AVX512-BF16 on this CPU, or a portable build's "
+                "LATENTGRAD_ISA=generic); gemm_bf16 runs the portable path instead");
   if (trivial(M, N, K, C, ldc, accumulate)) return;
   namespace kernel = gemm_bf16_kernel;
   auto round_up = [](int64_t x, int64_t to) { return (x + to - 1) / to * to; };
