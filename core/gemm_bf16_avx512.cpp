@@ -293,19 +293,22 @@ bool gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N
   // (each packed element of B serves M / T rows); in exchange no thread ever waits for
   // another until the end, which matters on a machine shared with other work, where a
   // thread that waits at a barrier may wait for a whole time slice of someone else's job.
-  int threads = blocks.threads;
-  const bool split_rows = M >= threads * 4 * MR;
-  if (!split_rows && N < threads * NR) threads = 1;
-  const int64_t parts_of = split_rows ? M : N, unit = split_rows ? MR : NR;
-  const int64_t part = ceil_div(ceil_div(parts_of, threads), unit) * unit;
-
   const int64_t kc = min64(blocks.kc, K), kp_max = ceil_div(kc, 2);
-  const int64_t nc = min64(blocks.nc, ceil_div(split_rows ? N : part, NR) * NR);
   auto bytes = [](int64_t words) { return static_cast<size_t>(ceil_div(words * 4, 64) * 64); };
   bool out_of_memory = false;
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(blocks.threads)
   {
-    const int64_t first = omp_get_thread_num() * part, count = min64(part, parts_of - first);
+    // The team may be smaller than asked: called from inside another parallel region (a
+    // data-parallel shard, say), OpenMP runs this one on a single thread. So the parts are
+    // cut for the team that runs, never for the team that was asked for.
+    int threads = omp_get_num_threads();
+    const bool split_rows = M >= threads * 4 * MR;
+    if (!split_rows && N < threads * NR) threads = 1;
+    const int64_t parts_of = split_rows ? M : N, unit = split_rows ? MR : NR;
+    const int64_t part = ceil_div(ceil_div(parts_of, threads), unit) * unit;
+    const int64_t nc = min64(blocks.nc, ceil_div(split_rows ? N : part, NR) * NR);
+    const int64_t first = omp_get_thread_num() * part;
+    const int64_t count = omp_get_thread_num() < threads ? min64(part, parts_of - first) : 0;
     if (count > 0) {
       // This thread's share of C and the operands it reads: rows of op(A), or columns of op(B).
       Source a_src{A, lda, trans_a}, b_src{B, ldb, trans_b};

@@ -212,6 +212,19 @@ TEST_CASE("gemm_bf16: the fast path's blockings and thread counts give the same 
   }
 }
 
+TEST_CASE("gemm_bf16: called from inside a parallel region (one product per thread), each is whole") {
+  // Nested, the product's own parallel region runs on one thread: every row must still be done.
+  const Case c{false, true, 200, 96, 70, 0, false};
+  const Operands o = make(c, 21);
+  std::vector<float> ref = o.C0;
+  gemm_bf16_reference(c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, ref.data(), o.ldc, false);
+  std::vector<std::vector<float>> got(2, o.C0);
+#pragma omp parallel for num_threads(2)
+  for (int t = 0; t < 2; ++t)
+    gemm_bf16(c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, got[t].data(), o.ldc, false);
+  for (int t = 0; t < 2; ++t) CHECK(std::memcmp(got[t].data(), ref.data(), ref.size() * 4) == 0);
+}
+
 TEST_CASE("gemm_bf16: infinities and NaNs go through; denormal inputs count as zero (as vdpbf16ps does)") {
   const float inf = std::numeric_limits<float>::infinity();
   const float denormal = std::numeric_limits<float>::min() / 4;
