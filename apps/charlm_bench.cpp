@@ -3,23 +3,32 @@
 //
 //   charlm_bench train    [model flags] [--steps N --warmup N --threads N --data PATH --json]
 //   charlm_bench generate [model flags] [--positions 100,1000,10000 --threads N --json]
-//   charlm_bench peak     [--threads N --size N]
+//   charlm_bench peak     [--threads N --size N --json]
+//   charlm_bench gemm     [--shapes MxNxK:tt,... --variants naive,packed,... --threads N --json]
 //   mpirun -np K charlm_bench allreduce [--kb 4,64,1024,16384 --reps N]
 //
-// Figures are medians over the timed steps. "peak" is the machine's measured sgemm rate, the
-// denominator of model FLOP utilisation (MFU).
+// Figures are medians over the timed steps. "peak" measures what the cores can do: the fp32 FMA
+// and bf16 dot-product rates of register-only loops, and the sgemm rate, the denominator of
+// model FLOP utilisation (MFU). "gemm" times the bf16 GEMM (core/gemm_bf16.h) step by step.
+#include <cpuid.h>
 #include <fmt/format.h>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cstdio>
+#include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "core/blas.h"
 #include "core/cpu.h"
+#include "core/gemm_bf16.h"
+#include "core/intrinsics.h"
 #include "dist/dist.h"
 #include "models/charlm.h"
 #include "models/charlm_data.h"
@@ -31,6 +40,26 @@ using Clock = std::chrono::steady_clock;
 
 static double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// The time a piece of work got on the CPU rather than on the wall clock, for a machine shared
+// with other jobs: the calling thread's CPU time when it works alone, else the process's
+// divided by the thread count (time spent waiting for a preempted thread at a barrier counts,
+// time spent preempted does not). `--clock cpu` selects it; the default is the wall clock.
+struct WorkClock {
+  bool cpu = false;
+  int threads = 1;
+  double now() const {
+    if (!cpu) return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+    timespec ts{};
+    clock_gettime(threads == 1 ? CLOCK_THREAD_CPUTIME_ID : CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec)) / threads;
+  }
+};
+
+static bool cpu_clock(const std::string& name) {
+  if (name != "wall" && name != "cpu") throw Error(fmt::format("--clock {}: expected wall or cpu", name));
+  return name == "cpu";
 }
 
 static double median(std::vector<double> v) {
@@ -92,8 +121,26 @@ usage:
   charlm_bench generate [model flags] [--positions 100,1000,10000 --threads N --json]
       Steps one sequence token by token with the incremental state and reports the median
       time per token around each position, and resident memory there.
-  charlm_bench peak     [--threads N --size N=1024]
-      The sgemm rate of an N x N x N product: the MFU denominator.
+  charlm_bench peak     [--threads N --size N=1024 --clock wall|cpu --json]
+      What the CPU can do, on one core and on N threads: the fp32 FMA peak (a register-only
+      loop of vfmadd231ps on zmm), the bf16 dot-product peak (the same with vdpbf16ps; reported
+      unavailable without AVX512-BF16), and the sgemm rate of an N x N x N product (the MFU
+      denominator) with the OpenBLAS kernels it names.
+  charlm_bench gemm     [--shapes MxNxK:tt,... --variants LIST --threads N --reps N=7 --clock wall|cpu --json]
+      GFLOP/s of C (M x N) = op(A) op(B) with K the summed dimension; ":nt" after a shape says
+      which operands are transposed (A, then B; default nn). The default shapes are the 10.7M
+      model's products (4096 rows: its qkv, output, and feed-forward layers; forward nt,
+      input gradient nn, weight gradient tn) and 1536^3. Variants, the steps of the bf16
+      kernel's construction: naive (the scalar reference), packed (packing and micro-kernel,
+      one block of the whole product, one thread), blocked (+ cache blocks, one thread),
+      threads (+ N threads: gemm_bf16 as it runs), and sgemm1, sgemm (OpenBLAS fp32, one and
+      N threads). Default: packed,blocked,threads,sgemm. Each as a share of the measured bf16
+      dot peak of as many threads.
+  --clock cpu (peak, gemm): rates per second of CPU time the work got (one thread's, or the
+      process's over the thread count) instead of per wall-clock second: on a machine shared
+      with other jobs, time spent preempted does not count. (The sgemm of peak: wall clock.)
+  --mc N --kc N --nc N (gemm): the cache blocks of the blocked and threads variants
+      (default: gemm_bf16's own, core/gemm_bf16.cpp).
   mpirun -np K charlm_bench allreduce [--kb 4,64,1024,16384 --reps N=30]
       The trainer's gradient all-reduce (dist::GradReducer, one bucket) of each size across
       the ranks: median time, and bus bandwidth 2 (K - 1) / K x bytes / time, the figure that
@@ -117,8 +164,9 @@ static Flags parse_flags(int argc, char** argv, int first) {
     } else if (a.rfind("--", 0) == 0 && i + 1 < argc) {
       // A misspelt flag would otherwise leave its setting at the default, unnoticed.
       static const std::set<std::string> known = {
-          "attn",   "ffn",   "norm", "recompute",    "layers", "heads",  "dim",   "ctx",       "batch", "latents", "window",
-          "chunk",  "steps", "warmup",  "threads", "shards", "data", "seed", "positions", "size",  "kb", "reps"};
+          "attn",   "ffn",   "norm",    "recompute", "layers", "heads",  "dim",   "ctx",       "batch", "latents",
+          "window", "chunk", "steps",   "warmup",  "threads", "shards", "data", "seed", "positions", "size",
+          "kb",     "reps",  "shapes",  "variants", "clock", "mc",     "kc",   "nc"};
       if (!known.count(a.substr(2))) throw Error(fmt::format("unknown flag '{}' (see --help)", a));
       f.values[a.substr(2)] = argv[++i];
     } else {
@@ -158,6 +206,280 @@ static double sgemm_gflops(int64_t n) {
     rates.push_back(2.0 * n * n * n / seconds_since(t0) / 1e9);
   }
   return median(rates);
+}
+
+// ---- hardware peaks ---------------------------------------------------------------------------
+
+// The CPU's name as the kernel reports it, to print next to every figure.
+static std::string cpu_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+// Register-only loops: 24 independent chains of one instruction, enough to cover its latency
+// (4-6 cycles) times its throughput (2 per cycle) twice over, so the loop runs at the units'
+// issue rate, with no load or store inside. Written in assembly because the compiler, given
+// the same loop in intrinsics, keeps the accumulators in memory. The registers hold zeros, so
+// no denormal or overflow slows an instruction. Compiled for AVX-512 by attribute (which the
+// zmm16-23 clobbers need; the portable build's baseline flags do not allow it) and called only
+// where the CPU has the instructions.
+#define LG_X4(op, a, b, c, d) op(a) op(b) op(c) op(d)
+#define LG_X24(op)                                                                                  \
+  LG_X4(op, 0, 1, 2, 3) LG_X4(op, 4, 5, 6, 7) LG_X4(op, 8, 9, 10, 11) LG_X4(op, 12, 13, 14, 15) \
+  LG_X4(op, 16, 17, 18, 19) LG_X4(op, 20, 21, 22, 23)
+#define LG_ZERO(r) "vpxord %%zmm" #r ", %%zmm" #r ", %%zmm" #r "\n\t"
+#define LG_FMA(r) "vfmadd231ps %%zmm31, %%zmm30, %%zmm" #r "\n\t"
+#define LG_DPBF16(r) "vdpbf16ps %%zmm31, %%zmm30, %%zmm" #r "\n\t"
+#define LG_CLOBBERS                                                                                       \
+  "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", \
+      "zmm13", "zmm14", "zmm15", "zmm16", "zmm17", "zmm18", "zmm19", "zmm20", "zmm21", "zmm22", "zmm23",    \
+      "zmm30", "zmm31", "cc"
+constexpr int kAccumulators = 24;
+
+__attribute__((target("avx512f"))) static void fma_loop(int64_t iterations) {
+  asm volatile(LG_X24(LG_ZERO) LG_ZERO(30) LG_ZERO(31)  //
+               "1:\n\t" LG_X24(LG_FMA) "dec %0\n\t"
+               "jnz 1b\n\t"
+               : "+r"(iterations)
+               :
+               : LG_CLOBBERS);
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static void bf16_dot_loop(int64_t iterations) {
+  asm volatile(LG_X24(LG_ZERO) LG_ZERO(30) LG_ZERO(31)  //
+               "1:\n\t" LG_X24(LG_DPBF16) "dec %0\n\t"
+               "jnz 1b\n\t"
+               : "+r"(iterations)
+               :
+               : LG_CLOBBERS);
+}
+
+// GFLOP/s of one of the loops on `threads` threads, each running it to the end; median of 7.
+// An FMA on 16 floats is 32 FLOPs; a vdpbf16ps is 16 lanes x 2 products x 2 = 64.
+static double loop_gflops(void (*loop)(int64_t), double flops_per_instruction, int threads, bool cpu) {
+  const int64_t iterations = 20'000'000;
+  const WorkClock clock{cpu, threads};
+  std::vector<double> rates;
+  for (int rep = 0; rep < 8; ++rep) {  // the first round starts the threads and is not counted
+    const double t0 = clock.now();
+#pragma omp parallel num_threads(threads)
+    loop(iterations);
+    const double t = clock.now() - t0;
+    if (rep > 0) rates.push_back(threads * flops_per_instruction * kAccumulators * iterations / t / 1e9);
+  }
+  return median(rates);
+}
+
+static bool cpu_has_avx512f() { return __builtin_cpu_supports("avx512f"); }
+
+// AVX512-BF16 is CPUID leaf 7, subleaf 1, EAX bit 5. Asked here rather than through
+// gemm_bf16_available(), which a portable build's LATENTGRAD_ISA=generic also turns off.
+static bool cpu_has_avx512_bf16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return cpu_has_avx512f() && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)) != 0;
+}
+
+// The fp32 FMA and bf16 dot peaks; nullopt where the CPU lacks the instructions.
+static std::optional<double> fma_peak(int threads, bool cpu) {
+  if (!cpu_has_avx512f()) return std::nullopt;
+  return loop_gflops(fma_loop, 32, threads, cpu);
+}
+static std::optional<double> bf16_peak(int threads, bool cpu) {
+  if (!cpu_has_avx512_bf16()) return std::nullopt;
+  return loop_gflops(bf16_dot_loop, 64, threads, cpu);
+}
+
+static std::string text_of(std::optional<double> gflops) {
+  return gflops ? fmt::format("{:8.1f} GFLOP/s", *gflops) : std::string("   unavailable on this CPU");
+}
+static std::string json_of(std::optional<double> gflops) {
+  return gflops ? fmt::format("{:.2f}", *gflops) : std::string("null");
+}
+
+static int run_peak(const Flags& f) {
+  set_num_threads(static_cast<int>(f.integer("threads", 0)));
+  const int threads = get_num_threads();
+  const int64_t n = f.integer("size", 1024);
+  const bool cpu = cpu_clock(f.get("clock", "wall"));
+  const auto fma1 = fma_peak(1, cpu), fma_n = fma_peak(threads, cpu);
+  const auto bf1 = bf16_peak(1, cpu), bf_n = bf16_peak(threads, cpu);
+  set_num_threads(1);
+  const double sgemm1 = sgemm_gflops(n);
+  set_num_threads(threads);
+  const double sgemm_n = sgemm_gflops(n);
+  if (f.json) {
+    fmt::print(
+        "{{\"cpu\": \"{}\", \"clock\": \"{}\", \"threads\": {}, \"blas_core\": \"{}\", \"fma_peak_gflops_per_core\": {}, "
+        "\"fma_peak_gflops\": {}, \"bf16_dot_peak_gflops_per_core\": {}, \"bf16_dot_peak_gflops\": {}, "
+        "\"sgemm_size\": {}, \"sgemm_gflops_per_core\": {:.2f}, \"sgemm_gflops\": {:.2f}}}\n",
+        cpu_name(), cpu ? "cpu" : "wall", threads, blas_corename(), json_of(fma1), json_of(fma_n), json_of(bf1), json_of(bf_n), n, sgemm1,
+        sgemm_n);
+  } else {
+    fmt::print("{}, OpenBLAS kernels: {}, {} clock\n", cpu_name(), blas_corename(), cpu ? "CPU" : "wall");
+    fmt::print("  {:<34} {:>24} {:>24}\n", "", "1 core", fmt::format("{} threads", threads));
+    fmt::print("  {:<34} {:>24} {:>24}\n", "fp32 FMA peak (vfmadd231ps zmm)", text_of(fma1), text_of(fma_n));
+    fmt::print("  {:<34} {:>24} {:>24}\n", "bf16 dot peak (vdpbf16ps zmm)", text_of(bf1), text_of(bf_n));
+    fmt::print("  {:<34} {:>24} {:>24}\n", fmt::format("sgemm {}x{}x{}", n, n, n), text_of(sgemm1),
+               text_of(sgemm_n));
+  }
+  return 0;
+}
+
+// ---- gemm -----------------------------------------------------------------------------------
+
+struct GemmShape {
+  int64_t M, N, K;
+  bool ta = false, tb = false;
+  std::string label;
+};
+
+// The 10.7M model (dim 384, batch 16 x ctx 256 = 4096 rows): each linear layer's forward
+// y = x W^T (nt), input gradient dx = dy W (nn) and weight gradient dW = dy^T x (tn); and 1536^3.
+static std::vector<GemmShape> model_shapes() {
+  std::vector<GemmShape> shapes;
+  const int64_t rows = 4096;
+  const std::pair<const char*, std::pair<int64_t, int64_t>> layers[] = {
+      {"qkv", {384, 1152}}, {"attn out", {384, 384}}, {"ffn up", {384, 1536}}, {"ffn down", {1536, 384}}};
+  for (const auto& [name, io] : layers) {
+    const auto [in, out] = io;
+    shapes.push_back({rows, out, in, false, true, fmt::format("{} fwd", name)});
+    shapes.push_back({rows, in, out, false, false, fmt::format("{} dx", name)});
+    shapes.push_back({out, in, rows, true, false, fmt::format("{} dW", name)});
+  }
+  shapes.push_back({1536, 1536, 1536, false, false, "square"});
+  return shapes;
+}
+
+static std::vector<GemmShape> parse_shapes(const std::string& spec) {
+  std::vector<GemmShape> shapes;
+  size_t start = 0;
+  while (start <= spec.size()) {
+    const size_t comma = spec.find(',', start);
+    const std::string item = spec.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    GemmShape s;
+    char t[3] = {'n', 'n', 0};
+    long long m = 0, n = 0, k = 0;
+    const int got = std::sscanf(item.c_str(), "%lldx%lldx%lld:%2c", &m, &n, &k, t);
+    if ((got != 3 && got != 4) || m <= 0 || n <= 0 || k <= 0 || (t[0] != 'n' && t[0] != 't') ||
+        (t[1] != 'n' && t[1] != 't'))
+      throw Error(fmt::format("--shapes: '{}' is not MxNxK or MxNxK:tt (t or n for A and B)", item));
+    s.M = m, s.N = n, s.K = k, s.ta = t[0] == 't', s.tb = t[1] == 't';
+    s.label = item;
+    shapes.push_back(s);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return shapes;
+}
+
+static int run_gemm(const Flags& f) {
+  set_num_threads(static_cast<int>(f.integer("threads", 0)));
+  const int threads = get_num_threads();
+  const int64_t reps = std::max<int64_t>(1, f.integer("reps", 7));
+  const std::vector<GemmShape> shapes = f.values.count("shapes") ? parse_shapes(f.get("shapes", "")) : model_shapes();
+  std::vector<std::string> variants;
+  for (const std::string& v : [&] {
+         std::vector<std::string> out;
+         std::string list = f.get("variants", "packed,blocked,threads,sgemm");
+         for (size_t a = 0, b; a <= list.size(); a = b + 1) {
+           b = list.find(',', a);
+           if (b == std::string::npos) b = list.size();
+           out.push_back(list.substr(a, b - a));
+         }
+         return out;
+       }()) {
+    static const std::set<std::string> known = {"naive", "packed", "blocked", "threads", "sgemm1", "sgemm"};
+    if (!known.count(v)) throw Error(fmt::format("--variants: unknown '{}' (naive, packed, blocked, threads, sgemm1, sgemm)", v));
+    const bool bf16 = v != "sgemm1" && v != "sgemm";
+    if (bf16 && v != "naive" && !gemm_bf16_available())
+      throw Error(fmt::format("--variants {}: the bf16 kernel cannot run here (no AVX512-BF16, or "
+                              "LATENTGRAD_ISA=generic); naive and sgemm run anywhere",
+                              v));
+    variants.push_back(v);
+  }
+  const bool cpu = cpu_clock(f.get("clock", "wall"));
+  const auto peak1 = bf16_peak(1, cpu), peak_n = bf16_peak(threads, cpu);
+
+  std::string json_rows;
+  if (!f.json) {
+    fmt::print("{}, OpenBLAS kernels: {}, {} clock; bf16 dot peak {} (1 core), {} ({} threads)\n", cpu_name(),
+               blas_corename(), cpu ? "CPU" : "wall", text_of(peak1), text_of(peak_n), threads);
+    fmt::print("GFLOP/s (share of the bf16 dot peak of as many threads), median of up to {}:\n", reps);
+    fmt::print("  {:<14} {:>16}", "product", "M x N x K op");
+    for (const auto& v : variants) fmt::print(" {:>15}", v);
+    fmt::print("\n");
+  }
+  for (const GemmShape& s : shapes) {
+    Rng rng(1);
+    Tensor a = randn({s.ta ? s.K : s.M, s.ta ? s.M : s.K}, rng), b = randn({s.tb ? s.N : s.K, s.tb ? s.K : s.N}, rng);
+    Tensor c = Tensor::zeros({s.M, s.N});
+    const int64_t lda = a.shape()[1], ldb = b.shape()[1];
+    const double flops = 2.0 * s.M * s.N * s.K;
+    if (!f.json)
+      fmt::print("  {:<14} {:>16}", s.label, fmt::format("{}x{}x{} {}{}", s.M, s.N, s.K, s.ta ? 't' : 'n', s.tb ? 't' : 'n'));
+    std::string json_variants;
+    for (const std::string& v : variants) {
+      int used_threads = threads;
+      std::function<void()> run;
+      if (v == "naive") {
+        used_threads = 1;
+        run = [&] { gemm_bf16_reference(s.ta, s.tb, s.M, s.N, s.K, a.data(), lda, b.data(), ldb, c.data(), s.N, false); };
+      } else if (v == "packed" || v == "blocked" || v == "threads") {
+        GemmBf16Blocking blocking = v == "packed" ? GemmBf16Blocking{} : gemm_bf16_default_blocking();
+        if (v != "packed") {
+          blocking.mc = f.integer("mc", blocking.mc);
+          blocking.kc = f.integer("kc", blocking.kc);
+          blocking.nc = f.integer("nc", blocking.nc);
+        }
+        blocking.threads = v == "threads" ? threads : 1;
+        used_threads = blocking.threads;
+        run = [&, blocking] {
+          gemm_bf16_blocked(blocking, s.ta, s.tb, s.M, s.N, s.K, a.data(), lda, b.data(), ldb, c.data(), s.N, false);
+        };
+      } else {
+        used_threads = v == "sgemm1" ? 1 : threads;
+        run = [&] { sgemm(s.ta, s.tb, s.M, s.N, s.K, a.data(), lda, b.data(), ldb, 0.0f, c.data(), s.N); };
+      }
+      set_num_threads(used_threads);
+      // A first call (page faults, thread start), then as many more as fit in about a second.
+      const WorkClock clock{cpu, used_threads};
+      double t0 = clock.now();
+      run();
+      const double first = clock.now() - t0;
+      // A call of over a second (the naive loops) is its own measurement.
+      const int64_t n = first >= 1.0 ? 0 : std::clamp<int64_t>(static_cast<int64_t>(1.0 / first), 1, reps);
+      std::vector<double> rates;
+      if (n == 0) rates.push_back(flops / first / 1e9);
+      for (int64_t r = 0; r < n; ++r) {
+        t0 = clock.now();
+        run();
+        rates.push_back(flops / (clock.now() - t0) / 1e9);
+      }
+      set_num_threads(threads);
+      const double rate = median(rates);
+      const auto& peak = used_threads == 1 ? peak1 : peak_n;
+      if (f.json) {
+        json_variants += fmt::format("{}\"{}\": {:.2f}", json_variants.empty() ? "" : ", ", v, rate);
+      } else {
+        fmt::print(" {:>15}", peak ? fmt::format("{:.1f} ({:.0f}%)", rate, 100.0 * rate / *peak) : fmt::format("{:.1f}", rate));
+        std::fflush(stdout);
+      }
+    }
+    if (f.json)
+      json_rows += fmt::format("{}{{\"product\": \"{}\", \"M\": {}, \"N\": {}, \"K\": {}, \"op\": \"{}{}\", \"gflops\": {{{}}}}}",
+                               json_rows.empty() ? "" : ", ", s.label, s.M, s.N, s.K, s.ta ? 't' : 'n', s.tb ? 't' : 'n',
+                               json_variants);
+    else
+      fmt::print("\n");
+  }
+  if (f.json)
+    fmt::print("{{\"cpu\": \"{}\", \"clock\": \"{}\", \"threads\": {}, \"blas_core\": \"{}\", \"bf16_dot_peak_gflops_per_core\": {}, "
+               "\"bf16_dot_peak_gflops\": {}, \"products\": [{}]}}\n",
+               cpu_name(), cpu ? "cpu" : "wall", threads, blas_corename(), json_of(peak1), json_of(peak_n), json_rows);
+  return 0;
 }
 
 // ---- train ----------------------------------------------------------------------------------
@@ -361,13 +683,9 @@ static int bench_main(int argc, char** argv) {
                               cmd));
     if (cmd == "train") return run_train(f);
     if (cmd == "generate") return run_generate(f);
-    if (cmd == "peak") {
-      set_num_threads(static_cast<int>(f.integer("threads", 0)));
-      int64_t n = f.integer("size", 1024);
-      fmt::print("sgemm {}x{}x{}, {} threads: {:.2f} GFLOP/s\n", n, n, n, get_num_threads(), sgemm_gflops(n));
-      return 0;
-    }
-    throw Error(fmt::format("unknown command '{}' (train, generate, peak, allreduce; see --help)", cmd));
+    if (cmd == "peak") return run_peak(f);
+    if (cmd == "gemm") return run_gemm(f);
+    throw Error(fmt::format("unknown command '{}' (train, generate, peak, gemm, allreduce; see --help)", cmd));
   } catch (const std::exception& e) {
     fmt::print(stderr, "charlm_bench: {}\n", e.what());
     return 1;

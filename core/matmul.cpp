@@ -9,6 +9,7 @@
 
 #include <algorithm>
 
+#include "core/blas.h"
 #include "core/ops.h"
 
 namespace lg {
@@ -21,9 +22,11 @@ void set_num_threads(int n) {
 
 int get_num_threads() { return omp_get_max_threads(); }
 
+const char* blas_corename() { return openblas_get_corename(); }
+
 // C (M, N), row-major, ldc = N unless given = op(A) (M, K) @ op(B) (K, N).
-static void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
-                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   if (K == 0) {
     if (beta == 0.0f)

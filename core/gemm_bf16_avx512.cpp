@@ -1,0 +1,343 @@
+// core/gemm_bf16_avx512.cpp: the AVX512-BF16 GEMM: packing that rounds to bf16, the 14 x 32 micro-kernel, cache blocks, threads.
+//
+// The loops are BLIS's (Van Zee and van de Geijn, "BLIS: A Framework for Rapidly Instantiating
+// BLAS Functionality", 2015), around one instruction: vdpbf16ps acc, a, b treats each 32-bit
+// lane of a and b as a pair of bf16 values and adds a.lo * b.lo + a.hi * b.hi to the fp32 lane
+// of acc. So both packed operands hold two consecutive k values in every 32-bit word:
+//
+//   packed B, a panel of kNR = 32 columns: for each pair p of k, 32 words (B[2p][j], B[2p+1][j]);
+//   packed A, a panel of kMR = 14 rows: the words (A[i][2p], A[i][2p+1]), in chunks of 8 pairs or pair by
+//   pair, whichever its source gives cheaply (pack_a_panel).
+//
+// The micro-kernel loads B's 32 words for pair p as two zmm registers, broadcasts A's word for
+// row i to all 16 lanes, and issues two vdpbf16ps per row: 28 accumulators hold the 14 x 32
+// tile of C. docs/performance.md ("A bf16 GEMM") explains the choices and measures each step.
+//
+// This file is compiled with AVX512-BF16 flags in every build and runs only where
+// gemm_bf16_available() said yes. It includes no project header with inline code and uses no
+// standard-library template, so it defines no weak symbol that baseline code could end up
+// calling (core/isa.h; the CTest bf16_symbols checks it).
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "core/gemm_bf16_kernel.h"
+#include "core/intrinsics.h"
+
+namespace lg::gemm_bf16_kernel {
+
+namespace {
+
+constexpr int64_t MR = kMR, NR = kNR;
+
+int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// 16 floats rounded to bf16, round to nearest even: each lane's bf16 in its upper 16 bits.
+// The same integer recipe as float_to_bf16 (gemm_bf16.cpp), so both paths round alike:
+// adding 0x7fff plus the lowest kept bit carries into the kept bits exactly when the dropped
+// half is above one half, or equal to it with the kept value odd. A NaN would carry into the
+// exponent, so it keeps its own upper half with the quiet bit set.
+__m512i round_to_bf16_hi(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  return _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
+}
+
+// Two rows of k (k = 2p and 2p + 1), 16 columns each, as 16 pair words: k even in the low half.
+__m512i pair_words(__m512 even, __m512 odd) {
+  const __m512i lo = _mm512_srli_epi32(round_to_bf16_hi(even), 16);
+  const __m512i hi = _mm512_and_si512(round_to_bf16_hi(odd), _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
+  return _mm512_or_si512(lo, hi);
+}
+
+__mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1); }
+
+// The pair words of 16 consecutive k values of a row (fewer at its end: n, the rest read as
+// zeros): rounded, shifted to the low half of their lane, and narrowed to 16 bits each by
+// vpmovdw, which lays k = 2p and 2p + 1 side by side: 8 words.
+__m256i pairs_of_row(const float* src, int64_t n) {
+  const __m512 x = _mm512_maskz_loadu_ps(first_lanes(n), src);
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_to_bf16_hi(x), 16));
+}
+
+// A source row along which k runs contiguously: its kc values as ceil(kc / 2) pair words,
+// written stride words apart (a column of a packed panel).
+void pack_k_contiguous(const float* src, int64_t kc, uint32_t* dst, int64_t stride) {
+  alignas(32) uint32_t words[8];
+  for (int64_t k = 0; k < kc; k += 16) {
+    const int64_t n = min64(16, kc - k);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(words), pairs_of_row(src + k, n));
+    for (int64_t q = 0; q < (n + 1) / 2; ++q) dst[(k / 2 + q) * stride] = words[q];
+  }
+}
+
+// Pairs per chunk of an untransposed A's panel (see pack_a_panel): 16 floats of a row.
+constexpr int64_t kChunk = 8;
+
+// The same row's pair words into the chunks of a panel: 16 floats in, 8 words (32 bytes) out
+// at dst, dst + MR * kChunk, ...: no scatter.
+void pack_k_contiguous_chunks(const float* src, int64_t kc, uint32_t* dst) {
+  for (int64_t k = 0; k < kc; k += 2 * kChunk, dst += MR * kChunk) {
+    const int64_t n = min64(2 * kChunk, kc - k);
+    const __mmask8 words = static_cast<__mmask8>((1u << ((n + 1) / 2)) - 1);
+    _mm256_mask_storeu_epi32(dst, words, pairs_of_row(src + k, n));
+  }
+}
+
+// A block of kc rows of op(B) (from k0) and columns [j0, j0 + nr) as one panel of NR columns.
+// Columns past nr and the odd k past kc are zeros: they add nothing to the sums.
+void pack_b_panel(bool trans_b, const float* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0, int64_t nr,
+                  uint32_t* dst) {
+  const int64_t kp = ceil_div(kc, 2);
+  if (!trans_b) {  // B[k][j]: a row of j is contiguous; rows 2p and 2p + 1 make a panel row
+    for (int64_t p = 0; p < kp; ++p) {
+      const float* even = B + (k0 + 2 * p) * ldb + j0;
+      const bool has_odd = 2 * p + 1 < kc;
+      for (int64_t h = 0; h < NR; h += 16) {
+        const __mmask16 m = nr > h ? first_lanes(nr - h) : __mmask16(0);
+        const __m512 e = _mm512_maskz_loadu_ps(m, even + h);
+        const __m512 o = has_odd ? _mm512_maskz_loadu_ps(m, even + ldb + h) : _mm512_setzero_ps();
+        _mm512_store_si512(dst + p * NR + h, pair_words(e, o));
+      }
+    }
+  } else {  // B stored as N x K: column j of op(B) is a contiguous row
+    for (int64_t j = 0; j < nr; ++j) pack_k_contiguous(B + (j0 + j) * ldb + k0, kc, dst + j, NR);
+    for (int64_t j = nr; j < NR; ++j)
+      for (int64_t p = 0; p < kp; ++p) dst[p * NR + j] = 0;
+  }
+}
+
+// Rows [i0, i0 + mr) of op(A), k from k0 to k0 + kc, as one panel of MR rows (missing rows
+// zero). The micro-kernel only broadcasts words one at a time, so the packing may keep the
+// layout its source gives cheaply:
+//   A untransposed (k contiguous): chunks of kChunk pairs, in each the MR rows one after the
+//     other, each row's kChunk words side by side (the 8 words of 16 floats);
+//   A transposed (i contiguous): pair by pair, the MR rows side by side.
+// Turning one into the other would be a transpose in the packing, whose cost counts here:
+// A is packed once for every N columns of work, where B is packed once for every M rows.
+// (A plain row-by-row layout also avoids the transpose, but the micro-kernel then needs a
+// pointer register per row, and GCC spills them: 77% of the peak loop's rate, against 82%
+// pair by pair, in perf samples per instruction.)
+void pack_a_panel(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mr, int64_t k0, int64_t kc,
+                  uint32_t* dst) {
+  const int64_t kp = ceil_div(kc, 2);
+  if (!trans_a) {
+    for (int64_t i = 0; i < mr; ++i) pack_k_contiguous_chunks(A + (i0 + i) * lda + k0, kc, dst + i * kChunk);
+    for (int64_t g = 0; g < ceil_div(kp, kChunk); ++g)
+      std::memset(dst + g * MR * kChunk + mr * kChunk, 0, (MR - mr) * kChunk * sizeof(uint32_t));
+  } else {
+    const __mmask16 m = first_lanes(mr), all = first_lanes(MR);
+    for (int64_t p = 0; p < kp; ++p) {
+      const float* even = A + (k0 + 2 * p) * lda + i0;
+      const __m512 e = _mm512_maskz_loadu_ps(m, even);
+      const __m512 o = 2 * p + 1 < kc ? _mm512_maskz_loadu_ps(m, even + lda) : _mm512_setzero_ps();
+      _mm512_mask_storeu_epi32(dst + p * MR, all, pair_words(e, o));
+    }
+  }
+}
+
+// Words of an A panel per pair of k, rounded up to whole chunks: the panels' spacing.
+int64_t a_panel_pairs(int64_t kp) { return ceil_div(kp, kChunk) * kChunk; }
+
+// One pair of k for the whole tile: B's two registers, then per row A's word broadcast and two
+// vdpbf16ps. Row i's word is at a[i * kRowStride]: a constant displacement in both layouts.
+template <int64_t kRowStride>
+inline void pair_step(__m512 (&acc)[MR][2], const uint32_t* a, const uint32_t* b) {
+  const __m512bh b0 = (__m512bh)_mm512_load_si512(b), b1 = (__m512bh)_mm512_load_si512(b + 16);
+  for (int64_t i = 0; i < MR; ++i) {
+    const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * kRowStride]));
+    acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+    acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+  }
+}
+
+// The micro-kernel: C[0..MR)[0..NR) (+)= A panel x B panel over kp pairs of k. 28 accumulators,
+// two registers of B and one broadcast word of A: 31 of the 32 zmm registers. kChunkedA: the A
+// panel in chunks (an untransposed A, see pack_a_panel), else pair by pair.
+template <bool kChunkedA>
+void micro_kernel(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, bool load_c) {
+  __m512 acc[MR][2];
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t h = 0; h < 2; ++h)
+      acc[i][h] = load_c ? _mm512_loadu_ps(c + i * ldc + 16 * h) : _mm512_setzero_ps();
+  if constexpr (kChunkedA) {
+    int64_t p = 0;
+    for (; p + kChunk <= kp; p += kChunk, a += MR * kChunk, b += kChunk * NR) {
+#pragma GCC unroll 8
+      for (int64_t q = 0; q < kChunk; ++q) pair_step<kChunk>(acc, a + q, b + q * NR);
+    }
+    for (int64_t q = 0; p + q < kp; ++q) pair_step<kChunk>(acc, a + q, b + q * NR);
+  } else {
+    for (int64_t p = 0; p < kp; ++p, a += MR, b += NR) pair_step<1>(acc, a, b);
+  }
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t h = 0; h < 2; ++h) _mm512_storeu_ps(c + i * ldc + 16 * h, acc[i][h]);
+}
+
+// One tile of C. At the edge of C (mr < MR or nr < NR) the micro-kernel runs on a full tile in
+// a local buffer, and only the part inside C is read and written.
+template <bool kChunkedA>
+void tile(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, bool load_c, int64_t mr,
+          int64_t nr) {
+  if (mr == MR && nr == NR) return micro_kernel<kChunkedA>(kp, a, b, c, ldc, load_c);
+  alignas(64) float edge[MR * NR];
+  std::memset(edge, 0, sizeof(edge));
+  if (load_c)
+    for (int64_t i = 0; i < mr; ++i) std::memcpy(edge + i * NR, c + i * ldc, nr * sizeof(float));
+  micro_kernel<kChunkedA>(kp, a, b, edge, NR, load_c);
+  for (int64_t i = 0; i < mr; ++i) std::memcpy(c + i * ldc, edge + i * NR, nr * sizeof(float));
+}
+
+// Asks for the tile of C at c (MR rows of NR floats: two cache lines each) to be brought
+// into L1 while the current tile computes. C is read at the start of a micro-kernel, before
+// its first vdpbf16ps can issue; from L3 or memory (a 4096 x 384 C is 6 MB) that wait is
+// as long as a good part of the tile's arithmetic.
+void prefetch_tile(const float* c, int64_t ldc, int64_t mr) {
+  for (int64_t i = 0; i < mr; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
+  }
+}
+
+// Brings a block of a source matrix (rows x width floats, ld apart) into L2 a few cache lines
+// at a time: the next block of A while the current one computes. Packing reads A from memory
+// once per block of k (a 4096 x 1152 A is 18 MB); read on demand, the packing would wait for
+// every line in turn, while the micro-kernels leave the memory bus idle.
+struct Prefetcher {
+  const float* row = nullptr;  // the row being fetched
+  int64_t ld = 0, rows_left = 0, lines_per_row = 0, line = 0;
+
+  void start(const float* block, int64_t block_ld, int64_t block_rows, int64_t width) {
+    row = block, ld = block_ld, rows_left = block_rows, line = 0;
+    lines_per_row = (width + 15) / 16 + 1;  // + 1: a row need not start on a line
+  }
+  int64_t lines() const { return rows_left * lines_per_row; }
+  void advance(int64_t count) {
+    for (; count > 0 && rows_left > 0; --count) {
+      _mm_prefetch(reinterpret_cast<const char*>(row + line * 16), _MM_HINT_T1);
+      if (++line == lines_per_row) line = 0, row += ld, --rows_left;
+    }
+  }
+};
+
+// One operand of a product: where op(X)'s element (r, k) lives.
+struct Source {
+  const float* data;
+  int64_t ld;
+  bool trans;
+  // The block of rows [r0, r0 + rows) and k in [k0, k0 + kc), for the prefetcher.
+  void prefetch(Prefetcher& p, int64_t r0, int64_t rows, int64_t k0, int64_t kc) const {
+    if (trans)
+      p.start(data + k0 * ld + r0, ld, kc, rows);
+    else
+      p.start(data + r0 * ld + k0, ld, rows, kc);
+  }
+};
+
+// The product on one thread: BLIS's five loops around the micro-kernel. mc: a multiple of MR,
+// kc: even, nc: a multiple of NR. b_pack holds nc x kc bf16, a_pack mc x kc.
+void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a_src, const Source& b_src,
+                     int64_t M, int64_t N, int64_t K, float* C, int64_t ldc, bool accumulate, uint32_t* b_pack,
+                     uint32_t* a_pack) {
+  for (int64_t j0 = 0; j0 < N; j0 += nc_max) {  // 5th loop: blocks of N (B's block in L3)
+    const int64_t nc = min64(nc_max, N - j0);
+    const int64_t n_panels = ceil_div(nc, NR);
+    for (int64_t k0 = 0; k0 < K; k0 += kc_max) {  // 4th loop: blocks of K
+      const int64_t kc = min64(kc_max, K - k0), kp = ceil_div(kc, 2);
+      // C starts from its old value when accumulating, and from every earlier block of k.
+      const bool load_c = accumulate || k0 > 0;
+      for (int64_t jp = 0; jp < n_panels; ++jp)
+        pack_b_panel(b_src.trans, b_src.data, b_src.ld, k0, kc, j0 + jp * NR, min64(NR, nc - jp * NR),
+                     b_pack + jp * NR * kp);
+      for (int64_t i0 = 0; i0 < M; i0 += mc) {  // 3rd loop: blocks of M (A's block in L2)
+        const int64_t mcur = min64(mc, M - i0);
+        for (int64_t ip = 0; ip * MR < mcur; ++ip)
+          pack_a_panel(a_src.trans, a_src.data, a_src.ld, i0 + ip * MR, min64(MR, mcur - ip * MR), k0, kc,
+                       a_pack + ip * MR * a_panel_pairs(kp));
+        // The next block of A, a few lines before each tile: a burst of hundreds of
+        // prefetches would fill the queue of misses and stall on it.
+        Prefetcher next_a;
+        if (i0 + mc < M) a_src.prefetch(next_a, i0 + mc, min64(mc, M - i0 - mc), k0, kc);
+        const int64_t lines_per_tile = ceil_div(next_a.lines(), n_panels * ceil_div(mcur, MR));
+        for (int64_t jp = 0; jp < n_panels; ++jp) {  // 2nd loop: a panel of B (kc x NR, in L1)
+          const int64_t nr = min64(NR, nc - jp * NR);
+          const uint32_t* b = b_pack + jp * NR * kp;
+          for (int64_t ip = 0; ip * MR < mcur; ++ip) {  // 1st loop: against every panel of A's block
+            const int64_t mr = min64(MR, mcur - ip * MR);
+            float* c = C + (i0 + ip * MR) * ldc + j0 + jp * NR;
+            const uint32_t* a = a_pack + ip * MR * a_panel_pairs(kp);
+            if (load_c && (ip + 1) * MR < mcur) prefetch_tile(c + MR * ldc, ldc, min64(MR, mcur - (ip + 1) * MR));
+            next_a.advance(lines_per_tile);
+            if (a_src.trans)
+              tile<false>(kp, a, b, c, ldc, load_c, mr, nr);
+            else
+              tile<true>(kp, a, b, c, ldc, load_c, mr, nr);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  // Threads share out C and nothing else: each takes its own rows (its own columns when C has
+  // too few rows) and runs the one-thread algorithm on them, packing its own copy of B's
+  // blocks. B is packed T times instead of once, which costs little next to the product
+  // (each packed element of B serves M / T rows); in exchange no thread ever waits for
+  // another until the end, which matters on a machine shared with other work, where a
+  // thread that waits at a barrier may wait for a whole time slice of someone else's job.
+  const int64_t kc = min64(blocks.kc, K), kp_max = ceil_div(kc, 2);
+  auto bytes = [](int64_t words) { return static_cast<size_t>(ceil_div(words * 4, 64) * 64); };
+  bool out_of_memory = false;
+#pragma omp parallel num_threads(blocks.threads)
+  {
+    // The team may be smaller than asked: called from inside another parallel region (a
+    // data-parallel shard, say), OpenMP runs this one on a single thread. So the parts are
+    // cut for the team that runs, never for the team that was asked for.
+    int threads = omp_get_num_threads();
+    const bool split_rows = M >= threads * 4 * MR;
+    if (!split_rows && N < threads * NR) threads = 1;
+    const int64_t parts_of = split_rows ? M : N, unit = split_rows ? MR : NR;
+    const int64_t part = ceil_div(ceil_div(parts_of, threads), unit) * unit;
+    const int64_t nc = min64(blocks.nc, ceil_div(split_rows ? N : part, NR) * NR);
+    const int64_t first = omp_get_thread_num() * part;
+    const int64_t count = omp_get_thread_num() < threads ? min64(part, parts_of - first) : 0;
+    if (count > 0) {
+      // This thread's share of C and the operands it reads: rows of op(A), or columns of op(B).
+      Source a_src{A, lda, trans_a}, b_src{B, ldb, trans_b};
+      int64_t m = M, n = N;
+      float* c = C;
+      if (split_rows) {
+        a_src.data += trans_a ? first : first * lda;
+        c += first * ldc;
+        m = count;
+      } else {
+        b_src.data += trans_b ? first * ldb : first;
+        c += first;
+        n = count;
+      }
+      // Blocks of M of at most blocks.mc rows, all of about the same size.
+      const int64_t mc = min64(ceil_div(ceil_div(m, ceil_div(m, blocks.mc)), MR) * MR, ceil_div(m, MR) * MR);
+      uint32_t* b_pack = static_cast<uint32_t*>(std::aligned_alloc(64, bytes(nc * kp_max)));
+      uint32_t* a_pack = static_cast<uint32_t*>(std::aligned_alloc(64, bytes(mc * a_panel_pairs(kp_max))));
+      if (b_pack && a_pack) {
+        gemm_one_thread(mc, kc, nc, a_src, b_src, m, n, K, c, ldc, accumulate, b_pack, a_pack);
+      } else {
+#pragma omp atomic write
+        out_of_memory = true;
+      }
+      std::free(b_pack);
+      std::free(a_pack);
+    }
+  }
+  return !out_of_memory;
+}
+
+}  // namespace lg::gemm_bf16_kernel
