@@ -145,7 +145,7 @@ saves a checkpoint and exits (code 130 or 143); run again with --resume to conti
   app.set_config("--config", "",
                  "read flags from a TOML or INI file: `name = value` lines, the names\n"
                  "without --; flags on the command line override the file. Presets in\n"
-                 "configs/: shakespeare_char.toml (these defaults), shakespeare_10m.toml\n"
+                 "configs/: char_baseline.toml (these defaults), char_10m.toml\n"
                  "(10.7M parameters, ctx 256), long_context.toml (latent, ctx 4096);\n"
                  "DIR/config.toml of a run repeats that run")
       ->type_name("FILE")

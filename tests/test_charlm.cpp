@@ -947,7 +947,7 @@ TEST_CASE("config: every setting survives the file; the command line overrides i
   CHECK(ini.given.count("--resume") == 0);
 }
 
-TEST_CASE("config: every preset in configs/ parses; shakespeare_char.toml is the defaults") {
+TEST_CASE("config: every preset in configs/ parses; char_baseline.toml is the defaults") {
   int presets = 0;
   for (const auto& entry : fs::directory_iterator(LG_CONFIGS_DIR)) {
     const std::string path = entry.path().string(), name = entry.path().filename().string();
@@ -957,7 +957,7 @@ TEST_CASE("config: every preset in configs/ parses; shakespeare_char.toml is the
     CHECK(files::read_file(path).find("charlm train --config configs/" + name) != std::string::npos);
     TrainInvocation call = parse_train_args({"--config", path, "--data", "corpus.txt", "--out", "run"});
     CHECK_NOTHROW(call.settings.validate(false));
-    if (name == "shakespeare_char.toml") {
+    if (name == "char_baseline.toml") {
       TrainSettings defaults;
       defaults.data = "corpus.txt";
       defaults.out = "run";
