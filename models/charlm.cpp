@@ -38,7 +38,7 @@ Tensor CharLM::forward(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rn
 
 Tensor CharLM::forward_positions(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng) {
   if (T < 1) throw Error(fmt::format("CharLM::forward: T = {} must be at least 1", T));
-  Tensor h = wte->forward(ids, {B, T});                              // (B, T, D)
+  Tensor h = wte->forward(ids, {B, T});  // (B, T, D)
   for (auto& block : blocks) {
     if (!recompute || !is_training()) {
       h = block->forward(h, 0, dropout_rng);  // (B, T, D)
@@ -60,8 +60,8 @@ Tensor CharLM::forward_positions(const std::vector<int32_t>& ids, int64_t B, int
         h);
     dropout_rng = *after;
   }
-  h = ln_f->forward(h);                                              // (B, T, D)
-  return matmul(h, transpose(wte->weight, 0, 1));                    // (B, T, V): tied head, W^T as a view
+  h = ln_f->forward(h);                            // (B, T, D)
+  return matmul(h, transpose(wte->weight, 0, 1));  // (B, T, V): tied head, W^T as a view
 }
 
 Tensor CharLM::loss(const Tensor& logits, const std::vector<int32_t>& targets) {
@@ -113,7 +113,8 @@ float DataParallel::forward_backward(const std::vector<int32_t>& ids, const std:
 void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids,
                                            const std::vector<int32_t>& targets, int64_t B, int64_t T,
                                            Rng& dropout_rng, const ShardRange& range,
-                                           std::vector<double>& shard_losses, dist::GradReducer* reducer) {
+                                           std::vector<double>& shard_losses, dist::GradReducer* reducer,
+                                           float weight) {
   if (static_cast<int64_t>(ids.size()) != B * T || static_cast<int64_t>(targets.size()) != B * T)
     throw Error(fmt::format("DataParallel: {} ids and {} targets for a ({}, {}) batch", ids.size(),
                             targets.size(), B, T));
@@ -148,8 +149,8 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids,
   if (S == 1) {  // the whole batch here: exactly the plain forward and backward
     if (C == 1) {
       Tensor loss = CharLM::loss(model_.forward(ids, B, T, dropout_rng), targets);
-      loss.backward();
-      shard_losses[0] = loss.item();
+      loss.backward(Tensor::full({}, weight));
+      shard_losses[0] = loss.item() * static_cast<double>(weight);
     }
   } else {
     std::vector<Rng> rngs;
@@ -165,8 +166,8 @@ void DataParallel::forward_backward_shards(const std::vector<int32_t>& ids,
         std::vector<int32_t> y(targets.begin() + b0 * T, targets.begin() + b1 * T);
         Tensor loss = CharLM::loss(models[local]->forward(x, b1 - b0, T, rngs[s]), y);
         const double value = loss.item();
-        loss.backward(Tensor::full({}, static_cast<float>(b1 - b0) / static_cast<float>(B)));
-        shard_losses[s] = value * static_cast<double>(b1 - b0) / static_cast<double>(B);
+        loss.backward(Tensor::full({}, static_cast<float>(b1 - b0) / static_cast<float>(B) * weight));
+        shard_losses[s] = value * static_cast<double>(b1 - b0) / static_cast<double>(B) * weight;
       } catch (...) {
         errors[local] = std::current_exception();
       }

@@ -112,10 +112,12 @@ class DataParallel {
   // shard's loss weighted by its share of the batch (0 for shards run elsewhere): their sum
   // over all ranks is the batch's loss. With a reducer, the shards' gradients reach the
   // model's .grad through it (summed over shards and ranks, overlapping backward); without
-  // one, they are added here.
+  // one, they are added here. `weight` scales the loss and its gradient: 1 / N for each of
+  // N micro-batches whose gradients add up to one step's (--accum).
   void forward_backward_shards(const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
                                int64_t B, int64_t T, Rng& dropout_rng, const ShardRange& range,
-                               std::vector<double>& shard_losses, dist::GradReducer* reducer = nullptr);
+                               std::vector<double>& shard_losses, dist::GradReducer* reducer = nullptr,
+                               float weight = 1.0f);
 
  private:
   CharLM& model_;

@@ -54,8 +54,8 @@ Splits split_corpus(std::string_view corpus, const SplitFractions& split);
 // byte (train, val and test are encoded whole).
 inline constexpr int64_t kCorpusBytesPerChar = 1 + sizeof(int32_t);
 
-// Memory this process can still allocate without swapping: MemAvailable of /proc/meminfo, else
-// the free physical pages sysconf reports.
+// Memory this process can still allocate without swapping: LATENTGRAD_MEMORY_MB when set (a cap
+// of one's own), else MemAvailable of /proc/meminfo, else the free physical pages sysconf reports.
 int64_t available_memory_bytes();
 
 // Reads a corpus file. Throws lg::Error for a missing, unreadable or empty file, for anything

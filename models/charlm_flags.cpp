@@ -68,11 +68,6 @@ class Flags {
     });
   }
 
-  void real(const std::string& flag, const char* placeholder, double& field, const std::string& help) {
-    value(flag, placeholder, help, fmt::format("{}", field),
-          [flag, &field](const std::string& text) { field = to_real(flag, text); });
-  }
-
   // A text flag that must be given, and not empty. (The default shown is the field's value:
   // empty in help, the path in a run's config.toml.)
   void required_text(const std::string& flag, const char* placeholder, std::string& field,

@@ -143,19 +143,6 @@ MemoryEstimate estimate_step_memory(CharLM& model, int64_t tokens, int64_t shard
   return e;
 }
 
-int64_t memory_available() {
-  if (const char* limit = std::getenv("LATENTGRAD_MEMORY_MB"); limit != nullptr && *limit != '\0')
-    return static_cast<int64_t>(std::strtod(limit, nullptr) * 1048576.0);
-  std::string meminfo;
-  try {
-    meminfo = files::read_file("/proc/meminfo");
-  } catch (const Error&) {
-    return 0;
-  }
-  const size_t at = meminfo.find("MemAvailable:");
-  return at == std::string::npos ? 0 : std::strtoll(meminfo.c_str() + at + 13, nullptr, 10) * 1024;
-}
-
 // ============================================================================
 // The run
 // ============================================================================
@@ -433,7 +420,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const int64_t sequences_here = (settings.batch + world.size - 1) / world.size;
     const MemoryEstimate memory = estimate_step_memory(model, sequences_here * settings.model.ctx,
                                                        std::min<int64_t>(sequences_here, get_num_threads()));
-    const int64_t available = memory_available();
+    const int64_t available = available_memory_bytes();
     if (available > 0 && memory.bytes > available)
       return fail(
           fmt::format("--ctx {} with --batch {} needs about {} MB per training step ({:.1f} KB per token of "
@@ -582,24 +569,19 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
       const float lr = optim::lr_at(schedule, step + 1);  // the k-th update (k = step + 1) uses lr_at(k)
       optimizer.config.lr = lr;
       optimizer.zero_grad();
-      // N micro-batches (--accum) draw the N B windows one batch of N B would, in the same order.
-      // Their gradients add up in .grad; only the last one goes through the reducer, which sums
-      // what the shards hold then over ranks (as DDP's no_sync does), so ranks exchange once.
+      // N micro-batches (--accum) draw the N B windows one batch of N B would, in the same order,
+      // each weighted 1 / N: their gradients add up in .grad to the step's. Only the last one
+      // goes through the reducer, which sums what the shards hold then over ranks (as DDP's
+      // no_sync does), so ranks exchange once per step.
       std::vector<double> micro_losses;
       for (int64_t micro = 0; micro < N; ++micro) {
         sample_batch(train_ids, B, T, data_rng, x, y);  // the whole micro-batch, on every rank
         // This rank's shards, one per thread; across ranks, the reducer sums the gradients.
         parallel.forward_backward_shards(x, y, B, T, dropout_rng, shards, micro_losses,
-                                         micro + 1 == N ? reducer.get() : nullptr);
+                                         micro + 1 == N ? reducer.get() : nullptr,
+                                         1.0f / static_cast<float>(N));
         if (micro == 0) shard_losses.assign(micro_losses.size(), 0.0);
-        for (size_t s = 0; s < micro_losses.size(); ++s)
-          shard_losses[s] += micro_losses[s] / static_cast<double>(N);
-      }
-      if (N > 1) {  // each micro-batch's loss was its own mean: the step's is their mean
-        const float scale = 1.0f / static_cast<float>(N);
-        for (Tensor& p : model.parameters())
-          if (Tensor g = p.grad(); g.defined())
-            for (float *v = g.data(), *end = v + g.numel(); v < end; ++v) *v *= scale;
+        for (size_t s = 0; s < micro_losses.size(); ++s) shard_losses[s] += micro_losses[s];
       }
       if (ranks) {
         // One small collective: every shard's loss, and whether any rank was asked to stop.

@@ -102,8 +102,6 @@ struct MemoryEstimate {
   double bytes_per_token = 0;  // activations per token of batch x ctx, all layers
 };
 MemoryEstimate estimate_step_memory(CharLM& model, int64_t tokens, int64_t shards);
-// MemAvailable of /proc/meminfo, or LATENTGRAD_MEMORY_MB when set; 0 if unknown.
-int64_t memory_available();
 
 // Seeds of the run's independent random streams, derived from --seed.
 enum class Stream : uint64_t { Init = 1, Data, Dropout, TrainEstimate, ValEstimate, Sample };

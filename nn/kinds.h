@@ -44,11 +44,6 @@ class KindTable {
       if (kind.name == name) return kind;
     throw Error("unknown " + part_ + " kind '" + name + "' (expected " + names(" or ") + ")");
   }
-  bool has(const std::string& name) const {
-    for (const Kind<Part>& kind : kinds_)
-      if (kind.name == name) return true;
-    return false;
-  }
 
   // "a, b or c" with last = " or "; "a | b | c" with last = " | ".
   std::string names(const std::string& last) const {

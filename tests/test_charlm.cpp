@@ -1032,19 +1032,23 @@ TEST_CASE("bad input: corpus problems and unwritable --out") {
   expect_error(train(dir / "corpus.txt", dir / "file/run"), "cannot write to");
 }
 
+// A one-layer checkpoint written directly (no training), without an optimizer file.
+static void save_small_checkpoint(const std::string& dir, const char* kind) {
+  CheckpointMeta meta;
+  meta.vocab = Vocab::from_text(generated_text(2000));
+  meta.model = small_model(kind, meta.vocab.size(), 1, 16);
+  meta.training = TrainSettings{}.to_json();
+  Rng init(1);
+  CharLM model(meta.model, init);
+  save_checkpoint(dir, meta, model, nullptr);
+}
+
 TEST_CASE("bad input: --data that is not a regular file is refused at once, by train and by eval") {
   TempDir dir("special");
   const std::string fifo = dir / "fifo";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   // A checkpoint to evaluate with, written directly (no training needed).
-  const std::string text = generated_text(2000);
-  CheckpointMeta meta;
-  meta.vocab = Vocab::from_text(text);
-  meta.model = small_model("latent", meta.vocab.size(), 1, 16);
-  meta.training = TrainSettings{}.to_json();
-  Rng init(1);
-  CharLM model(meta.model, init);
-  save_checkpoint(dir / "ckpt", meta, model, nullptr);
+  save_small_checkpoint(dir / "ckpt", "latent");
 
   // Reading a FIFO waits for a writer and /dev/zero never ends: were either read, the alarm
   // would end this test instead of a hang.
@@ -1067,14 +1071,7 @@ TEST_CASE("bad input: --data that is not a regular file is refused at once, by t
 
 TEST_CASE("a checkpoint.json that lists a file outside the checkpoint is refused without reading it") {
   TempDir dir("files");
-  const std::string text = generated_text(2000);
-  CheckpointMeta meta;
-  meta.vocab = Vocab::from_text(text);
-  meta.model = small_model("mha", meta.vocab.size(), 1, 16);
-  meta.training = TrainSettings{}.to_json();
-  Rng init(1);
-  CharLM model(meta.model, init);
-  save_checkpoint(dir / "ckpt", meta, model, nullptr);
+  save_small_checkpoint(dir / "ckpt", "mha");
   REQUIRE(read_checkpoint_meta(dir / "ckpt").model.dim == 16);
 
   REQUIRE(::mkfifo((dir / "fifo").c_str(), 0600) == 0);
