@@ -34,7 +34,7 @@ void usage() {
       "Times forward+backward of one attention layer on a (1, T, D) batch for MHA, MLA and latent\n"
       "attention (W = 0 and W > 0; fused and chunked cores), then the time per generation step()\n"
       "at positions ~100 and ~T.\n"
-      "  --T LIST        comma-separated sequence lengths (default 256,1024,4096)\n"
+      "  --ctx LIST      comma-separated sequence lengths T (default 256,1024,4096; --T is the same)\n"
       "  --dim D         model width (default 128)\n"
       "  --heads H       heads (default 4)\n"
       "  --latents M     latents of latent attention (default 16)\n"
@@ -78,7 +78,7 @@ Options parse(int argc, char** argv) {
       if (a == "--help" || a == "-h") {
         usage();
         std::exit(0);
-      } else if (a == "--T") {
+      } else if (a == "--ctx" || a == "--T") {
         o.lengths = parse_list(value());
       } else if (a == "--dim") {
         o.dim = std::stoll(value());

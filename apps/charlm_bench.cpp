@@ -2,6 +2,7 @@
 // utilisation, and generation time per token against position.
 //
 //   charlm_bench train    [model flags] [--steps N --warmup N --threads N --data PATH --json]
+//   charlm_bench sweep    [--ctx LIST --kinds LIST --batch N --threads N --steps N --rounds N --recompute 0|1]
 //   charlm_bench generate [model flags] [--positions 100,1000,10000 --threads N --json]
 //   charlm_bench peak     [--threads N --size N --json]
 //   charlm_bench gemm     [--shapes MxNxK:tt,... --variants naive,packed,... --threads N --json]
@@ -18,6 +19,7 @@
 #include <chrono>
 #include <functional>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -29,6 +31,7 @@
 #include "core/cpu.h"
 #include "core/gemm_bf16.h"
 #include "core/intrinsics.h"
+#include "core/json_io.h"
 #include "dist/dist.h"
 #include "models/charlm.h"
 #include "models/charlm_data.h"
@@ -118,6 +121,15 @@ usage:
       and peak RSS. The batch is cut into --shards data-parallel pieces, one per thread
       (default: the thread count, as charlm train does); --shards 1 instead splits each op
       over the threads.
+  charlm_bench sweep    [--ctx 256,1024,4096,16384,65536 --kinds latent,latent-w0,mha,mla --batch N=12
+                         --threads N=2 --steps N=3 --rounds N=1 --recompute 0|1 --max-step-s S=120]
+      The long-context table: `train` (the baseline model otherwise) for each attention kind at
+      each ctx, each cell in a fresh process so that its peak RSS is its own; batch --batch at
+      the shortest ctx, 1 above. latent-w0 is latent attention with --window 0. With --rounds R
+      each cell is the median of R runs, the rounds interleaved over the cells. A cell whose
+      step would take longer than --max-step-s, predicted from the kind's previous ctx (ctx^2
+      for mha, ctx for the others), is skipped and marked so. The last column is the growth of
+      peak RSS per token between the two longest batch-1 contexts measured.
   charlm_bench generate [model flags] [--positions 100,1000,10000 --threads N --json]
       Steps one sequence token by token with the incremental state and reports the median
       time per token around each position, and resident memory there.
@@ -166,7 +178,7 @@ static Flags parse_flags(int argc, char** argv, int first) {
       static const std::set<std::string> known = {
           "attn",   "ffn",   "norm",    "recompute", "layers", "heads",  "dim",   "ctx",       "batch", "latents",
           "window", "chunk", "steps",   "warmup",  "threads", "shards", "data", "seed", "positions", "size",
-          "kb",     "reps",  "shapes",  "variants", "clock", "mc",     "kc",   "nc"};
+          "kb",     "reps",  "shapes",  "variants", "clock", "mc",     "kc",   "nc", "kinds", "rounds", "max-step-s"};
       if (!known.count(a.substr(2))) throw Error(fmt::format("unknown flag '{}' (see --help)", a));
       f.values[a.substr(2)] = argv[++i];
     } else {
@@ -586,6 +598,16 @@ static std::vector<int64_t> parse_list(const std::string& s) {
   return out;
 }
 
+static std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  for (size_t start = 0;;) {
+    const size_t comma = s.find(',', start);
+    out.push_back(s.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) return out;
+    start = comma + 1;
+  }
+}
+
 static int run_generate(const Flags& f) {
   set_num_threads(static_cast<int>(f.integer("threads", 0)));
   std::vector<int64_t> positions = parse_list(f.get("positions", "100,1000,10000"));
@@ -625,6 +647,105 @@ static int run_generate(const Flags& f) {
     fmt::print("  {:>9}  {:>12}  {:>8}\n", "position", "us/token", "RSS MB");
     for (auto& [pos, r] : rows) fmt::print("  {:>9}  {:>12.2f}  {:>8.1f}\n", pos, r.first * 1e6, r.second);
     fmt::print("  last / first per-token time: {:.2f}x\n", rows.back().second.first / rows.front().second.first);
+  }
+  return 0;
+}
+
+// ---- sweep ----------------------------------------------------------------------------------
+
+// `train` for every attention kind at every ctx, each cell in a process of its own (so that its
+// peak RSS is its own), run as this executable's `train --json`.
+static int run_sweep(const Flags& f, const std::string& self) {
+  struct Kind {
+    std::string label, flags;
+  };
+  static const std::vector<Kind> known = {{"latent", "--attn latent"},
+                                          {"latent-w0", "--attn latent --window 0"},
+                                          {"mha", "--attn mha"},
+                                          {"mla", "--attn mla"}};
+  std::vector<Kind> kinds;
+  for (const std::string& label : split_list(f.get("kinds", "latent,latent-w0,mha,mla"))) {
+    auto it = std::find_if(known.begin(), known.end(), [&](const Kind& k) { return k.label == label; });
+    if (it == known.end()) throw Error(fmt::format("--kinds: unknown kind '{}' (latent, latent-w0, mha, mla)", label));
+    kinds.push_back(*it);
+  }
+  std::vector<int64_t> ctxs = parse_list(f.get("ctx", "256,1024,4096,16384,65536"));
+  std::sort(ctxs.begin(), ctxs.end());
+  const int64_t first_batch = f.integer("batch", 12), threads = f.integer("threads", 2);
+  const int64_t steps = f.integer("steps", 3), rounds = f.integer("rounds", 1), recompute = f.integer("recompute", 0);
+  const double max_step_s = static_cast<double>(f.integer("max-step-s", 120));
+  if (ctxs.empty() || ctxs.front() < 2 || steps < 1 || rounds < 1 || first_batch < 1)
+    throw Error("sweep: --ctx values of at least 2, and positive --steps, --rounds and --batch");
+
+  struct Cell {
+    std::vector<double> tokens_per_s, rss_mb;
+    double skipped_step_s = 0;  // > 0: predicted too slow, not run
+  };
+  std::map<std::pair<size_t, int64_t>, Cell> cells;
+  for (int64_t round = 0; round < rounds; ++round) {
+    for (size_t k = 0; k < kinds.size(); ++k) {
+      double last_ctx = 0, last_step_s = 0;  // the kind's previous ctx and its step time
+      for (int64_t ctx : ctxs) {
+        Cell& cell = cells[{k, ctx}];
+        const int64_t batch = ctx == ctxs.front() ? first_batch : 1;
+        if (cell.skipped_step_s > 0) continue;
+        if (last_ctx > 0) {  // mha's step grows with ctx^2 (per sequence), the others' with ctx
+          const double growth = static_cast<double>(ctx * batch) / last_ctx;
+          const double predicted = last_step_s * (kinds[k].label == "mha" ? growth * ctx / last_ctx : growth);
+          if (predicted > max_step_s) {
+            cell.skipped_step_s = predicted;
+            continue;
+          }
+        }
+        const std::string cmd =
+            fmt::format("'{}' train {} --ctx {} --batch {} --threads {} --steps {} --warmup 1 --recompute {} --json",
+                        self, kinds[k].flags, ctx, batch, threads, steps, recompute);
+        fmt::print(stderr, "$ {}\n", cmd);
+        std::FILE* pipe = popen(cmd.c_str(), "r");
+        if (!pipe) throw Error(fmt::format("could not run {}", cmd));
+        std::string out;
+        char buf[4096];
+        for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
+        if (pclose(pipe) != 0) throw Error(fmt::format("'{}' failed", cmd));
+        const json::Json r = json::parse(out);
+        cell.tokens_per_s.push_back(r.at("tokens_per_s").get<double>());
+        cell.rss_mb.push_back(r.at("peak_rss_mb").get<double>());
+        last_ctx = static_cast<double>(ctx * batch);
+        last_step_s = r.at("step_ms").get<double>() / 1e3;
+      }
+    }
+  }
+
+  fmt::print("{}, {} kernels, {} threads; training tokens/s and peak RSS, median of {} run(s) of {} steps;\n"
+             "batch {} at ctx {}, 1 above{}\n\n",
+             cpu_name(), cpu_kernels(), threads, rounds, steps, first_batch, ctxs.front(),
+             recompute ? "; --recompute" : "");
+  fmt::print("| kind |");
+  for (int64_t ctx : ctxs) fmt::print(" ctx {} |", ctx);
+  fmt::print(" peak RSS per token |\n|---|");
+  for (size_t i = 0; i <= ctxs.size(); ++i) fmt::print("---|");
+  fmt::print("\n");
+  for (size_t k = 0; k < kinds.size(); ++k) {
+    fmt::print("| {} |", kinds[k].label);
+    double prev_ctx = 0, prev_rss = 0, per_token = 0;  // the slope of RSS over the last two batch-1 cells
+    for (int64_t ctx : ctxs) {
+      const Cell& cell = cells[{k, ctx}];
+      if (cell.tokens_per_s.empty()) {
+        fmt::print(" skipped: ~{:.0f} s a step |", cell.skipped_step_s);
+        continue;
+      }
+      const double rss = median(cell.rss_mb);
+      fmt::print(" {:.0f} tok/s, {:.0f} MB |", median(cell.tokens_per_s), rss);
+      if (ctx != ctxs.front()) {
+        if (prev_ctx > 0) per_token = (rss - prev_rss) * 1048576.0 / (static_cast<double>(ctx) - prev_ctx);
+        prev_ctx = static_cast<double>(ctx);
+        prev_rss = rss;
+      }
+    }
+    if (per_token > 0)
+      fmt::print(" {:.1f} KB |\n", per_token / 1024.0);
+    else
+      fmt::print(" |\n");
   }
   return 0;
 }
@@ -685,7 +806,8 @@ static int bench_main(int argc, char** argv) {
     if (cmd == "generate") return run_generate(f);
     if (cmd == "peak") return run_peak(f);
     if (cmd == "gemm") return run_gemm(f);
-    throw Error(fmt::format("unknown command '{}' (train, generate, peak, gemm, allreduce; see --help)", cmd));
+    if (cmd == "sweep") return run_sweep(f, std::filesystem::read_symlink("/proc/self/exe").string());
+    throw Error(fmt::format("unknown command '{}' (train, sweep, generate, peak, gemm, allreduce; see --help)", cmd));
   } catch (const std::exception& e) {
     fmt::print(stderr, "charlm_bench: {}\n", e.what());
     return 1;

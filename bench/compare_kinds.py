@@ -75,7 +75,7 @@ def main():
         print("$", " ".join(cmd), file=sys.stderr, flush=True)
         run = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if run.returncode != 0:
-            sys.exit(f"{variant}: charlm train exited with {run.returncode}")
+            sys.exit(f"{ffn}/{norm}: charlm train exited with {run.returncode}")
         r = json.loads(run.stdout)
         rows.append((ffn, norm, r["params"], r["val_loss"], r["test_loss"], r["tokens_per_s"], r["wall_s"]))
 

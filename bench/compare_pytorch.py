@@ -34,6 +34,20 @@ CONFIGS = {
 }
 
 
+def config_of(name):
+    """A named config, or ctxN: the baseline model on one sequence of N characters (long context)."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    if name.startswith("ctx") and name[3:].isdigit():
+        return dict(CONFIGS["baseline"], ctx=int(name[3:]), batch=1)
+    sys.exit(f"unknown config '{name}' (known: {', '.join(CONFIGS)}, or ctxN)")
+
+
+def is_large(name):
+    """Configs whose steps take seconds: timed for --steps-large steps after 1 warm-up, in 1 round."""
+    return name == "10.7M" or name.startswith("ctx")
+
+
 def torch_worker(args):
     """Runs inside a fresh process: trains the PyTorch model and prints one JSON line."""
     import torch
@@ -47,7 +61,7 @@ def torch_worker(args):
     vocab = sorted(set(data))
     index = {b: i + 1 for i, b in enumerate(vocab)}  # id 0: the unknown byte, as in latentgrad
     tokens = torch.tensor([index[b] for b in data], dtype=torch.long)
-    cfg = dict(CONFIGS[args.config], vocab=len(vocab) + 1, attn=args.attn, latents=16, window=16,
+    cfg = dict(config_of(args.config), vocab=len(vocab) + 1, attn=args.attn, latents=16, window=16,
                chunk=args.chunk, ffn=args.ffn, norm=args.norm)
     model = CharLM(cfg)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -100,7 +114,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="text corpus to draw batches from")
     ap.add_argument("--bin", default="build/charlm_bench", help="latentgrad's benchmark program")
-    ap.add_argument("--configs", default="baseline,10.7M", help="comma list of: " + ",".join(CONFIGS))
+    ap.add_argument("--configs", default="baseline,10.7M",
+                    help="comma list of: " + ",".join(CONFIGS) + ", ctxN (the baseline model, batch 1, ctx N)")
     ap.add_argument("--attn", default="mha,latent", help="comma list of attention kinds")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run (median reported)")
@@ -135,8 +150,8 @@ def main():
         path = ":".join(p for p in (OPENMP_BLAS_DIR, os.environ.get("LD_LIBRARY_PATH", "")) if p)
         torch_blas.append(("pytorch, OpenMP OpenBLAS", {"LD_LIBRARY_PATH": path}))
     print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; PyTorch {torch_version}. Each row: the median "
-          f"over {args.rounds} rounds (1 for 10.7M) of each run's median step; a run times {args.steps} steps "
-          f"after {args.warmup} warm-up ({args.steps_large} after 1 for 10.7M). Rounds interleave the runs, so "
+          f"over {args.rounds} rounds (1 for 10.7M and ctxN) of each run's median step; a run times {args.steps} steps "
+          f"after {args.warmup} warm-up ({args.steps_large} after 1 for 10.7M and ctxN). Rounds interleave the runs, so "
           f"a slow spell of a shared machine hits every engine alike."
           + (f" Feed-forward {args.ffn}, norm {args.norm}." if (args.ffn, args.norm) != ("gelu", "layernorm") else "")
           + "\n")
@@ -145,8 +160,8 @@ def main():
     ratios = []
     for config in args.configs.split(","):
         for attn in args.attn.split(","):
-            steps, warmup = (args.steps_large, 1) if config == "10.7M" else (args.steps, args.warmup)
-            rounds = 1 if config == "10.7M" else args.rounds
+            steps, warmup = (args.steps_large, 1) if is_large(config) else (args.steps, args.warmup)
+            rounds = 1 if is_large(config) else args.rounds
             runs = [("latentgrad", "latentgrad", {})] + [("pytorch", label, extra) for label, extra in torch_blas]
             cells = [(engine, label, extra, int(t)) for engine, label, extra in runs for t in args.threads.split(",")]
             results = {i: [] for i in range(len(cells))}
@@ -160,7 +175,7 @@ def main():
                                "--chunk", str(args.chunk), "--seed", str(args.seed),
                                "--ffn", args.ffn, "--norm", args.norm]
                     else:
-                        c = CONFIGS[config]
+                        c = config_of(config)
                         cmd = [args.bin, "train", "--data", args.data, "--attn", attn, "--threads", str(threads),
                                "--layers", str(c["layers"]), "--heads", str(c["heads"]), "--dim", str(c["dim"]),
                                "--ctx", str(c["ctx"]), "--batch", str(c["batch"]), "--steps", str(steps),
@@ -168,14 +183,24 @@ def main():
                                "--json"]
                         if (args.ffn, args.norm) != ("gelu", "layernorm"):
                             cmd += ["--ffn", args.ffn, "--norm", args.norm]
-                    results[i].append(run_json(cmd, env))
-                params = {engine: results[i][0]["params"] for i, (engine, *_) in enumerate(cells)}
+                    try:
+                        results[i].append(run_json(cmd, env))
+                    except RuntimeError as e:  # e.g. PyTorch's T x T scores at a long ctx: out of memory
+                        if engine != "pytorch":
+                            raise
+                        print(e, file=sys.stderr)
+                        results[i].append(None)
+                params = {engine: results[i][0]["params"] for i, (engine, *_) in enumerate(cells)
+                          if results[i][0] is not None}
                 if len(set(params.values())) != 1:  # e.g. a latentgrad binary that ignores --ffn or --norm
                     sys.exit(f"the engines built different models ({config}, {attn}, ffn {args.ffn}, norm "
                              f"{args.norm}): " + ", ".join(f"{e} {n:,} parameters" for e, n in params.items()))
             best = {}
             for i, (engine, label, extra, threads) in enumerate(cells):
-                rs = results[i]
+                rs = [r for r in results[i] if r is not None]
+                if not rs:
+                    print(f"| {config} | {attn} | {label} | {threads} | failed (out of memory?) | | | |", flush=True)
+                    continue
                 step_ms = statistics.median(r["step_ms"] for r in rs)
                 tokens_per_s = statistics.median(r["tokens_per_s"] for r in rs)
                 rss = max(r["peak_rss_mb"] for r in rs)
@@ -183,7 +208,8 @@ def main():
                 mfu = f"{100 * statistics.median(r['mfu'] for r in rs):.0f}%" if "mfu" in rs[0] else "-"
                 print(f"| {config} | {attn} | {label} | {threads} | {step_ms:.1f} | "
                       f"{tokens_per_s:.0f} | {mfu} | {rss:.0f} |", flush=True)
-            ratios.append((config, attn, best["latentgrad"] / best["pytorch"]))
+            if "pytorch" in best:
+                ratios.append((config, attn, best["latentgrad"] / best["pytorch"]))
     print("\n| config | attention | latentgrad / PyTorch, best thread count each |")
     print("|---|---|---|")
     for config, attn, r in ratios:

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 #include <omp.h>
 
+#include "core/blas.h"
 #include "core/ops.h"
 #include "core/recompute.h"
 #include "tests/gradcheck.h"
@@ -235,6 +236,42 @@ TEST_CASE("every differentiable op has a gradient check") {
   for (std::string_view op : kDifferentiableOps)
     CHECK_MESSAGE(lg::testing::checked_ops().count(std::string(op)) == 1,
                   "op '" << op << "' is listed in core/ops.h but no gradient check builds it");
+}
+
+TEST_CASE("tall products in bands of rows: the same values on one thread and two, every transpose") {
+  // M = 2100 rows and M N K over 2^22: on two threads lg::sgemm cuts C into bands of rows, one
+  // one-thread product each. Every row must come out as the one-thread product computes it.
+  const int64_t M = 2100, N = 130, K = 70;
+  Rng rng(104);
+  const std::vector<float> a = randn({M, K}, rng).to_vector(), b = randn({K, N}, rng).to_vector();
+  const int before = get_num_threads();
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      CAPTURE(ta);
+      CAPTURE(tb);
+      // op(A) (M, K) and op(B) (K, N), stored transposed where asked
+      std::vector<float> A(a.size()), B(b.size());
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t k = 0; k < K; ++k) A[ta ? k * M + i : i * K + k] = a[i * K + k];
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < N; ++j) B[tb ? j * K + k : k * N + j] = b[k * N + j];
+      std::vector<float> C[2];
+      for (int t = 0; t < 2; ++t) {
+        set_num_threads(t + 1);
+        C[t].assign(M * N, 1.0f);
+        sgemm(ta, tb, M, N, K, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.5f, C[t].data(), N);
+      }
+      CHECK(C[0] == C[1]);
+      float worst = 0;
+      for (int64_t i = 0; i < M; i += 7)
+        for (int64_t j = 0; j < N; ++j) {
+          double ref = 0.5;
+          for (int64_t k = 0; k < K; ++k) ref += static_cast<double>(a[i * K + k]) * b[k * N + j];
+          worst = std::max(worst, static_cast<float>(std::abs(C[1][i * N + j] - ref)));
+        }
+      CHECK(worst < 1e-4f);
+    }
+  set_num_threads(before);
 }
 
 TEST_CASE("linear backward over many rows: the weight gradient in parts, the same on one thread and two") {
