@@ -145,9 +145,11 @@ usage:
       input gradient nn, weight gradient tn) and 1536^3. Variants, the steps of the bf16
       kernel's construction: naive (the scalar reference), packed (packing and micro-kernel,
       one block of the whole product, one thread), blocked (+ cache blocks, one thread),
-      threads (+ N threads: gemm_bf16 as it runs), and sgemm1, sgemm (OpenBLAS fp32, one and
-      N threads). Default: packed,blocked,threads,sgemm. Each as a share of the measured bf16
-      dot peak of as many threads.
+      threads (+ N threads: gemm_bf16 as it runs), and sgemm1, sgemm (fp32 as matmul and
+      linear run it, one and N threads: tall products in bands of rows, one OpenBLAS call
+      each) and openblas (one OpenBLAS call, threaded by OpenBLAS). Default:
+      packed,blocked,threads,sgemm. Each as a share of the measured bf16 dot peak of as many
+      threads.
   --clock cpu (peak, gemm): rates per second of CPU time the work got (one thread's, or the
       process's over the thread count) instead of per wall-clock second: on a machine shared
       with other jobs, time spent preempted does not count. (The sgemm of peak: wall clock.)
@@ -403,9 +405,10 @@ static int run_gemm(const Flags& f) {
          }
          return out;
        }()) {
-    static const std::set<std::string> known = {"naive", "packed", "blocked", "threads", "sgemm1", "sgemm"};
-    if (!known.count(v)) throw Error(fmt::format("--variants: unknown '{}' (naive, packed, blocked, threads, sgemm1, sgemm)", v));
-    const bool bf16 = v != "sgemm1" && v != "sgemm";
+    static const std::set<std::string> known = {"naive", "packed", "blocked", "threads", "sgemm1", "sgemm", "openblas"};
+    if (!known.count(v))
+      throw Error(fmt::format("--variants: unknown '{}' (naive, packed, blocked, threads, sgemm1, sgemm, openblas)", v));
+    const bool bf16 = v != "sgemm1" && v != "sgemm" && v != "openblas";
     if (bf16 && v != "naive" && !gemm_bf16_available())
       throw Error(fmt::format("--variants {}: the bf16 kernel cannot run here (no AVX512-BF16, or "
                               "LATENTGRAD_ISA=generic); naive and sgemm run anywhere",
@@ -451,6 +454,9 @@ static int run_gemm(const Flags& f) {
         run = [&, blocking] {
           gemm_bf16_blocked(blocking, s.ta, s.tb, s.M, s.N, s.K, a.data(), lda, b.data(), ldb, c.data(), s.N, false);
         };
+      } else if (v == "openblas") {
+        used_threads = threads;
+        run = [&] { sgemm_whole(s.ta, s.tb, s.M, s.N, s.K, a.data(), lda, b.data(), ldb, 0.0f, c.data(), s.N); };
       } else {
         used_threads = v == "sgemm1" ? 1 : threads;
         run = [&] { sgemm(s.ta, s.tb, s.M, s.N, s.K, a.data(), lda, b.data(), ldb, 0.0f, c.data(), s.N); };

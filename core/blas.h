@@ -10,6 +10,11 @@ namespace lg {
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// The same product as one OpenBLAS call, threaded by OpenBLAS itself: what sgemm does for
+// products too small for bands. For benchmarks (`charlm_bench gemm --variants openblas`).
+void sgemm_whole(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
 // The kernel family OpenBLAS picked for this CPU (openblas_get_corename), e.g. "Haswell";
 // OPENBLAS_CORETYPE in the environment overrides its choice.
 const char* blas_corename();

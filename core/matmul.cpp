@@ -28,8 +28,8 @@ const char* blas_corename() { return openblas_get_corename(); }
 // remainder, for products of at least kBandWork multiply-adds (M N K).
 static constexpr int64_t kBandRows = 256, kBandWork = int64_t{1} << 22;
 
-static void blas_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+void sgemm_whole(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f, A, static_cast<int>(lda), B,
               static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
@@ -54,13 +54,13 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const fl
   }
   const int64_t bands = M / kBandRows;
   if (bands < 2 || M * N * K < kBandWork) {
-    blas_product(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    sgemm_whole(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
     return;
   }
 #pragma omp parallel for schedule(dynamic) if (!omp_in_parallel())
   for (int64_t b = 0; b < bands; ++b) {
     const int64_t r0 = b * kBandRows, r1 = b + 1 == bands ? M : r0 + kBandRows;
-    blas_product(trans_a, trans_b, r1 - r0, N, K, A + (trans_a ? r0 : r0 * lda), lda, B, ldb, beta, C + r0 * ldc,
+    sgemm_whole(trans_a, trans_b, r1 - r0, N, K, A + (trans_a ? r0 : r0 * lda), lda, B, ldb, beta, C + r0 * ldc,
                  ldc);
   }
 }
@@ -204,19 +204,19 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 // among threads along its output, which for this shape (a small dW from a long sum over rows)
 // leaves the threads waiting on each other: at N = 4096, 384 x 128, two threads take 1.94 ms
 // where one takes 2.97. Outside a parallel region and for N >= 2 kRowsPerPart, the rows are cut
-// into parts fixed by N alone (at most 8, at least kRowsPerPart rows each), each part's product
-// runs on its own thread, and the parts are added in order: 1.46 ms on two threads, and the same
-// values on any number. Inside a parallel region (the data-parallel step's shards) and for
+// into parts fixed by N alone (at most 8, at least kRowsPerPart rows each), the threads take the
+// parts' products as they come free, and the parts are added in order: 1.46 ms on two threads,
+// and the same values on any number. Inside a parallel region (the data-parallel step's shards) and for
 // shorter sums it is one product, as before.
 static void weight_gradient(const float* g, const float* x, int64_t N, int64_t out, int64_t in, float* gw) {
-  constexpr int64_t kRowsPerPart = 1024, kMaxParts = 8;
+  constexpr int64_t kRowsPerPart = 256, kMaxParts = 8;
   const int64_t parts = std::min(kMaxParts, N / kRowsPerPart);
   if (parts < 2 || omp_in_parallel()) {
     sgemm(true, false, out, in, N, g, out, x, in, 0.0f, gw, in);
     return;
   }
   Tensor partial = Tensor::empty({parts - 1, out, in});  // every element written below
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic)
   for (int64_t p = 0; p < parts; ++p) {
     const int64_t r0 = N * p / parts, r1 = N * (p + 1) / parts;
     float* dst = p == 0 ? gw : partial.data() + (p - 1) * out * in;

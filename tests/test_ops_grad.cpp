@@ -275,7 +275,7 @@ TEST_CASE("tall products in bands of rows: the same values on one thread and two
 }
 
 TEST_CASE("linear backward over many rows: the weight gradient in parts, the same on one thread and two") {
-  // N = 2100 rows: over 2 x 1024, so dW = g^T x is summed in two parts of rows, each its own
+  // N = 2100 rows: over 8 x 256, so dW = g^T x is summed in eight parts of rows, each its own
   // product, added in order. The values must not depend on the thread count, and must be the
   // sum over all rows (checked against a double-precision loop and finite differences).
   const int64_t N = 2100, in = 5, out = 3;
