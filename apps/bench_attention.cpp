@@ -26,6 +26,7 @@ struct Options {
   int64_t dim = 128, heads = 4, latents = 16, chunk = 32, window = 16;
   int reps = 5, steps = 32, threads = 1;
   bool generation = true;
+  std::string kinds;  // empty: every variant; else a comma list of mha, mla, latent, latent-chunked
 };
 
 void usage() {
@@ -46,6 +47,7 @@ void usage() {
       "                  shared machine two threads waiting on each other distort the timings;\n"
       "                  0 = as OMP_NUM_THREADS says; with more than one, OMP_WAIT_POLICY=passive\n"
       "                  keeps OpenMP's idle threads from starving OpenBLAS's)\n"
+      "  --kinds LIST    only these: a comma list of mha, mla, latent, latent-chunked (default: all)\n"
       "  --no-generation skip the step() timings\n"
       "  --help          this text\n");
 }
@@ -96,6 +98,8 @@ Options parse(int argc, char** argv) {
         o.steps = std::stoi(value());
       } else if (a == "--threads") {
         o.threads = std::stoi(value());
+      } else if (a == "--kinds") {
+        o.kinds = value();
       } else if (a == "--no-generation") {
         o.generation = false;
       } else {
@@ -152,7 +156,13 @@ std::vector<Variant> variants(const Options& o) {
     out.push_back({fmt::format("latent W={}", w), c});
     out.push_back({fmt::format("latent W={} chunked", w), c, true, false});
   }
-  return out;
+  if (o.kinds.empty()) return out;
+  std::vector<Variant> chosen;
+  const std::string list = "," + o.kinds + ",";
+  for (Variant& v : out)
+    if (list.find("," + v.config.attention + (v.chunked_core ? "-chunked," : ",")) != std::string::npos)
+      chosen.push_back(std::move(v));
+  return chosen;
 }
 
 std::shared_ptr<nn::Attention> build(const Variant& v) {
