@@ -128,8 +128,9 @@ usage:
       the shortest ctx, 1 above. latent-w0 is latent attention with --window 0. With --rounds R
       each cell is the median of R runs, the rounds interleaved over the cells. A cell whose
       step would take longer than --max-step-s, predicted from the kind's previous ctx (ctx^2
-      for mha, ctx for the others), is skipped and marked so. The last column is the growth of
-      peak RSS per token between the two longest batch-1 contexts measured.
+      for mha and mla, ctx for latent), is skipped and marked so; a run that fails (out of
+      memory, say) marks its cell and the kind's longer contexts. The last column is the
+      growth of peak RSS per token between the two longest batch-1 contexts measured.
   charlm_bench generate [model flags] [--positions 100,1000,10000 --threads N --json]
       Steps one sequence token by token with the incremental state and reports the median
       time per token around each position, and resident memory there.
@@ -180,7 +181,8 @@ static Flags parse_flags(int argc, char** argv, int first) {
       static const std::set<std::string> known = {
           "attn",   "ffn",   "norm",    "recompute", "layers", "heads",  "dim",   "ctx",       "batch", "latents",
           "window", "chunk", "steps",   "warmup",  "threads", "shards", "data", "seed", "positions", "size",
-          "kb",     "reps",  "shapes",  "variants", "clock", "mc",     "kc",   "nc", "kinds", "rounds", "max-step-s"};
+          "kb",     "reps",  "shapes",  "variants", "clock", "mc",     "kc",   "nc",   "kinds", "rounds",
+          "max-step-s"};
       if (!known.count(a.substr(2))) throw Error(fmt::format("unknown flag '{}' (see --help)", a));
       f.values[a.substr(2)] = argv[++i];
     } else {
@@ -405,9 +407,11 @@ static int run_gemm(const Flags& f) {
          }
          return out;
        }()) {
-    static const std::set<std::string> known = {"naive", "packed", "blocked", "threads", "sgemm1", "sgemm", "openblas"};
+    static const std::set<std::string> known = {"naive", "packed", "blocked", "threads",
+                                                "sgemm1", "sgemm", "openblas"};
     if (!known.count(v))
-      throw Error(fmt::format("--variants: unknown '{}' (naive, packed, blocked, threads, sgemm1, sgemm, openblas)", v));
+      throw Error(
+          fmt::format("--variants: unknown '{}' (naive, packed, blocked, threads, sgemm1, sgemm, openblas)", v));
     const bool bf16 = v != "sgemm1" && v != "sgemm" && v != "openblas";
     if (bf16 && v != "naive" && !gemm_bf16_available())
       throw Error(fmt::format("--variants {}: the bf16 kernel cannot run here (no AVX512-BF16, or "
@@ -672,7 +676,8 @@ static int run_sweep(const Flags& f, const std::string& self) {
   std::vector<Kind> kinds;
   for (const std::string& label : split_list(f.get("kinds", "latent,latent-w0,mha,mla"))) {
     auto it = std::find_if(known.begin(), known.end(), [&](const Kind& k) { return k.label == label; });
-    if (it == known.end()) throw Error(fmt::format("--kinds: unknown kind '{}' (latent, latent-w0, mha, mla)", label));
+    if (it == known.end())
+      throw Error(fmt::format("--kinds: unknown kind '{}' (latent, latent-w0, mha, mla)", label));
     kinds.push_back(*it);
   }
   std::vector<int64_t> ctxs = parse_list(f.get("ctx", "256,1024,4096,16384,65536"));
@@ -686,18 +691,27 @@ static int run_sweep(const Flags& f, const std::string& self) {
   struct Cell {
     std::vector<double> tokens_per_s, rss_mb;
     double skipped_step_s = 0;  // > 0: predicted too slow, not run
+    bool failed = false;        // the run exited non-zero (out of memory, say): longer ctx are not tried
   };
   std::map<std::pair<size_t, int64_t>, Cell> cells;
   for (int64_t round = 0; round < rounds; ++round) {
     for (size_t k = 0; k < kinds.size(); ++k) {
-      double last_ctx = 0, last_step_s = 0;  // the kind's previous ctx and its step time
+      // The kind's previous cell: its ctx, tokens a step and step time. A step's time grows with
+      // its tokens, and for the quadratic kinds (mha, mla) with the ctx as well.
+      double last_ctx = 0, last_tokens = 0, last_step_s = 0;
+      const bool quadratic = kinds[k].label == "mha" || kinds[k].label == "mla";
+      bool failed = false;
       for (int64_t ctx : ctxs) {
         Cell& cell = cells[{k, ctx}];
         const int64_t batch = ctx == ctxs.front() ? first_batch : 1;
+        if (failed || cell.failed) {
+          cell.failed = failed = true;
+          continue;
+        }
         if (cell.skipped_step_s > 0) continue;
-        if (last_ctx > 0) {  // mha's step grows with ctx^2 (per sequence), the others' with ctx
-          const double growth = static_cast<double>(ctx * batch) / last_ctx;
-          const double predicted = last_step_s * (kinds[k].label == "mha" ? growth * ctx / last_ctx : growth);
+        if (last_ctx > 0) {
+          const double predicted = last_step_s * static_cast<double>(ctx * batch) / last_tokens *
+                                   (quadratic ? static_cast<double>(ctx) / last_ctx : 1.0);
           if (predicted > max_step_s) {
             cell.skipped_step_s = predicted;
             continue;
@@ -712,11 +726,16 @@ static int run_sweep(const Flags& f, const std::string& self) {
         std::string out;
         char buf[4096];
         for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-        if (pclose(pipe) != 0) throw Error(fmt::format("'{}' failed", cmd));
+        if (pclose(pipe) != 0) {
+          fmt::print(stderr, "  failed: the cell and longer contexts of {} are marked so\n", kinds[k].label);
+          cell.failed = failed = true;
+          continue;
+        }
         const json::Json r = json::parse(out);
         cell.tokens_per_s.push_back(r.at("tokens_per_s").get<double>());
         cell.rss_mb.push_back(r.at("peak_rss_mb").get<double>());
-        last_ctx = static_cast<double>(ctx * batch);
+        last_ctx = static_cast<double>(ctx);
+        last_tokens = static_cast<double>(ctx * batch);
         last_step_s = r.at("step_ms").get<double>() / 1e3;
       }
     }
@@ -737,7 +756,10 @@ static int run_sweep(const Flags& f, const std::string& self) {
     for (int64_t ctx : ctxs) {
       const Cell& cell = cells[{k, ctx}];
       if (cell.tokens_per_s.empty()) {
-        fmt::print(" skipped: ~{:.0f} s a step |", cell.skipped_step_s);
+        if (cell.failed)
+          fmt::print(" failed |");
+        else
+          fmt::print(" skipped: ~{:.0f} s a step |", cell.skipped_step_s);
         continue;
       }
       const double rss = median(cell.rss_mb);

@@ -39,11 +39,12 @@ void sgemm_whole(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, co
 //
 // A tall product (the projections of a long sequence: 4096 x 384 x 128) runs as bands of C's
 // rows, each a one-thread product (OpenBLAS runs one thread inside a parallel region), taken by
-// the threads as they come free. OpenBLAS's own threading splits such shapes less well: on two
-// threads it reaches 1.5x its one-thread rate at 4096 x 384 x 128, the bands 1.8x
-// (`charlm_bench gemm`). OpenBLAS's rounding depends on the shape of the product it is given,
-// so the bands are fixed by M alone: C's values are the same on any number of threads, and
-// inside the data-parallel step's shards, where the bands run one after another.
+// the threads as they come free. OpenBLAS's own threading splits such shapes less well: at
+// 4096 x 384 x 128 on two threads, one call reaches 112 GFLOP/s and the bands 179, where one
+// thread reaches 86-100 (`charlm_bench gemm --variants sgemm1,sgemm,openblas`). OpenBLAS's
+// rounding depends on the shape of the product it is given, so the bands are fixed by M alone:
+// a banded product has the same values on any number of threads, and inside the data-parallel
+// step's shards, where its bands run one after another.
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
@@ -206,8 +207,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 // where one takes 2.97. Outside a parallel region and for N >= 2 kRowsPerPart, the rows are cut
 // into parts fixed by N alone (at most 8, at least kRowsPerPart rows each), the threads take the
 // parts' products as they come free, and the parts are added in order: 1.46 ms on two threads,
-// and the same values on any number. Inside a parallel region (the data-parallel step's shards) and for
-// shorter sums it is one product, as before.
+// and the same values on any number. Inside a parallel region (the data-parallel step's shards)
+// and for shorter sums it is one product, as before.
 static void weight_gradient(const float* g, const float* x, int64_t N, int64_t out, int64_t in, float* gw) {
   constexpr int64_t kRowsPerPart = 256, kMaxParts = 8;
   const int64_t parts = std::min(kMaxParts, N / kRowsPerPart);
