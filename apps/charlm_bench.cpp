@@ -32,6 +32,7 @@
 #include "core/gemm_bf16.h"
 #include "core/intrinsics.h"
 #include "core/json_io.h"
+#include "core/precision.h"
 #include "dist/dist.h"
 #include "models/charlm.h"
 #include "models/charlm_data.h"
@@ -165,6 +166,7 @@ model flags (defaults: the baseline config):
   --attn KIND (latent)  --ffn KIND (gelu)  --norm KIND (layernorm): the kinds charlm train --help lists
   --layers N (4)  --heads N (4)  --dim N (128)  --ctx N (64)
   --batch N (12)  --latents M (16)  --window W (16)  --chunk C (32)  --recompute 0|1 (0; train only)
+  --precision fp32|bf16 (fp32; train only): linear's products in bf16 mixed precision (charlm train --help)
 )";
 
 static Flags parse_flags(int argc, char** argv, int first) {
@@ -182,7 +184,7 @@ static Flags parse_flags(int argc, char** argv, int first) {
           "attn",   "ffn",   "norm",    "recompute", "layers", "heads",  "dim",   "ctx",       "batch", "latents",
           "window", "chunk", "steps",   "warmup",  "threads", "shards", "data", "seed", "positions", "size",
           "kb",     "reps",  "shapes",  "variants", "clock", "mc",     "kc",   "nc",   "kinds", "rounds",
-          "max-step-s"};
+          "max-step-s", "precision"};
       if (!known.count(a.substr(2))) throw Error(fmt::format("unknown flag '{}' (see --help)", a));
       f.values[a.substr(2)] = argv[++i];
     } else {
@@ -542,6 +544,10 @@ static int run_train(const Flags& f) {
   Rng init(f.integer("seed", 0)), data_rng(f.integer("seed", 0) + 1), dropout_rng(3);
   charlm::CharLM model(cfg, init);
   model.recompute = f.integer("recompute", 0) != 0;
+  const Precision precision = parse_precision(f.get("precision", "fp32"));
+  if (precision == Precision::bf16 && !gemm_bf16_available())
+    throw Error("--precision bf16 needs a CPU with AVX512-BF16 (vdpbf16ps), which this one lacks");
+  const PrecisionGuard precision_scope(precision);
   optim::AdamWConfig ocfg;
   ocfg.beta2 = 0.99f;
   ocfg.weight_decay = 0.1f;
@@ -571,16 +577,16 @@ static int run_train(const Flags& f) {
         "{{\"attn\": \"{}\", \"kernels\": \"{}\", \"threads\": {}, \"shards\": {}, \"params\": {}, "
         "\"step_ms\": {:.3f}, \"tokens_per_s\": {:.1f}, "
         "\"model_gflops\": {:.2f}, \"sgemm_peak_gflops\": {:.2f}, \"mfu\": {:.4f}, \"peak_rss_mb\": {:.1f}, "
-        "\"loss\": {:.4f}}}\n",
+        "\"loss\": {:.4f}, \"precision\": \"{}\"}}\n",
         cfg.attention, cpu_kernels(), get_num_threads(), parallel.shards(),
         model.parameter_count(), step_s * 1e3, tokens_per_s, flops / 1e9, peak / 1e9, flops / peak, rss,
-        last_loss);
+        last_loss, precision_name(precision));
   } else {
     fmt::print(
         "{} attention, {} layers, dim {}, ctx {}, batch {}, {} parameters, {} threads, {} shards, {} "
-        "kernels\n",
+        "kernels, {}\n",
         cfg.attention, cfg.layers, cfg.dim, T, B, model.parameter_count(),
-        get_num_threads(), parallel.shards(), cpu_kernels());
+        get_num_threads(), parallel.shards(), cpu_kernels(), precision_name(precision));
     fmt::print("  step (median of {}): {:.2f} ms   {:.0f} tokens/s\n", steps, step_s * 1e3, tokens_per_s);
     fmt::print("  model: {:.2f} GFLOP/s of a measured sgemm peak of {:.2f} GFLOP/s: MFU {:.1f}%\n", flops / 1e9,
                peak / 1e9, 100.0 * flops / peak);

@@ -10,7 +10,9 @@
 #include <algorithm>
 
 #include "core/blas.h"
+#include "core/gemm_bf16.h"
 #include "core/ops.h"
+#include "core/precision.h"
 
 namespace lg {
 
@@ -252,18 +254,31 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 #pragma omp parallel for schedule(static) if (N * out_features > (1 << 15))
     for (int64_t r = 0; r < N; ++r) std::copy_n(pb, out_features, py + r * out_features);
   }
-  sgemm(false, true, N, out_features, in, xc.data(), in, w.data(), in, bias.defined() ? 1.0f : 0.0f, y.data(),
-        out_features);
-  return attach_node(y, "linear", {x, weight, bias}, [x, xc, weight, w, bias, N, in, out_features](const Tensor& g) {
+  // bf16 mixed precision (core/precision.h): the three products take bf16-rounded inputs and sum
+  // in fp32; the bias, its gradient and everything around them stay fp32.
+  const bool bf16 = matmul_precision() == Precision::bf16;
+  if (bf16)
+    gemm_bf16(false, true, N, out_features, in, xc.data(), in, w.data(), in, y.data(), out_features,
+              bias.defined());
+  else
+    sgemm(false, true, N, out_features, in, xc.data(), in, w.data(), in, bias.defined() ? 1.0f : 0.0f,
+          y.data(), out_features);
+  return attach_node(y, "linear", {x, weight, bias}, [x, xc, weight, w, bias, N, in, out_features, bf16](const Tensor& g) {
     Tensor gc = g.is_contiguous() ? g : contiguous_copy(g);     // (N, out)
     if (x.requires_grad()) {
       Tensor gx = Tensor::empty(x.shape());                     // dx = g W
-      sgemm(false, false, N, in, out_features, gc.data(), out_features, w.data(), in, 0.0f, gx.data(), in);
+      if (bf16)
+        gemm_bf16(false, false, N, in, out_features, gc.data(), out_features, w.data(), in, gx.data(), in, false);
+      else
+        sgemm(false, false, N, in, out_features, gc.data(), out_features, w.data(), in, 0.0f, gx.data(), in);
       accumulate_grad(x, std::move(gx));
     }
     if (weight.requires_grad()) {
       Tensor gw = Tensor::empty(weight.shape());                // dW = g^T x
-      weight_gradient(gc.data(), xc.data(), N, out_features, in, gw.data());
+      if (bf16)
+        gemm_bf16(true, false, out_features, in, N, gc.data(), out_features, xc.data(), in, gw.data(), in, false);
+      else
+        weight_gradient(gc.data(), xc.data(), N, out_features, in, gw.data());
       accumulate_grad(weight, std::move(gw));
     }
     if (bias.defined() && bias.requires_grad()) {

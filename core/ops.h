@@ -52,7 +52,7 @@ Tensor cumsum(const Tensor& x, int64_t axis);               // inclusive prefix 
 
 // ---- matrix products (cblas_sgemm; transposed views are passed as BLAS flags) -------------
 Tensor matmul(const Tensor& a, const Tensor& b);            // (..., M, K) @ (K, N) or (..., K, N) -> (..., M, N)
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);  // (..., in), (out, in), (out,) or undefined -> (..., out): x W^T + b
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);  // (..., in), (out, in), (out,) or undefined -> (..., out): x W^T + b (products in bf16 under Precision::bf16, core/precision.h)
 
 // ---- network primitives ---------------------------------------------------------------
 Tensor embedding(const Tensor& weight, const std::vector<int32_t>& ids, const Shape& ids_shape);

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "core/precision.h"
 #include "nn/kinds.h"
 
 namespace lg::charlm {
@@ -319,6 +320,22 @@ std::vector<Setting> declare_train_settings() {
   d.on_off("recompute", run(&TrainSettings::recompute),
            "keep only each block's input and run the block again in backward:\n"
            "the same gradients, bit for bit, in less memory (long contexts)");
+  d.custom(
+      "precision", "P",
+      "matrix products of the linear layers: fp32, or bf16 (mixed\n"
+      "precision: bf16 inputs, fp32 sums; weights, gradients, AdamW,\n"
+      "norms, attention and checkpoints stay fp32). bf16 needs a CPU\n"
+      "with AVX512-BF16",
+      [](const TrainSettings& t) { return t.precision; },
+      [](TrainSettings& t, const std::string& text) {
+        try {
+          t.precision = precision_name(parse_precision(text));
+        } catch (const Error& e) {
+          throw UsageError(fmt::format("--precision: {}", e.what()));
+        }
+      },
+      [](const TrainSettings& t) { parse_precision(t.precision); },
+      [](TrainSettings& to, const TrainSettings& from) { to.precision = from.precision; });
 
   d.group("evaluation and logging", Scope::Session);
   d.integer("eval-every", run(&TrainSettings::eval_every), "N",

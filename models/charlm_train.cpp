@@ -15,6 +15,8 @@
 
 #include "core/cpu.h"
 #include "core/files.h"
+#include "core/gemm_bf16.h"
+#include "core/precision.h"
 #include "dist/dist.h"
 #include "models/charlm_checkpoint.h"
 #include "models/charlm_flags.h"
@@ -373,6 +375,11 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const Vocab vocab = settings.resume ? resumed.vocab : Vocab::from_text(splits.train);
     settings.model.vocab = vocab.size();
     settings.validate(true);
+    if (settings.precision == "bf16" && !gemm_bf16_available())
+      return fail(
+          "--precision bf16 needs a CPU with AVX512-BF16 (vdpbf16ps), which this one lacks (the portable bf16 "
+          "path is for tests: several hundred times slower); use --precision fp32");
+    const PrecisionGuard precision(parse_precision(settings.precision));  // for the rest of the run
     if (world.rank == 0 && !settings.resume && (files::exists(latest_dir) || files::exists(best_dir)))
       return fail(
           fmt::format("{} already holds a training run; pass --resume to continue it or choose another --out",
@@ -523,6 +530,9 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
             "note", settings.batch, all_threads);
     }
     human << fmt::format("  {:<14}{}\n", "kernels", cpu_kernels());
+    if (settings.precision == "bf16")
+      human << fmt::format("  {:<14}bf16 (linear's products: bf16 inputs, fp32 sums; all else fp32)\n",
+                           "precision");
     human << fmt::format("  {:<14}about {} MB a step ({:.1f} KB per token of batch x ctx; {} MB available)\n",
                          "memory", memory.bytes >> 20, memory.bytes_per_token / 1024.0, available >> 20);
     human << "parameters (the output head reuses wte.weight):\n";
@@ -770,6 +780,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
                       {"best_val_loss_estimate", best_val},
                       {"wall_s", wall},
                       {"attn", settings.model.attention},
+                      {"precision", settings.precision},
                       {"checkpoint", final_dir},
                       {"ranks", static_cast<int64_t>(world.size)},
                       {"comm_ms_per_step", result.comm_ms_per_step},

@@ -42,6 +42,7 @@ struct TrainSettings {
   double bucket_mb = 1.0;  // gradient all-reduce bucket size, across ranks (dist/dist.h)
   bool overlap = true;     // all-reduce buckets while backward runs (--no-overlap: after it)
   bool recompute = false;  // recompute each block's forward in backward (CharLM::recompute)
+  std::string precision = "fp32";  // linear's products: "fp32" or "bf16" (core/precision.h)
   bool resume = false, json = false;
 
   // Each is declared once, with its flag, range, help and scope, in models/charlm_settings.cpp,

@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "core/files.h"
+#include "core/gemm_bf16.h"
 #include "core/json_io.h"
 #include "models/charlm.h"
 #include "models/charlm_checkpoint.h"
@@ -620,6 +621,38 @@ TEST_CASE(
   CHECK_FALSE(fs::exists(dir.path / "big"));  // refused before writing anything
 }
 
+TEST_CASE("--precision bf16: trains where the CPU has AVX512-BF16 (else refuses), to an fp32 checkpoint") {
+  TempDir dir("bf16");
+  write_text(dir / "corpus.txt", generated_text(12000));
+  Run fp32 = cli(tiny_train(dir / "corpus.txt", dir / "fp32", {"--json"}));
+  REQUIRE(fp32.code == 0);
+  Run bf16 = cli(tiny_train(dir / "corpus.txt", dir / "bf16", {"--precision", "bf16", "--json"}));
+  if (!gemm_bf16_available()) {
+    expect_error(bf16, "--precision bf16 needs a CPU with AVX512-BF16");
+    CHECK_FALSE(fs::exists(dir.path / "bf16"));
+    return;
+  }
+  INFO(bf16.err);
+  REQUIRE(bf16.code == 0);
+  const json::Json a = json::parse(fp32.out), b = json::parse(bf16.out);
+  CHECK(b.at("precision").get<std::string>() == "bf16");
+  CHECK(a.at("precision").get<std::string>() == "fp32");
+  // The same run up to bf16 rounding: the first step's loss nearly equal, the last ones close.
+  const auto& la = a.at("step_losses");
+  const auto& lb = b.at("step_losses");
+  CHECK(lb[0].get<double>() == doctest::Approx(la[0].get<double>()).epsilon(1e-3));
+  CHECK(lb[0].get<double>() != la[0].get<double>());
+  CHECK(b.at("test_loss").get<double>() == doctest::Approx(a.at("test_loss").get<double>()).epsilon(0.02));
+  // The checkpoint is fp32 and resumes in either precision; the setting is saved with the run.
+  CHECK(files::read_file(dir / "bf16/config.toml").find("precision = \"bf16\"") != std::string::npos);
+  Run resumed = cli(tiny_train(dir / "corpus.txt", dir / "bf16", {"--resume", "--steps", "35",
+                                                                   "--precision", "fp32", "--json"}));
+  INFO(resumed.err);
+  CHECK(resumed.code == 0);
+  Run refused = cli(tiny_train(dir / "corpus.txt", dir / "x", {"--precision", "fp16"}));
+  expect_error(refused, "--precision: unknown precision 'fp16' (expected fp32 or bf16)");
+}
+
 TEST_CASE("every registered kind of every part trains, saves, evaluates to its reported loss and samples") {
   // Driven by the tables of nn/kinds.cpp: a kind added there is run here with no change to this test.
   std::vector<std::pair<std::string, std::string>> runs;  // flag, kind
@@ -924,6 +957,7 @@ TEST_CASE("config: every setting survives the file; the command line overrides i
   s.model.norm = "rmsnorm";
   s.beta1 = 0.8;
   s.beta2 = 0.95;
+  s.precision = "bf16";
   // Every setting away from its default: a setting added to the declarations must be added here.
   for (const Setting& setting : train_settings()) {
     CAPTURE(setting.name);

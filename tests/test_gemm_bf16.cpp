@@ -1,4 +1,5 @@
-// tests/test_gemm_bf16.cpp: bf16 rounding, and the bf16 GEMM against its reference and against fp32 products.
+// tests/test_gemm_bf16.cpp: bf16 rounding, the bf16 GEMM against its reference and against fp32 products, and
+// linear under bf16 mixed precision.
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
@@ -9,6 +10,8 @@
 
 #include "core/cpu.h"
 #include "core/gemm_bf16.h"
+#include "core/ops.h"
+#include "core/precision.h"
 #include "core/random.h"
 #include "core/tensor.h"
 
@@ -244,4 +247,90 @@ TEST_CASE("gemm_bf16: infinities and NaNs go through; denormal inputs count as z
   gemm_bf16_reference(false, false, 1, 1, 1, a.data(), 1, b.data(), 1, r.data(), 1, false);
   CHECK(c[0] == 0.0f);
   CHECK(r[0] == 0.0f);
+}
+
+// ---- linear under bf16 mixed precision (core/precision.h) -------------------------------------
+
+TEST_CASE("linear under Precision::bf16: forward and both gradients are bf16 products summed in fp32") {
+  // x (N, in), W (out, in), b (out); the loss sum(y * r) gives dy = r. Each product's inputs are
+  // rounded to bf16 and summed in fp32: against float64 sums of the rounded inputs, the only
+  // error left is the fp32 summation, at most K 2^-24 sum |terms| (with K = in or N).
+  const int64_t N = 37, in = 45, out = 19;
+  Rng rng(7);
+  Tensor x = randn({N, in}, rng).set_requires_grad(), w = randn({out, in}, rng).set_requires_grad();
+  Tensor b = randn({out}, rng).set_requires_grad(), r = randn({N, out}, rng);
+  Tensor y;
+  {
+    PrecisionGuard bf16(Precision::bf16);
+    CHECK(matmul_precision() == Precision::bf16);
+    y = linear(x, w, b);
+  }
+  CHECK(matmul_precision() == Precision::fp32);  // the guard put it back; backward keeps bf16
+  sum(y * r).backward();
+  const std::vector<float> xv = x.to_vector(), wv = w.to_vector(), bv = b.to_vector(), rv = r.to_vector();
+  const std::vector<float> yv = y.to_vector(), gx = x.grad().to_vector(), gw = w.grad().to_vector();
+  const std::vector<float> gb = b.grad().to_vector();
+  auto check = [](const char* what, double got, double want, double bound) {
+    if (std::abs(got - want) > bound) FAIL(what << ": " << got << " against " << want << " (bound " << bound << ")");
+  };
+  double worst_vs_fp32 = 0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < out; ++o) {
+      double ref = bv[o], mag = std::abs(bv[o]), exact = bv[o];
+      for (int64_t k = 0; k < in; ++k) {
+        const double t = static_cast<double>(round_to_bf16(xv[n * in + k])) * round_to_bf16(wv[o * in + k]);
+        ref += t;
+        mag += std::abs(t);
+        exact += static_cast<double>(xv[n * in + k]) * wv[o * in + k];
+      }
+      check("y", yv[n * out + o], ref, in * 0x1p-24 * mag + 1e-7);
+      worst_vs_fp32 = std::max(worst_vs_fp32, std::abs(yv[n * out + o] - exact) / mag);
+    }
+  // The rounding did happen (bf16 keeps 8 significant bits), and stayed within its bound: each
+  // term's relative error is at most about 2 x 2^-9.
+  CHECK(worst_vs_fp32 > 1e-5);
+  CHECK(worst_vs_fp32 < 0x1p-7);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < in; ++k) {
+      double ref = 0, mag = 0;
+      for (int64_t o = 0; o < out; ++o) {
+        const double t = static_cast<double>(round_to_bf16(rv[n * out + o])) * round_to_bf16(wv[o * in + k]);
+        ref += t;
+        mag += std::abs(t);
+      }
+      check("dx", gx[n * in + k], ref, out * 0x1p-24 * mag + 1e-7);
+    }
+  for (int64_t o = 0; o < out; ++o) {
+    double db = 0;
+    for (int64_t n = 0; n < N; ++n) db += rv[n * out + o];
+    check("db (fp32)", gb[o], db, N * 0x1p-24 * 4 * N + 1e-6);
+    for (int64_t k = 0; k < in; ++k) {
+      double ref = 0, mag = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const double t = static_cast<double>(round_to_bf16(rv[n * out + o])) * round_to_bf16(xv[n * in + k]);
+        ref += t;
+        mag += std::abs(t);
+      }
+      check("dW", gw[o * in + k], ref, N * 0x1p-24 * mag + 1e-7);
+    }
+  }
+}
+
+TEST_CASE("linear under Precision::bf16: the same values on one thread and two, and in fp32 as before") {
+  const int64_t N = 600, in = 64, out = 96;
+  Rng rng(8);
+  Tensor x = randn({N, in}, rng), w = randn({out, in}, rng), b = randn({out}, rng);
+  const int before = get_num_threads();
+  std::vector<float> runs[2];
+  for (int t = 0; t < 2; ++t) {
+    set_num_threads(t + 1);
+    PrecisionGuard bf16(Precision::bf16);
+    runs[t] = linear(x, w, b).to_vector();
+  }
+  set_num_threads(before);
+  CHECK(runs[0] == runs[1]);
+  CHECK(runs[0] != linear(x, w, b).to_vector());  // fp32 again outside the guard
+  CHECK(parse_precision("bf16") == Precision::bf16);
+  CHECK(std::string(precision_name(Precision::fp32)) == "fp32");
+  CHECK_THROWS_WITH_AS(parse_precision("fp16"), "unknown precision 'fp16' (expected fp32 or bf16)", Error);
 }

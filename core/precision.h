@@ -1,0 +1,37 @@
+// core/precision.h: the precision of linear's matrix products: fp32, or bf16 mixed precision.
+//
+// bf16 mixed precision is what PyTorch's torch.autocast("cpu", dtype=torch.bfloat16) does to a
+// linear layer: the inputs of each product (activations, weights, gradients) are rounded to
+// bfloat16 and the products summed in fp32 (core/gemm_bf16.h). Everything else stays fp32: the
+// parameters, their gradients and the optimizer's state (master weights), norms, softmax, the
+// loss and the attention cores. Checkpoints hold fp32 either way.
+#pragma once
+
+#include <string>
+
+namespace lg {
+
+enum class Precision { fp32, bf16 };
+
+// The precision linear() uses from now on, for the whole process: every thread, the data-
+// parallel step's shards included. A linear op's backward uses the precision its forward ran at.
+void set_matmul_precision(Precision p);
+Precision matmul_precision();
+
+// "fp32" or "bf16", and back; parse_precision throws lg::Error naming the choices.
+const char* precision_name(Precision p);
+Precision parse_precision(const std::string& text);
+
+// Sets a precision for a scope and puts the previous one back at its end.
+class PrecisionGuard {
+ public:
+  explicit PrecisionGuard(Precision p) : previous_(matmul_precision()) { set_matmul_precision(p); }
+  ~PrecisionGuard() { set_matmul_precision(previous_); }
+  PrecisionGuard(const PrecisionGuard&) = delete;
+  PrecisionGuard& operator=(const PrecisionGuard&) = delete;
+
+ private:
+  Precision previous_;
+};
+
+}  // namespace lg
