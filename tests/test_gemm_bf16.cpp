@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "core/cpu.h"
@@ -290,14 +291,19 @@ TEST_CASE("linear under Precision::bf16: forward and both gradients are bf16 pro
   // term's relative error is at most about 2 x 2^-9.
   CHECK(worst_vs_fp32 > 1e-5);
   CHECK(worst_vs_fp32 < 0x1p-7);
+  // sum_j round(a[j sa]) round(b[j sb]) over j < count in float64, and the sum of the terms' sizes
+  auto rounded_dot = [](const float* a, int64_t sa, const float* b, int64_t sb, int64_t count) {
+    double ref = 0, mag = 0;
+    for (int64_t j = 0; j < count; ++j) {
+      const double t = static_cast<double>(round_to_bf16(a[j * sa])) * round_to_bf16(b[j * sb]);
+      ref += t;
+      mag += std::abs(t);
+    }
+    return std::pair<double, double>{ref, mag};
+  };
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < in; ++k) {
-      double ref = 0, mag = 0;
-      for (int64_t o = 0; o < out; ++o) {
-        const double t = static_cast<double>(round_to_bf16(rv[n * out + o])) * round_to_bf16(wv[o * in + k]);
-        ref += t;
-        mag += std::abs(t);
-      }
+      const auto [ref, mag] = rounded_dot(&rv[n * out], 1, &wv[k], in, out);
       check("dx", gx[n * in + k], ref, out * 0x1p-24 * mag + 1e-7);
     }
   for (int64_t o = 0; o < out; ++o) {
@@ -305,12 +311,7 @@ TEST_CASE("linear under Precision::bf16: forward and both gradients are bf16 pro
     for (int64_t n = 0; n < N; ++n) db += rv[n * out + o];
     check("db (fp32)", gb[o], db, N * 0x1p-24 * 4 * N + 1e-6);
     for (int64_t k = 0; k < in; ++k) {
-      double ref = 0, mag = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const double t = static_cast<double>(round_to_bf16(rv[n * out + o])) * round_to_bf16(xv[n * in + k]);
-        ref += t;
-        mag += std::abs(t);
-      }
+      const auto [ref, mag] = rounded_dot(&rv[o], out, &xv[k], in, N);
       check("dW", gw[o * in + k], ref, N * 0x1p-24 * mag + 1e-7);
     }
   }
