@@ -22,6 +22,11 @@ Precision matmul_precision();
 const char* precision_name(Precision p);
 Precision parse_precision(const std::string& text);
 
+// Throws lg::Error, saying what to use instead, when p cannot run at speed on this CPU: bf16
+// needs AVX512-BF16 (gemm_bf16_available()). Elsewhere gemm_bf16 runs its scalar reference,
+// which gives the same bits several hundred times slower: for tests, not for training.
+void require_precision_available(Precision p);
+
 // Sets a precision for a scope and puts the previous one back at its end.
 class PrecisionGuard {
  public:

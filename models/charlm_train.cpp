@@ -15,7 +15,6 @@
 
 #include "core/cpu.h"
 #include "core/files.h"
-#include "core/gemm_bf16.h"
 #include "core/precision.h"
 #include "dist/dist.h"
 #include "models/charlm_checkpoint.h"
@@ -375,10 +374,7 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const Vocab vocab = settings.resume ? resumed.vocab : Vocab::from_text(splits.train);
     settings.model.vocab = vocab.size();
     settings.validate(true);
-    if (settings.precision == "bf16" && !gemm_bf16_available())
-      return fail(
-          "--precision bf16 needs a CPU with AVX512-BF16 (vdpbf16ps), which this one lacks (the portable bf16 "
-          "path is for tests: several hundred times slower); use --precision fp32");
+    require_precision_available(parse_precision(settings.precision));
     const PrecisionGuard precision(parse_precision(settings.precision));  // for the rest of the run
     if (world.rank == 0 && !settings.resume && (files::exists(latest_dir) || files::exists(best_dir)))
       return fail(
