@@ -12,8 +12,21 @@ PyTorch takes its BLAS from the system's libblas alternative, by default the pth
 whose threads spin against PyTorch's OpenMP threads: at 2 threads that run is several times
 slower than with the OpenMP build. The ratio uses PyTorch's best run of all.
 
+--precision fp32,bf16 runs each engine in both precisions: latentgrad with --precision bf16 (its own
+bf16 GEMM), PyTorch under torch.autocast("cpu", dtype=torch.bfloat16) (oneDNN's bf16 kernels).
+--blas pinned,unpinned runs every engine twice more: with OpenBLAS pinned to its Haswell (AVX2) kernels
+(OPENBLAS_CORETYPE=Haswell, as this project's test environment sets it) and unpinned (OPENBLAS_CORETYPE
+and OPENBLAS_L2_SIZE removed: OpenBLAS picks the kernels of the CPU it finds, as on a user's machine).
+Without --blas the environment is left as it is.
+
+MFU is the model's FLOP rate (as latentgrad counts it: 6 x parameters x tokens plus attention) over
+the hardware's peak: one core's register-only peak times the threads (charlm_bench peak), the fp32
+FMA peak for fp32 runs and the bf16 dot peak for bf16 runs. "of sgemm" divides by the sgemm rate of
+the OpenBLAS kernels in use instead (latentgrad's runs measure it).
+
 PyTorch is optional (Debian: apt-get install python3-torch); run with /usr/bin/python3.
 Usage: /usr/bin/python3 bench/compare_pytorch.py --data PATH [--bin build/charlm_bench] [--ffn swiglu --norm rmsnorm]
+       [--precision fp32,bf16] [--blas pinned,unpinned] [--torch-blas installed,openmp]
 """
 import argparse
 import json
@@ -30,7 +43,7 @@ OPENMP_BLAS_DIR = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
 
 CONFIGS = {
     "baseline": dict(layers=4, heads=4, dim=128, ctx=64, batch=12),
-    "10.7M": dict(layers=6, heads=6, dim=384, ctx=256, batch=64),
+    "10.7M": dict(layers=6, heads=6, dim=384, ctx=256, batch=16),
 }
 
 
@@ -76,7 +89,11 @@ def torch_worker(args):
         x = torch.stack([tokens[s:s + T] for s in starts])
         y = torch.stack([tokens[s + 1:s + T + 1] for s in starts])
         t0 = time.perf_counter()
-        loss = model(x, y)
+        if args.precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(x, y)
+        else:
+            loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -126,6 +143,11 @@ def main():
     ap.add_argument("--norm", default="layernorm", help="norm kind of both models: layernorm | rmsnorm")
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="fp32", help="comma list of: fp32, bf16 (PyTorch: autocast)")
+    ap.add_argument("--blas", default="env", help="comma list of: pinned, unpinned (OpenBLAS's kernels), "
+                    "env (the environment as it is)")
+    ap.add_argument("--torch-blas", dest="torch_blas", default="installed,openmp",
+                    help="comma list of PyTorch's BLAS builds to run: installed, openmp")
     ap.add_argument("--worker", choices=["torch"], help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--attn-one", dest="attn_one", help=argparse.SUPPRESS)
@@ -145,35 +167,69 @@ def main():
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} not found: build first (bash scripts/test.sh)")
 
-    torch_blas = [("pytorch", {})]
-    if os.path.isdir(OPENMP_BLAS_DIR):
-        path = ":".join(p for p in (OPENMP_BLAS_DIR, os.environ.get("LD_LIBRARY_PATH", "")) if p)
-        torch_blas.append(("pytorch, OpenMP OpenBLAS", {"LD_LIBRARY_PATH": path}))
+    pins = {"env": {}, "pinned": {"OPENBLAS_CORETYPE": "Haswell"}, "unpinned": {"OPENBLAS_CORETYPE": None,
+                                                                                "OPENBLAS_L2_SIZE": None}}
+    blas_modes = args.blas.split(",")
+    for mode in blas_modes:
+        if mode not in pins:
+            sys.exit(f"--blas: unknown mode '{mode}' (known: pinned, unpinned, env)")
+    precisions = args.precision.split(",")
+    for p in precisions:
+        if p not in ("fp32", "bf16"):
+            sys.exit(f"--precision: unknown precision '{p}' (known: fp32, bf16)")
+    torch_blas = []
+    for kind in args.torch_blas.split(","):
+        if kind == "installed":
+            torch_blas.append(("pytorch", {}))
+        elif kind == "openmp":
+            if os.path.isdir(OPENMP_BLAS_DIR):
+                path = ":".join(p for p in (OPENMP_BLAS_DIR, os.environ.get("LD_LIBRARY_PATH", "")) if p)
+                torch_blas.append(("pytorch, OpenMP OpenBLAS", {"LD_LIBRARY_PATH": path}))
+        else:
+            sys.exit(f"--torch-blas: unknown kind '{kind}' (known: installed, openmp)")
+    if not torch_blas:
+        sys.exit("--torch-blas: no PyTorch BLAS left to run (the OpenMP build is not installed?)")
+
+    def environment(extra, mode, threads):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), **extra)
+        for name, value in pins[mode].items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
+
     print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; PyTorch {torch_version}. Each row: the median "
           f"over {args.rounds} rounds (1 for 10.7M and ctxN) of each run's median step; a run times {args.steps} steps "
           f"after {args.warmup} warm-up ({args.steps_large} after 1 for 10.7M and ctxN). Rounds interleave the runs, so "
-          f"a slow spell of a shared machine hits every engine alike."
+          f"a slow spell of a shared machine hits every engine alike. BLAS: "
+          + ", ".join({"env": f"as the environment sets it (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')})",
+                       "pinned": "pinned to OpenBLAS's Haswell kernels",
+                       "unpinned": "unpinned (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed)"}[m] for m in blas_modes)
+          + "."
           + (f" Feed-forward {args.ffn}, norm {args.norm}." if (args.ffn, args.norm) != ("gelu", "layernorm") else "")
           + "\n")
-    print("| config | attention | engine | threads | ms/step | tokens/s | MFU | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    ratios = []
+    print("| config | attention | engine | BLAS | precision | threads | ms/step | tokens/s | MFU | of sgemm | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    summary = []
     for config in args.configs.split(","):
         for attn in args.attn.split(","):
             steps, warmup = (args.steps_large, 1) if is_large(config) else (args.steps, args.warmup)
             rounds = 1 if is_large(config) else args.rounds
             runs = [("latentgrad", "latentgrad", {})] + [("pytorch", label, extra) for label, extra in torch_blas]
-            cells = [(engine, label, extra, int(t)) for engine, label, extra in runs for t in args.threads.split(",")]
+            cells = [(engine, label, extra, mode, precision, int(t))
+                     for engine, label, extra in runs for mode in blas_modes for precision in precisions
+                     for t in args.threads.split(",")]
             results = {i: [] for i in range(len(cells))}
             for _ in range(rounds):
-                for i, (engine, label, extra, threads) in enumerate(cells):
-                    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **extra)
+                for i, (engine, label, extra, mode, precision, threads) in enumerate(cells):
+                    env = environment(extra, mode, threads)
                     if engine == "pytorch":
                         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "torch", "--data", args.data,
                                "--config", config, "--attn-one", attn, "--threads", str(threads),
                                "--steps", str(steps), "--warmup", str(warmup),
                                "--chunk", str(args.chunk), "--seed", str(args.seed),
-                               "--ffn", args.ffn, "--norm", args.norm]
+                               "--ffn", args.ffn, "--norm", args.norm, "--precision", precision]
                     else:
                         c = config_of(config)
                         cmd = [args.bin, "train", "--data", args.data, "--attn", attn, "--threads", str(threads),
@@ -181,6 +237,8 @@ def main():
                                "--ctx", str(c["ctx"]), "--batch", str(c["batch"]), "--steps", str(steps),
                                "--warmup", str(warmup), "--chunk", str(args.chunk), "--seed", str(args.seed),
                                "--json"]
+                        if precision != "fp32":
+                            cmd += ["--precision", precision]
                         if (args.ffn, args.norm) != ("gelu", "layernorm"):
                             cmd += ["--ffn", args.ffn, "--norm", args.norm]
                     try:
@@ -195,25 +253,52 @@ def main():
                 if len(set(params.values())) != 1:  # e.g. a latentgrad binary that ignores --ffn or --norm
                     sys.exit(f"the engines built different models ({config}, {attn}, ffn {args.ffn}, norm "
                              f"{args.norm}): " + ", ".join(f"{e} {n:,} parameters" for e, n in params.items()))
+            # The model's FLOPs per token and the hardware's peak per thread, from latentgrad's runs.
+            flops_per_token, core_peak = None, {}
+            for i, (engine, label, extra, mode, precision, threads) in enumerate(cells):
+                for r in results[i]:
+                    if engine == "latentgrad":
+                        flops_per_token = r["model_gflops"] * 1e9 / r["tokens_per_s"]
+                        if r.get("hw_peak_gflops"):
+                            core_peak.setdefault(precision, []).append(r["hw_peak_gflops"] / r["threads"])
+            core_peak = {p: statistics.median(v) for p, v in core_peak.items()}
             best = {}
-            for i, (engine, label, extra, threads) in enumerate(cells):
+            for i, (engine, label, extra, mode, precision, threads) in enumerate(cells):
                 rs = [r for r in results[i] if r is not None]
+                blas = {"env": "as set", "pinned": "pinned", "unpinned": "unpinned"}[mode]
+                if engine == "latentgrad" and rs:
+                    blas += f" ({rs[0].get('blas_core', '?')})"
+                head = f"| {config} | {attn} | {label} | {blas} | {precision} | {threads} |"
                 if not rs:
-                    print(f"| {config} | {attn} | {label} | {threads} | failed (out of memory?) | | | |", flush=True)
+                    print(f"{head} failed (out of memory?) | | | | |", flush=True)
                     continue
                 step_ms = statistics.median(r["step_ms"] for r in rs)
                 tokens_per_s = statistics.median(r["tokens_per_s"] for r in rs)
                 rss = max(r["peak_rss_mb"] for r in rs)
-                best[engine] = max(best.get(engine, 0), tokens_per_s)
-                mfu = f"{100 * statistics.median(r['mfu'] for r in rs):.0f}%" if "mfu" in rs[0] else "-"
-                print(f"| {config} | {attn} | {label} | {threads} | {step_ms:.1f} | "
-                      f"{tokens_per_s:.0f} | {mfu} | {rss:.0f} |", flush=True)
-            if "pytorch" in best:
-                ratios.append((config, attn, best["latentgrad"] / best["pytorch"]))
-    print("\n| config | attention | latentgrad / PyTorch, best thread count each |")
-    print("|---|---|---|")
-    for config, attn, r in ratios:
-        print(f"| {config} | {attn} | {r:.2f}x |")
+                key = (engine, mode, precision)
+                best[key] = max(best.get(key, 0), tokens_per_s)
+                mfu = "-"
+                if flops_per_token and precision in core_peak:
+                    mfu = f"{100 * flops_per_token * tokens_per_s / (core_peak[precision] * 1e9 * threads):.0f}%"
+                of_sgemm = f"{100 * statistics.median(r['mfu'] for r in rs):.0f}%" if "mfu" in rs[0] else "-"
+                print(f"{head} {step_ms:.1f} | {tokens_per_s:.0f} | {mfu} | {of_sgemm} | {rss:.0f} |", flush=True)
+            summary.append((config, attn, best))
+
+    # The ratios, each from the best thread count (and, for PyTorch, the best BLAS build) of its runs.
+    print("\n| config | attention | BLAS | latentgrad bf16 / fp32 | PyTorch bf16 / fp32 | latentgrad / PyTorch, fp32 "
+          "| latentgrad / PyTorch, bf16 |")
+    print("|---|---|---|---|---|---|---|")
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    for config, attn, best in summary:
+        for mode in blas_modes:
+            g = {p: best.get(("latentgrad", mode, p)) for p in ("fp32", "bf16")}
+            t = {p: best.get(("pytorch", mode, p)) for p in ("fp32", "bf16")}
+            print(f"| {config} | {attn} | {mode} | {ratio(g['bf16'], g['fp32'])} | {ratio(t['bf16'], t['fp32'])} | "
+                  f"{ratio(g['fp32'], t['fp32'])} | {ratio(g['bf16'], t['bf16'])} |")
+
 
 if __name__ == "__main__":
     main()
