@@ -16,7 +16,7 @@
 #include "core/ops.h"      // every differentiable core op (add ... concat), operators, set_num_threads
 #include "core/random.h"   // Rng (seeded, state saved and restored), randn, uniform
 #include "core/files.h"    // lg::files: whole-file reads, crash-safe atomic writes, fnv1a64
-#include "core/precision.h"  // set_matmul_precision, PrecisionGuard: bf16 mixed precision for linear
+#include "core/precision.h"  // PrecisionGuard, require_precision_available: bf16 for linear
 
 // ---- nn: layers --------------------------------------------------------------------------------
 #include "nn/module.h"             // Module: named parameters, submodules, train/eval, state_dict
