@@ -56,11 +56,19 @@ __m512i pair_words(__m512 even, __m512 odd) {
 
 __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1); }
 
+// 16 floats from src, of which the first n are wanted; the others read as zeros, or (full:
+// the caller knows all 16 exist) as whatever they hold. A masked load costs more than a plain
+// one even with every lane set: on an AMD EPYC (Zen 5), plain loads wherever all 16 exist made
+// the packing 20-30% cheaper and the products 1.08x faster (median of 13 shapes, one thread).
+__m512 load_lanes(const float* src, int64_t n, bool full = false) {
+  return n >= 16 || full ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(first_lanes(n), src);
+}
+
 // The pair words of 16 consecutive k values of a row (fewer at its end: n, the rest read as
 // zeros): rounded, shifted to the low half of their lane, and narrowed to 16 bits each by
 // vpmovdw, which lays k = 2p and 2p + 1 side by side: 8 words.
 __m256i pairs_of_row(const float* src, int64_t n) {
-  const __m512 x = _mm512_maskz_loadu_ps(first_lanes(n), src);
+  const __m512 x = load_lanes(src, n);
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_to_bf16_hi(x), 16));
 }
 
@@ -98,9 +106,9 @@ void pack_b_panel(bool trans_b, const float* B, int64_t ldb, int64_t k0, int64_t
       const float* even = B + (k0 + 2 * p) * ldb + j0;
       const bool has_odd = 2 * p + 1 < kc;
       for (int64_t h = 0; h < NR; h += 16) {
-        const __mmask16 m = nr > h ? first_lanes(nr - h) : __mmask16(0);
-        const __m512 e = _mm512_maskz_loadu_ps(m, even + h);
-        const __m512 o = has_odd ? _mm512_maskz_loadu_ps(m, even + ldb + h) : _mm512_setzero_ps();
+        const int64_t n = nr > h ? nr - h : 0;
+        const __m512 e = load_lanes(even + h, n);
+        const __m512 o = has_odd ? load_lanes(even + ldb + h, n) : _mm512_setzero_ps();
         _mm512_store_si512(dst + p * NR + h, pair_words(e, o));
       }
     }
@@ -122,19 +130,20 @@ void pack_b_panel(bool trans_b, const float* B, int64_t ldb, int64_t k0, int64_t
 // (A plain row-by-row layout also avoids the transpose, but the micro-kernel then needs a
 // pointer register per row, and GCC spills them: 77% of the peak loop's rate, against 82%
 // pair by pair, in perf samples per instruction.)
+// rows16: op(A) has 16 rows from i0 on (a transposed A may then be read 16 floats at a time).
 void pack_a_panel(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mr, int64_t k0, int64_t kc,
-                  uint32_t* dst) {
+                  bool rows16, uint32_t* dst) {
   const int64_t kp = ceil_div(kc, 2);
   if (!trans_a) {
     for (int64_t i = 0; i < mr; ++i) pack_k_contiguous_chunks(A + (i0 + i) * lda + k0, kc, dst + i * kChunk);
     for (int64_t g = 0; g < ceil_div(kp, kChunk); ++g)
       std::memset(dst + g * MR * kChunk + mr * kChunk, 0, (MR - mr) * kChunk * sizeof(uint32_t));
   } else {
-    const __mmask16 m = first_lanes(mr), all = first_lanes(MR);
+    const __mmask16 all = first_lanes(MR);
     for (int64_t p = 0; p < kp; ++p) {
       const float* even = A + (k0 + 2 * p) * lda + i0;
-      const __m512 e = _mm512_maskz_loadu_ps(m, even);
-      const __m512 o = 2 * p + 1 < kc ? _mm512_maskz_loadu_ps(m, even + lda) : _mm512_setzero_ps();
+      const __m512 e = load_lanes(even, mr, rows16);
+      const __m512 o = 2 * p + 1 < kc ? load_lanes(even + lda, mr, rows16) : _mm512_setzero_ps();
       _mm512_mask_storeu_epi32(dst + p * MR, all, pair_words(e, o));
     }
   }
@@ -257,7 +266,7 @@ void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a
         const int64_t mcur = min64(mc, M - i0);
         for (int64_t ip = 0; ip * MR < mcur; ++ip)
           pack_a_panel(a_src.trans, a_src.data, a_src.ld, i0 + ip * MR, min64(MR, mcur - ip * MR), k0, kc,
-                       a_pack + ip * MR * a_panel_pairs(kp));
+                       i0 + ip * MR + 16 <= M, a_pack + ip * MR * a_panel_pairs(kp));
         // The next block of A, a few lines before each tile: a burst of hundreds of
         // prefetches would fill the queue of misses and stall on it.
         Prefetcher next_a;
