@@ -1,7 +1,7 @@
 // nn/causal_attention_kernels.cpp: the per-head loops of MHA's fused core (nn/causal_attention_fused.cpp).
 //
 // Compiled once per instruction set (nn/causal_attention_kernels.h); with AVX-512, blocks of
-// rows at d = 32 take the intrinsics paths below, the same values as the plain loops.
+// rows at d = 32 and 64 take the intrinsics paths below, the same values as the plain loops.
 // Scores are computed 4 rows x 16 keys at a time against a transposed copy of the head's keys,
 // K^T (d, T), accumulating over d in registers (a small sgemm micro-kernel, no horizontal sums).
 #include "nn/causal_attention_kernels.h"
@@ -181,8 +181,9 @@ void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, in
       if (lse) lse[t] = mx + std::log(z);
     }
 #if defined(__AVX512F__)
-    if constexpr (kD == 32) {
-      block_pv_32(p, Tp, t0, R, cols, vh, o, o_row_stride);
+    if constexpr (kD == 32 || kD == 64) {  // 64: two halves of 32 columns, each o_t element alike
+      for (int64_t c = 0; c < kD; c += 32)
+        block_pv_32(p, Tp, t0, R, cols, HeadView{vh.data + c, vh.row_stride}, o + c, o_row_stride);
       continue;
     }
 #endif
@@ -192,27 +193,29 @@ void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, in
 }
 
 #if defined(__AVX512F__)
-// The updates of one block of 4 rows t0..t0+3 at d = 32 (two 512-bit registers per row), keys
-// s < cols: dq_r = sum_s dS_rs k_s, dk_s += sum_r dS_rs q_r, dv_s += sum_r P_rs dO_r. The block's
-// q, dO and dq rows stay in registers (24 of 32), so each key's dk_s and dv_s are loaded and
-// stored once per block instead of once per row. dS and P are zero past each row's causal edge.
-// Every dk_s and dv_s takes its terms in the same order as the row-by-row loop (rows ascending),
-// one fused multiply-add each: the same values.
+// The updates of one block of 4 rows t0..t0+3 in 32 columns, c to c + 31, of rows of d floats
+// (two 512-bit registers per row; d = 64 takes two calls), keys s < cols: dq_r = sum_s dS_rs k_s,
+// dk_s += sum_r dS_rs q_r, dv_s += sum_r P_rs dO_r. The block's q, dO and dq rows stay in
+// registers (24 of 32), so each key's dk_s and dv_s are loaded and stored once per block instead
+// of once per row. dS and P are zero past each row's causal edge. Every dk_s and dv_s takes its
+// terms in the same order as the row-by-row loop (rows ascending), one fused multiply-add each:
+// the same values.
 inline void block_updates_32(const HeadView& qh, const HeadView& kh, const HeadView& gh, int64_t t0,
-                             int64_t cols, const float* p_block, const float* ds_block, int64_t Tp, float* dq,
-                             float* dk, float* dv) {
+                             int64_t cols, const float* p_block, const float* ds_block, int64_t Tp, int64_t d,
+                             int64_t c, float* dq, float* dk, float* dv) {
   __m512 q[kRows][2], go[kRows][2], aq[kRows][2];
   for (int64_t r = 0; r < kRows; ++r)
     for (int h = 0; h < 2; ++h) {
-      q[r][h] = _mm512_loadu_ps(qh.row(t0 + r) + 16 * h);
-      go[r][h] = _mm512_loadu_ps(gh.row(t0 + r) + 16 * h);
+      q[r][h] = _mm512_loadu_ps(qh.row(t0 + r) + c + 16 * h);
+      go[r][h] = _mm512_loadu_ps(gh.row(t0 + r) + c + 16 * h);
       aq[r][h] = _mm512_setzero_ps();
     }
   for (int64_t s = 0; s < cols; ++s) {
-    const float* ks = kh.row(s);
+    const float* ks = kh.row(s) + c;
+    float *dks = dk + s * d + c, *dvs = dv + s * d + c;
     const __m512 k0 = _mm512_loadu_ps(ks), k1 = _mm512_loadu_ps(ks + 16);
-    __m512 dk0 = _mm512_loadu_ps(dk + s * 32), dk1 = _mm512_loadu_ps(dk + s * 32 + 16);
-    __m512 dv0 = _mm512_loadu_ps(dv + s * 32), dv1 = _mm512_loadu_ps(dv + s * 32 + 16);
+    __m512 dk0 = _mm512_loadu_ps(dks), dk1 = _mm512_loadu_ps(dks + 16);
+    __m512 dv0 = _mm512_loadu_ps(dvs), dv1 = _mm512_loadu_ps(dvs + 16);
     for (int64_t r = 0; r < kRows; ++r) {
       const __m512 ds = _mm512_set1_ps(ds_block[r * Tp + s]), ps = _mm512_set1_ps(p_block[r * Tp + s]);
       aq[r][0] = _mm512_fmadd_ps(ds, k0, aq[r][0]);
@@ -222,14 +225,14 @@ inline void block_updates_32(const HeadView& qh, const HeadView& kh, const HeadV
       dv0 = _mm512_fmadd_ps(ps, go[r][0], dv0);
       dv1 = _mm512_fmadd_ps(ps, go[r][1], dv1);
     }
-    _mm512_storeu_ps(dk + s * 32, dk0);
-    _mm512_storeu_ps(dk + s * 32 + 16, dk1);
-    _mm512_storeu_ps(dv + s * 32, dv0);
-    _mm512_storeu_ps(dv + s * 32 + 16, dv1);
+    _mm512_storeu_ps(dks, dk0);
+    _mm512_storeu_ps(dks + 16, dk1);
+    _mm512_storeu_ps(dvs, dv0);
+    _mm512_storeu_ps(dvs + 16, dv1);
   }
   for (int64_t r = 0; r < kRows; ++r) {
-    _mm512_storeu_ps(dq + (t0 + r) * 32, aq[r][0]);
-    _mm512_storeu_ps(dq + (t0 + r) * 32 + 16, aq[r][1]);
+    _mm512_storeu_ps(dq + (t0 + r) * d + c, aq[r][0]);
+    _mm512_storeu_ps(dq + (t0 + r) * d + c + 16, aq[r][1]);
   }
 }
 #endif
@@ -261,8 +264,9 @@ void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, c
       std::fill(ds + n, ds + cols, 0.0f);
     }
 #if defined(__AVX512F__)
-    if (kD == 32 && R == kRows) {
-      block_updates_32(qh, kh, gh, t0, cols, p_block, ds_block, Tp, dq, dk, dv);
+    if ((kD == 32 || kD == 64) && R == kRows) {
+      for (int64_t c = 0; c < kD; c += 32)  // 64: two halves of 32 columns
+        block_updates_32(qh, kh, gh, t0, cols, p_block, ds_block, Tp, kD, c, dq, dk, dv);
       continue;
     }
 #endif
