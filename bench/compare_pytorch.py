@@ -167,8 +167,14 @@ def main():
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} not found: build first (bash scripts/test.sh)")
 
-    pins = {"env": {}, "pinned": {"OPENBLAS_CORETYPE": "Haswell"}, "unpinned": {"OPENBLAS_CORETYPE": None,
-                                                                                "OPENBLAS_L2_SIZE": None}}
+    # Each --blas mode: the environment it sets (None: removes), its table label, its description.
+    pins = {
+        "env": ({}, "as set",
+                f"as the environment sets it (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')})"),
+        "pinned": ({"OPENBLAS_CORETYPE": "Haswell"}, "pinned", "pinned to OpenBLAS's Haswell kernels"),
+        "unpinned": ({"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}, "unpinned",
+                     "unpinned (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed)"),
+    }
     blas_modes = args.blas.split(",")
     for mode in blas_modes:
         if mode not in pins:
@@ -192,7 +198,7 @@ def main():
 
     def environment(extra, mode, threads):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), **extra)
-        for name, value in pins[mode].items():
+        for name, value in pins[mode][0].items():
             if value is None:
                 env.pop(name, None)
             else:
@@ -203,9 +209,7 @@ def main():
           f"over {args.rounds} rounds (1 for 10.7M and ctxN) of each run's median step; a run times {args.steps} steps "
           f"after {args.warmup} warm-up ({args.steps_large} after 1 for 10.7M and ctxN). Rounds interleave the runs, so "
           f"a slow spell of a shared machine hits every engine alike. BLAS: "
-          + ", ".join({"env": f"as the environment sets it (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')})",
-                       "pinned": "pinned to OpenBLAS's Haswell kernels",
-                       "unpinned": "unpinned (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed)"}[m] for m in blas_modes)
+          + ", ".join(pins[m][2] for m in blas_modes)
           + "."
           + (f" Feed-forward {args.ffn}, norm {args.norm}." if (args.ffn, args.norm) != ("gelu", "layernorm") else "")
           + "\n")
@@ -265,7 +269,7 @@ def main():
             best = {}
             for i, (engine, label, extra, mode, precision, threads) in enumerate(cells):
                 rs = [r for r in results[i] if r is not None]
-                blas = {"env": "as set", "pinned": "pinned", "unpinned": "unpinned"}[mode]
+                blas = pins[mode][1]
                 if engine == "latentgrad" and rs:
                     blas += f" ({rs[0].get('blas_core', '?')})"
                 head = f"| {config} | {attn} | {label} | {blas} | {precision} | {threads} |"

@@ -374,8 +374,9 @@ TrainResult run_train(TrainSettings settings, const std::set<std::string>& given
     const Vocab vocab = settings.resume ? resumed.vocab : Vocab::from_text(splits.train);
     settings.model.vocab = vocab.size();
     settings.validate(true);
-    require_precision_available(parse_precision(settings.precision));
-    const PrecisionGuard precision(parse_precision(settings.precision));  // for the rest of the run
+    const Precision matmul = parse_precision(settings.precision);
+    require_precision_available(matmul);
+    const PrecisionGuard precision(matmul);  // for the rest of the run
     if (world.rank == 0 && !settings.resume && (files::exists(latest_dir) || files::exists(best_dir)))
       return fail(
           fmt::format("{} already holds a training run; pass --resume to continue it or choose another --out",

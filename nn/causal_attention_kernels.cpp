@@ -20,6 +20,10 @@ namespace lg::nn::causal_kernels {
 
 namespace {
 
+// Head sizes whose P V and backward updates run the 32-column AVX-512 blocks, once per 32 columns.
+template <int64_t kD>
+constexpr bool kBlocksOf32 = kD == 32 || kD == 64;
+
 // out[r][s] = scale a_r . x_s for rows r < R (R <= kRows, a_r = rows.row(first + r)) and keys s < n,
 // from xt = X^T (d, Tp). Each 4 x 16 block sums over d in registers: one load of xt per 4 FMAs.
 template <int64_t kD>
@@ -181,7 +185,7 @@ void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, in
       if (lse) lse[t] = mx + std::log(z);
     }
 #if defined(__AVX512F__)
-    if constexpr (kD == 32 || kD == 64) {  // 64: two halves of 32 columns, each o_t element alike
+    if constexpr (kBlocksOf32<kD>) {  // 64: two halves of 32 columns, each o_t element alike
       for (int64_t c = 0; c < kD; c += 32)
         block_pv_32(p, Tp, t0, R, cols, HeadView{vh.data + c, vh.row_stride}, o + c, o_row_stride);
       continue;
@@ -264,7 +268,7 @@ void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, c
       std::fill(ds + n, ds + cols, 0.0f);
     }
 #if defined(__AVX512F__)
-    if ((kD == 32 || kD == 64) && R == kRows) {
+    if (kBlocksOf32<kD> && R == kRows) {
       for (int64_t c = 0; c < kD; c += 32)  // 64: two halves of 32 columns
         block_updates_32(qh, kh, gh, t0, cols, p_block, ds_block, Tp, kD, c, dq, dk, dv);
       continue;
