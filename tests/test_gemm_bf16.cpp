@@ -204,15 +204,17 @@ TEST_CASE("gemm_bf16: the fast path's blockings and thread counts give the same 
                     Error);
     return;
   }
-  const Case c{false, true, 150, 100, 301, 0, true};
-  const Operands o = make(c, 7);
-  std::vector<float> first;
-  for (GemmBf16Blocking b : {GemmBf16Blocking{}, GemmBf16Blocking{28, 64, 64, 1}, GemmBf16Blocking{14, 2, 32, 2},
-                             GemmBf16Blocking{0, 100, 0, 3}, gemm_bf16_default_blocking()}) {
-    std::vector<float> C = o.C0;
-    gemm_bf16_blocked(b, c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, C.data(), o.ldc, true);
-    if (first.empty()) first = C;
-    CHECK(std::memcmp(C.data(), first.data(), C.size() * 4) == 0);
+  // Threads split C by rows in the first case, by columns in the second (N > M).
+  for (const Case& c : {Case{false, true, 150, 100, 301, 0, true}, Case{true, false, 60, 300, 301, 0, true}}) {
+    const Operands o = make(c, 7);
+    std::vector<float> first;
+    for (GemmBf16Blocking b : {GemmBf16Blocking{}, GemmBf16Blocking{28, 64, 64, 1}, GemmBf16Blocking{14, 2, 32, 2},
+                               GemmBf16Blocking{0, 100, 0, 3}, gemm_bf16_default_blocking()}) {
+      std::vector<float> C = o.C0;
+      gemm_bf16_blocked(b, c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, C.data(), o.ldc, true);
+      if (first.empty()) first = C;
+      CHECK(std::memcmp(C.data(), first.data(), C.size() * 4) == 0);
+    }
   }
 }
 
