@@ -358,19 +358,21 @@ static void fused_with_and_without_avx512(const Shape& shape, int64_t window, fl
   nn::latent_attention_fused_avx512(was);
 }
 
-TEST_CASE("latent attention (5f): the fused op's AVX-512 kernels (16 latents, d = 32) equal its generic kernels") {
+TEST_CASE("latent attention (5f): the fused op's AVX-512 kernels (16 latents, d = 32 and 64) equal its generic kernels") {
   // Windows 0, 5 and 16 (the kernels' limit), sequences shorter and longer than the window, and
   // latents at scale 1 (write scores within a few units) and 40 (spreads of hundreds: the running
   // max moves by more than exp's range, and the replayed sums must still match).
+  for (int64_t d : {32, 64})
   for (int64_t window : {0, 5, 16})
     for (int64_t T : {9, 70})
       for (float latent_scale : {1.0f, 40.0f}) {
+        CAPTURE(d);
         CAPTURE(window);
         CAPTURE(T);
         CAPTURE(latent_scale);
         Tensor outs[2];
         std::vector<std::vector<float>> grads[2];
-        fused_with_and_without_avx512({2, 2, T, 32}, window, latent_scale, 60, outs, grads);
+        fused_with_and_without_avx512({2, 2, T, d}, window, latent_scale, 60, outs, grads);
         CHECK(max_abs_diff(outs[0], outs[1]) < 2e-5f);
         check_gradients_agree(grads[0], grads[1]);
         bool finite = true;
@@ -401,10 +403,13 @@ TEST_CASE("latent attention (5f): the fused op's AVX-512 kernels (16 latents, d 
     CHECK(max_abs_diff(outs[0], outs[1]) == 0.0f);
   }
   // Against the chunked path too, and finite differences on a short sequence.
-  check_fused_equals_chunked({2, 2, 40, 32}, 16, 16, 8, 70);
-  nn::LatentInputs in = random_latent_inputs({1, 1, 6, 32}, 16, 80);
-  lg::testing::check_gradients([&] { return nn::latent_attention_fused(in, 4); },
-                               {in.queries, in.keys, in.rotated_keys, in.values, in.latents});
+  for (int64_t d : {32, 64}) {
+    CAPTURE(d);
+    check_fused_equals_chunked({2, 2, 40, d}, 16, 16, 8, 70);
+    nn::LatentInputs in = random_latent_inputs({1, 1, 6, d}, 16, 80);
+    lg::testing::check_gradients([&] { return nn::latent_attention_fused(in, 4); },
+                                 {in.queries, in.keys, in.rotated_keys, in.values, in.latents});
+  }
 }
 
 TEST_CASE("latent attention (5g): a layer of the AVX-512 kernels' sizes is causal, equals naive and step()") {
