@@ -53,7 +53,7 @@ Tensor latent_attention_fused(const LatentInputs& in, int64_t window);
 // gradients into one buffer, which becomes packed's gradient as it is: no copy on either side.
 Tensor latent_attention_fused(const Tensor& packed, const Tensor& latents, int64_t window);
 // Whether latent_attention_fused may run its AVX-512 kernels (nn/latent_attention_avx512.cpp)
-// where they fit: 16 latents, head size 32, window <= 16, a build for a CPU with AVX-512. On by
+// where they fit: 16 latents, head size 32 or 64, window <= 16, a build for a CPU with AVX-512. On by
 // default; off, the generic kernels run, as they do for every other size (the tests compare the
 // two). Returns the previous setting.
 bool latent_attention_fused_avx512(bool enabled);

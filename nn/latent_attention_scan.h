@@ -23,8 +23,8 @@ struct HeadRows {
   float* S;                     // (T, M)        saved: q_t . Kl_{t,m}, the latent scores before 1 / sqrt(d)
 };
 
-// The AVX-512 kernels (nn/latent_attention_avx512.cpp) for 16 latents of head size 32 and a
-// window of at most 16: every per-latent quantity is one 16-float register. True when they were
+// The AVX-512 kernels (nn/latent_attention_avx512.cpp) for 16 latents of head size 32 or 64 and
+// a window of at most 16: every per-latent quantity is one 16-float register. True when they were
 // built (a native build for a CPU with AVX-512F, or a portable build) and fit these sizes; a
 // portable build runs them only where run_avx512_kernels() (core/cpu.h) says so.
 bool avx512_fits(const Dims& n);
