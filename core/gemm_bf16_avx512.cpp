@@ -7,7 +7,7 @@
 //
 //   packed B, a panel of kNR = 32 columns: for each pair p of k, 32 words (B[2p][j], B[2p+1][j]);
 //   packed A, a panel of kMR = 14 rows: the words (A[i][2p], A[i][2p+1]), in chunks of 8 pairs or pair by
-//   pair, whichever its source gives cheaply (pack_a_panel).
+//   pair, whichever its source gives cheaply (pack_a_block).
 //
 // The micro-kernel loads B's 32 words for pair p as two zmm registers, broadcasts A's word for
 // row i to all 16 lanes, and issues two vdpbf16ps per row: 28 accumulators hold the 14 x 32
@@ -81,8 +81,9 @@ __m256i pairs_of_row(const float* src, int64_t n) {
 // same stretch of a row further on, about 100 cache lines ahead of its loads: then the packing
 // reads at 20-25 GB/s. (The source rows past the matrix are never asked for.)
 //   kRowsAhead: for stretches of kc floats (24 lines at kc = 384);
-//   kPairsAhead: for the pair loops, which read one or two lines of two rows per pair.
-constexpr int64_t kRowsAhead = 4, kPairsAhead = 32;
+//   pack_pairs, whose stretches are as wide as a block, reads ahead by as many rows as make
+//   about 100 lines.
+constexpr int64_t kRowsAhead = 4;
 
 void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 
@@ -141,7 +142,7 @@ void pack_16_k_contiguous(const float* src, int64_t ld, int64_t rows, int64_t kc
   }
 }
 
-// Pairs per chunk of an untransposed A's panel (see pack_a_panel): 16 floats of a row.
+// Pairs per chunk of an untransposed A's panel (see pack_a_block): 16 floats of a row.
 constexpr int64_t kChunk = 8;
 
 // The same row's pair words into the chunks of a panel: 16 floats in, 8 words (32 bytes) out
@@ -155,35 +156,64 @@ void pack_k_contiguous_chunks(const float* src, int64_t kc, uint32_t* dst, const
   }
 }
 
-// A block of kc rows of op(B) (from k0) and columns [j0, j0 + nr) as one panel of NR columns.
-// Columns past nr and the odd k past kc are zeros: they add nothing to the sums. op(B) has K
-// rows in all (for reading ahead).
-void pack_b_panel(bool trans_b, const float* B, int64_t ldb, int64_t K, int64_t k0, int64_t kc,
-                  int64_t j0, int64_t nr, uint32_t* dst) {
-  const int64_t kp = ceil_div(kc, 2);
-  if (!trans_b) {  // B[k][j]: a row of j is contiguous; rows 2p and 2p + 1 make a panel row
-    for (int64_t p = 0; p < kp; ++p) {
-      const float* even = B + (k0 + 2 * p) * ldb + j0;
-      const bool has_odd = 2 * p + 1 < kc;
-      if (const float* next = row_ahead(even, ldb, k0 + 2 * p + 1, 2 * kPairsAhead, K)) {
-        prefetch_floats(next, nr), prefetch_floats(next + ldb, nr);
-      }
-      for (int64_t h = 0; h < NR; h += 16) {
-        const int64_t n = nr > h ? nr - h : 0;
-        const __m512 e = load_lanes(even + h, n);
-        const __m512 o = has_odd ? load_lanes(even + ldb + h, n) : _mm512_setzero_ps();
-        _mm512_store_si512(dst + p * NR + h, pair_words(e, o));
+// Rows k0 .. k0 + kc of a source whose rows run along the panels' width (an untransposed B, a
+// transposed A), columns [col0, col0 + cols), as the pair words of panels `width` columns wide
+// (NR for B, MR for A), panel q at dst + q * panel_words: word (p, j) of a panel at p * width + j.
+// Columns past `cols` and the odd k past kc are zeros: they add nothing to the sums.
+// The loop runs pair by pair over the whole block, each pair reading its two rows from col0 on
+// for all the panels: the source is read as it lies in memory. (Panel by panel, each panel
+// reading a strip of 56 or 128 bytes of every row, a 384 x 384 x 4096 tn product spent 21% of
+// its time packing.) rows: the source's rows in all. slack: each row has two readable floats
+// past col0 + cols, so a panel of 14 whole columns may load 16 (see load_lanes).
+template <int64_t kWidth>
+void pack_pairs(const float* src, int64_t ld, int64_t rows, int64_t k0, int64_t kc, int64_t col0, int64_t cols,
+                bool slack, int64_t panel_words, uint32_t* dst) {
+  const int64_t kp = ceil_div(kc, 2), panels = ceil_div(cols, kWidth);
+  const int64_t lines_per_pair = 2 * ceil_div(cols, 16);
+  const int64_t ahead = 2 * (lines_per_pair >= 100 ? 1 : ceil_div(100, lines_per_pair));  // rows, ~100 lines
+  for (int64_t p = 0; p < kp; ++p) {
+    const float* even = src + (k0 + 2 * p) * ld + col0;
+    const bool has_odd = 2 * p + 1 < kc;
+    if (const float* next = row_ahead(even, ld, k0 + 2 * p, ahead, rows)) {
+      prefetch_floats(next, cols);
+      if (k0 + 2 * p + ahead + 1 < rows) prefetch_floats(next + ld, cols);
+    }
+    for (int64_t q = 0; q < panels; ++q) {
+      uint32_t* out = dst + q * panel_words + p * kWidth;
+      for (int64_t h = 0; h < kWidth; h += 16) {
+        const int64_t c = q * kWidth + h, n = cols > c ? min64(cols - c, kWidth - h) : 0;
+        const bool whole = slack && n == kWidth - h;
+        const __m512 e = load_lanes(even + c, n, whole);
+        const __m512 o = has_odd ? load_lanes(even + ld + c, n, whole) : _mm512_setzero_ps();
+        if constexpr (kWidth % 16 == 0)
+          _mm512_store_si512(out + h, pair_words(e, o));
+        else
+          _mm512_mask_storeu_epi32(out + h, first_lanes(kWidth - h), pair_words(e, o));
       }
     }
-  } else {  // B stored as N x K: column j of op(B) is a contiguous row
-    for (int64_t h = 0; h < NR; h += 16)
-      pack_16_k_contiguous(B + (j0 + h) * ldb + k0, ldb, nr - h, kc, dst + h);
   }
 }
 
-// Rows [i0, i0 + mr) of op(A), k from k0 to k0 + kc, as one panel of MR rows (missing rows
-// zero). The micro-kernel only broadcasts words one at a time, so the packing may keep the
-// layout its source gives cheaply:
+// A block of kc rows of op(B) (from k0) and columns [j0, j0 + nc) as panels of NR columns, panel
+// jp at dst + jp * NR * kp. op(B) has K rows in all (for reading ahead).
+void pack_b_block(bool trans_b, const float* B, int64_t ldb, int64_t K, int64_t k0, int64_t kc,
+                  int64_t j0, int64_t nc, uint32_t* dst) {
+  const int64_t kp = ceil_div(kc, 2);
+  if (!trans_b) {  // B[k][j]: a row of j is contiguous; rows 2p and 2p + 1 make a panel row
+    pack_pairs<NR>(B, ldb, K, k0, kc, j0, nc, false, NR * kp, dst);
+  } else {  // B stored as N x K: column j of op(B) is a contiguous row
+    for (int64_t jp = 0; jp * NR < nc; ++jp)
+      for (int64_t h = 0; h < NR; h += 16)
+        pack_16_k_contiguous(B + (j0 + jp * NR + h) * ldb + k0, ldb, nc - jp * NR - h, kc, dst + jp * NR * kp + h);
+  }
+}
+
+// Words of an A panel per pair of k, rounded up to whole chunks: the panels' spacing.
+int64_t a_panel_pairs(int64_t kp) { return ceil_div(kp, kChunk) * kChunk; }
+
+// Rows [i0, i0 + mc) of op(A), k from k0 to k0 + kc, as panels of MR rows (missing rows zero),
+// panel ip at dst + ip * MR * a_panel_pairs(kp). The micro-kernel only broadcasts words one at
+// a time, so the packing may keep the layout its source gives cheaply:
 //   A untransposed (k contiguous): chunks of kChunk pairs, in each the MR rows one after the
 //     other, each row's kChunk words side by side (the 8 words of 16 floats);
 //   A transposed (i contiguous): pair by pair, the MR rows side by side.
@@ -192,34 +222,25 @@ void pack_b_panel(bool trans_b, const float* B, int64_t ldb, int64_t K, int64_t 
 // (A plain row-by-row layout also avoids the transpose, but the micro-kernel then needs a
 // pointer register per row, and GCC spills them: 77% of the peak loop's rate, against 82%
 // pair by pair, in perf samples per instruction.)
-// op(A) has M x K elements in all; rows16: it has 16 rows from i0 on (a transposed A may then be
-// read 16 floats at a time).
-void pack_a_panel(bool trans_a, const float* A, int64_t lda, int64_t M, int64_t K, int64_t i0, int64_t mr,
-                  int64_t k0, int64_t kc, bool rows16, uint32_t* dst) {
-  const int64_t kp = ceil_div(kc, 2);
+// op(A) has M x K elements in all.
+void pack_a_block(bool trans_a, const float* A, int64_t lda, int64_t M, int64_t K, int64_t i0, int64_t mc,
+                  int64_t k0, int64_t kc, uint32_t* dst) {
+  const int64_t kp = ceil_div(kc, 2), panel_words = MR * a_panel_pairs(kp);
   if (!trans_a) {
-    for (int64_t i = 0; i < mr; ++i) {
-      const float* row = A + (i0 + i) * lda + k0;
-      pack_k_contiguous_chunks(row, kc, dst + i * kChunk, row_ahead(row, lda, i0 + i, kRowsAhead, M));
-    }
-    for (int64_t g = 0; g < ceil_div(kp, kChunk); ++g)
-      std::memset(dst + g * MR * kChunk + mr * kChunk, 0, (MR - mr) * kChunk * sizeof(uint32_t));
-  } else {
-    const __mmask16 all = first_lanes(MR);
-    for (int64_t p = 0; p < kp; ++p) {
-      const float* even = A + (k0 + 2 * p) * lda + i0;
-      if (const float* next = row_ahead(even, lda, k0 + 2 * p + 1, 2 * kPairsAhead, K)) {
-        prefetch_floats(next, mr), prefetch_floats(next + lda, mr);
+    for (int64_t ip = 0; ip * MR < mc; ++ip, dst += panel_words) {
+      const int64_t mr = min64(MR, mc - ip * MR);
+      for (int64_t i = 0; i < mr; ++i) {
+        const int64_t r = i0 + ip * MR + i;
+        const float* row = A + r * lda + k0;
+        pack_k_contiguous_chunks(row, kc, dst + i * kChunk, row_ahead(row, lda, r, kRowsAhead, M));
       }
-      const __m512 e = load_lanes(even, mr, rows16);
-      const __m512 o = 2 * p + 1 < kc ? load_lanes(even + lda, mr, rows16) : _mm512_setzero_ps();
-      _mm512_mask_storeu_epi32(dst + p * MR, all, pair_words(e, o));
+      for (int64_t g = 0; g < ceil_div(kp, kChunk); ++g)
+        std::memset(dst + g * MR * kChunk + mr * kChunk, 0, (MR - mr) * kChunk * sizeof(uint32_t));
     }
+  } else {
+    pack_pairs<MR>(A, lda, K, k0, kc, i0, mc, i0 + mc + 2 <= M, panel_words, dst);
   }
 }
-
-// Words of an A panel per pair of k, rounded up to whole chunks: the panels' spacing.
-int64_t a_panel_pairs(int64_t kp) { return ceil_div(kp, kChunk) * kChunk; }
 
 // One pair of k for the whole tile: B's two registers, then per row A's word broadcast and two
 // vdpbf16ps. Row i's word is at a[i * kRowStride]: a constant displacement in both layouts.
@@ -235,7 +256,7 @@ inline void pair_step(__m512 (&acc)[MR][2], const uint32_t* a, const uint32_t* b
 
 // The micro-kernel: C[0..MR)[0..NR) (+)= A panel x B panel over kp pairs of k. 28 accumulators,
 // two registers of B and one broadcast word of A: 31 of the 32 zmm registers. kChunkedA: the A
-// panel in chunks (an untransposed A, see pack_a_panel), else pair by pair.
+// panel in chunks (an untransposed A, see pack_a_block), else pair by pair.
 template <bool kChunkedA>
 void micro_kernel(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, bool load_c) {
   __m512 acc[MR][2];
@@ -300,14 +321,10 @@ void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a
       const int64_t kc = min64(kc_max, K - k0), kp = ceil_div(kc, 2);
       // C starts from its old value when accumulating, and from every earlier block of k.
       const bool load_c = accumulate || k0 > 0;
-      for (int64_t jp = 0; jp < n_panels; ++jp)
-        pack_b_panel(b_src.trans, b_src.data, b_src.ld, K, k0, kc, j0 + jp * NR, min64(NR, nc - jp * NR),
-                     b_pack + jp * NR * kp);
+      pack_b_block(b_src.trans, b_src.data, b_src.ld, K, k0, kc, j0, nc, b_pack);
       for (int64_t i0 = 0; i0 < M; i0 += mc) {  // 3rd loop: blocks of M (A's block in L2)
         const int64_t mcur = min64(mc, M - i0);
-        for (int64_t ip = 0; ip * MR < mcur; ++ip)
-          pack_a_panel(a_src.trans, a_src.data, a_src.ld, M, K, i0 + ip * MR, min64(MR, mcur - ip * MR), k0, kc,
-                       i0 + ip * MR + 16 <= M, a_pack + ip * MR * a_panel_pairs(kp));
+        pack_a_block(a_src.trans, a_src.data, a_src.ld, M, K, i0, mcur, k0, kc, a_pack);
         for (int64_t jp = 0; jp < n_panels; ++jp) {  // 2nd loop: a panel of B (kc x NR, in L1)
           const int64_t nr = min64(NR, nc - jp * NR);
           const uint32_t* b = b_pack + jp * NR * kp;
