@@ -78,7 +78,7 @@ void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float sca
   const causal_kernels::Kernels& kern = kernels();
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> kt(d * Tp), p(keep ? 0 : kRows * Tp);  // K^T (d, Tp), scores (4, Tp)
+    std::vector<float> kt(d * Tp), p(keep ? 0 : kRows * Tp);  // K^T (blocks of kLanes keys), scores (4, Tp)
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       float* o = out.data() + (bh / H) * out.strides()[0] + (bh % H) * out.strides()[1];

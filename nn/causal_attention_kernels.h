@@ -26,15 +26,15 @@ constexpr int64_t padded(int64_t T) { return (T + kLanes - 1) / kLanes * kLanes;
 
 struct Kernels {
   // One (batch, head): o (rows o_row_stride apart) = softmax(scale q k^T + causal mask) v over
-  // T rows of d floats. kt: scratch for K^T (d, padded(T)). p: the probabilities of one block of
-  // rows (kRows, padded(T)), or with keep, of all the head's rows (padded(T) rows), kept for
-  // the backward. lse (T) gets each row's log-sum-exp, unless null.
+  // T rows of d floats. kt: scratch for K^T (d x padded(T) floats, in blocks of kLanes keys).
+  // p: the probabilities of one block of rows (kRows, padded(T)), or with keep, of all the
+  // head's rows (padded(T) rows), kept for the backward. lse (T) gets each row's log-sum-exp, unless null.
   void (*forward_head)(const HeadView& q, const HeadView& k, const HeadView& v, int64_t T, int64_t d,
                        float scale, float* o, int64_t o_row_stride, float* lse, float* kt, float* p,
                        bool keep);
   // Its gradients, given dO (g) and the output (o): dk, dv (T, d) zeroed by the caller, dq rows
   // written whole. kept: the forward's probabilities of all the head's rows, or null: recompute
-  // them from lse. kt, vt: scratch (d, padded(T)); p, ds: scratch (kRows, padded(T)).
+  // them from lse. kt, vt: scratch as kt above; p, ds: scratch (kRows, padded(T)).
   void (*backward_head)(const HeadView& q, const HeadView& k, const HeadView& v, const HeadView& g,
                         const HeadView& o, const float* lse, float* kept, int64_t T, int64_t d, float scale,
                         float* dq, float* dk, float* dv, float* kt, float* vt, float* p, float* ds);
