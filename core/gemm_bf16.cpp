@@ -73,7 +73,8 @@ std::vector<float> rounded_rows(bool trans, const float* X, int64_t ld, int64_t 
 }  // namespace
 
 void gemm_bf16_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
-                         int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+                         int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate,
+                         const float* bias) {
   const std::vector<float> a = rounded_rows(trans_a, A, lda, M, K);   // op(A), M x K
   const std::vector<float> bt = rounded_rows(!trans_b, B, ldb, N, K);  // op(B)^T, N x K
   for (int64_t i = 0; i < M; ++i)
@@ -82,7 +83,7 @@ void gemm_bf16_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64
       const float* bj = bt.data() + j * K;
       // What vdpbf16ps does per lane and pair of k: the odd k's product first, then the even's,
       // each added with one rounding (a product of two bf16 values is exact in fp32).
-      float acc = accumulate ? C[i * ldc + j] : 0.0f;
+      float acc = accumulate ? C[i * ldc + j] : bias ? bias[j] : 0.0f;
       for (int64_t k = 0; k < K; k += 2) {
         if (k + 1 < K) acc = flush_denormal(acc + flush_denormal(ai[k + 1] * bj[k + 1]));
         acc = flush_denormal(acc + flush_denormal(ai[k] * bj[k]));
@@ -100,31 +101,37 @@ void gemm_bf16_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64
 GemmBf16Blocking gemm_bf16_default_blocking() { return {322, 384, 2048, 0}; }
 
 static void check_args(int64_t M, int64_t N, int64_t K, bool trans_a, int64_t lda, bool trans_b, int64_t ldb,
-                       int64_t ldc) {
+                       int64_t ldc, bool accumulate, const float* bias) {
   if (M < 0 || N < 0 || K < 0) throw Error(fmt::format("gemm_bf16: negative size {}x{}x{}", M, N, K));
+  if (accumulate && bias) throw Error("gemm_bf16: C starts from its old values or from the bias, not both");
   const int64_t a_cols = trans_a ? M : K, b_cols = trans_b ? K : N;
   if (lda < std::max<int64_t>(1, a_cols) || ldb < std::max<int64_t>(1, b_cols) || ldc < std::max<int64_t>(1, N))
     throw Error(fmt::format("gemm_bf16: leading dimensions {}, {}, {} below the row widths {}, {}, {}", lda, ldb,
                             ldc, a_cols, b_cols, N));
 }
 
-// Nothing to multiply: C is left alone, or zeroed (K = 0 without accumulate).
-static bool trivial(int64_t M, int64_t N, int64_t K, float* C, int64_t ldc, bool accumulate) {
+// Nothing to multiply: C is left alone, or becomes the bias rows or zeros (K = 0 without accumulate).
+static bool trivial(int64_t M, int64_t N, int64_t K, float* C, int64_t ldc, bool accumulate, const float* bias) {
   if (M == 0 || N == 0) return true;
   if (K > 0) return false;
   if (!accumulate)
-    for (int64_t i = 0; i < M; ++i) std::fill_n(C + i * ldc, N, 0.0f);
+    for (int64_t i = 0; i < M; ++i) {
+      if (bias)
+        std::copy_n(bias, N, C + i * ldc);
+      else
+        std::fill_n(C + i * ldc, N, 0.0f);
+    }
   return true;
 }
 
 void gemm_bf16_blocked(const GemmBf16Blocking& blocking, bool trans_a, bool trans_b, int64_t M, int64_t N,
                        int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-                       int64_t ldc, bool accumulate) {
-  check_args(M, N, K, trans_a, lda, trans_b, ldb, ldc);
+                       int64_t ldc, bool accumulate, const float* bias) {
+  check_args(M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, bias);
   if (!gemm_bf16_available())
     throw Error("gemm_bf16_blocked: the fast path is off (no AVX512-BF16 on this CPU, or a portable build's "
                 "LATENTGRAD_ISA=generic); gemm_bf16 runs the portable path instead");
-  if (trivial(M, N, K, C, ldc, accumulate)) return;
+  if (trivial(M, N, K, C, ldc, accumulate, bias)) return;
   namespace kernel = gemm_bf16_kernel;
   auto round_up = [](int64_t x, int64_t to) { return (x + to - 1) / to * to; };
   kernel::Blocks blocks;
@@ -132,19 +139,19 @@ void gemm_bf16_blocked(const GemmBf16Blocking& blocking, bool trans_a, bool tran
   blocks.kc = round_up(blocking.kc > 0 ? std::min(blocking.kc, K) : K, 2);
   blocks.nc = round_up(blocking.nc > 0 ? std::min(blocking.nc, N) : N, kernel::kNR);
   blocks.threads = blocking.threads > 0 ? blocking.threads : omp_get_max_threads();
-  if (!kernel::gemm(blocks, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate))
+  if (!kernel::gemm(blocks, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias))
     throw Error(fmt::format("gemm_bf16: no memory for the packed blocks of a {}x{}x{} product", M, N, K));
 }
 
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-               const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-  check_args(M, N, K, trans_a, lda, trans_b, ldb, ldc);
-  if (trivial(M, N, K, C, ldc, accumulate)) return;
+               const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias) {
+  check_args(M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, bias);
+  if (trivial(M, N, K, C, ldc, accumulate, bias)) return;
   if (gemm_bf16_available())
     gemm_bf16_blocked(gemm_bf16_default_blocking(), trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc,
-                      accumulate);
+                      accumulate, bias);
   else
-    gemm_bf16_reference(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    gemm_bf16_reference(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias);
 }
 
 }  // namespace lg

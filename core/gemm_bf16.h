@@ -12,15 +12,18 @@
 
 namespace lg {
 
-// C (M x N, row-major, leading dimension ldc) = op(A) op(B), plus the old C when accumulate.
+// C (M x N, row-major, leading dimension ldc) = op(A) op(B), plus the old C when accumulate, or
+// plus the row bias (N floats, the same for every row of C) when bias is given.
 // op(A) is M x K: A is stored row-major with leading dimension lda, transposed when trans_a
 // (then A is K x M). Likewise op(B) is K x N. Every input is rounded to bf16 (round to nearest
 // even) on its way into the packed blocks; products are summed in fp32, k in order, starting
-// from the old C when accumulate (from zero otherwise).
+// from the old C when accumulate, from the bias when given (it may not be both: an lg::Error), and
+// from zero otherwise. A linear layer's y = x W^T + b is one call, with no pass that writes the
+// bias rows into C first.
 // On a CPU with AVX512-BF16 this runs the blocked kernel on the OpenMP threads; elsewhere it
 // runs gemm_bf16_reference, which gives the same bits on one thread, several hundred times slower.
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-               const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
+               const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias = nullptr);
 
 // True when gemm_bf16 runs its fast path: the CPU has AVX-512 (F, BW, VL) and AVX512-BF16
 // (CPUID leaf 7, subleaf 1, EAX bit 5), and the OS saves the 512-bit registers; in a portable
@@ -30,7 +33,8 @@ bool gemm_bf16_available();
 // The portable path: scalar loops with the hardware's arithmetic (see gemm_bf16.cpp), the
 // result the tests hold the kernel to.
 void gemm_bf16_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
-                         int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
+                         int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate,
+                         const float* bias = nullptr);
 
 // fp32 -> bf16, round to nearest, ties to even (the bits of the upper half). Infinities stay
 // infinite, a NaN stays a NaN (made quiet), denormals are rounded like any other value.
@@ -48,6 +52,6 @@ GemmBf16Blocking gemm_bf16_default_blocking();
 // gemm_bf16 with the given blocking; an lg::Error where the fast path is not available.
 void gemm_bf16_blocked(const GemmBf16Blocking& blocking, bool trans_a, bool trans_b, int64_t M, int64_t N,
                        int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-                       int64_t ldc, bool accumulate);
+                       int64_t ldc, bool accumulate, const float* bias = nullptr);
 
 }  // namespace lg

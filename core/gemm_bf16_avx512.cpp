@@ -254,21 +254,27 @@ inline void pair_step(__m512 (&acc)[MR][2], const uint32_t* a, const uint32_t* b
   }
 }
 
-// The micro-kernel: C[0..MR)[0..NR) (+)= A panel x B panel over kp > 0 pairs of k. 28
+// Where a tile's sums start: zeros, C's old values, or the bias row (the NR floats at `bias`, the
+// same for every row of the tile).
+enum class Start { zeros, c, bias };
+
+// The micro-kernel: C[0..MR)[0..NR) = start + A panel x B panel over kp > 0 pairs of k. 28
 // accumulators, two registers of B and one broadcast word of A: 31 of the 32 zmm registers.
 // kChunkedA: the A panel in chunks (an untransposed A, see pack_a_block), else pair by pair.
-// kLoadC: start from C's old values, else from zeros.
 // GCC keeps the 28 sums in registers through the loop, but it also kept a copy of them on the
 // stack wherever two paths met: before the loop (C loaded or zeros, and the path that skips a
 // loop of no pairs), and between a main loop and a tail loop. Those 56 extra stores and loads
 // per tile cost 5-20% of a product whose K is small (384x384x128: 1.19x faster without them,
 // one thread): so one template per start, kp > 0 promised to the compiler, and one loop.
-template <bool kChunkedA, bool kLoadC>
-void micro_kernel(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc) {
+template <bool kChunkedA, Start kStart>
+void micro_kernel(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, const float* bias) {
   if (kp <= 0) __builtin_unreachable();
   __m512 acc[MR][2];
   for (int64_t i = 0; i < MR; ++i)
-    for (int64_t h = 0; h < 2; ++h) acc[i][h] = kLoadC ? _mm512_loadu_ps(c + i * ldc + 16 * h) : _mm512_setzero_ps();
+    for (int64_t h = 0; h < 2; ++h)
+      acc[i][h] = kStart == Start::c      ? _mm512_loadu_ps(c + i * ldc + 16 * h)
+                  : kStart == Start::bias ? _mm512_loadu_ps(bias + 16 * h)
+                                          : _mm512_setzero_ps();
   if constexpr (kChunkedA) {
     // One loop over the pairs: A's word for pair p sits at chunk p / kChunk, word p % kChunk.
 #pragma GCC unroll 8
@@ -281,18 +287,26 @@ void micro_kernel(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, in
     for (int64_t h = 0; h < 2; ++h) _mm512_storeu_ps(c + i * ldc + 16 * h, acc[i][h]);
 }
 
-// One tile of C. At the edge of C (mr < MR or nr < NR) the micro-kernel runs on a full tile in
-// a local buffer, and only the part inside C is read and written.
+// One tile of C, its sums starting as `start` says (bias: the tile's part of the bias row). At
+// the edge of C (mr < MR or nr < NR) the micro-kernel runs on a full tile in a local buffer,
+// which starts as the tile would, and only the part inside C is read and written.
 template <bool kChunkedA>
-void tile(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, bool load_c, int64_t mr,
-          int64_t nr) {
-  const auto kernel = load_c ? micro_kernel<kChunkedA, true> : micro_kernel<kChunkedA, false>;
-  if (mr == MR && nr == NR) return kernel(kp, a, b, c, ldc);
+void tile(int64_t kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, Start start, const float* bias,
+          int64_t mr, int64_t nr) {
+  if (mr == MR && nr == NR) {
+    switch (start) {
+      case Start::zeros: return micro_kernel<kChunkedA, Start::zeros>(kp, a, b, c, ldc, bias);
+      case Start::c: return micro_kernel<kChunkedA, Start::c>(kp, a, b, c, ldc, bias);
+      case Start::bias: return micro_kernel<kChunkedA, Start::bias>(kp, a, b, c, ldc, bias);
+    }
+  }
   alignas(64) float edge[MR * NR];
   std::memset(edge, 0, sizeof(edge));
-  if (load_c)
-    for (int64_t i = 0; i < mr; ++i) std::memcpy(edge + i * NR, c + i * ldc, nr * sizeof(float));
-  kernel(kp, a, b, edge, NR);
+  for (int64_t i = 0; i < mr; ++i) {
+    if (start == Start::c) std::memcpy(edge + i * NR, c + i * ldc, nr * sizeof(float));
+    if (start == Start::bias) std::memcpy(edge + i * NR, bias, nr * sizeof(float));
+  }
+  micro_kernel<kChunkedA, Start::c>(kp, a, b, edge, NR, bias);
   for (int64_t i = 0; i < mr; ++i) std::memcpy(c + i * ldc, edge + i * NR, nr * sizeof(float));
 }
 
@@ -317,7 +331,8 @@ struct Source {
 // The product on one thread: BLIS's five loops around the micro-kernel. mc: a multiple of MR,
 // kc: even, nc: a multiple of NR. b_pack holds nc x kc bf16, a_pack mc x kc.
 void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a_src, const Source& b_src,
-                     int64_t M, int64_t N, int64_t K, float* C, int64_t ldc, bool accumulate, uint32_t* b_pack,
+                     int64_t M, int64_t N, int64_t K, float* C, int64_t ldc, bool accumulate, const float* bias,
+                     uint32_t* b_pack,
                      uint32_t* a_pack) {
   for (int64_t j0 = 0; j0 < N; j0 += nc_max) {  // 5th loop: blocks of N (B's block in L3)
     const int64_t nc = min64(nc_max, N - j0);
@@ -326,6 +341,7 @@ void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a
       const int64_t kc = min64(kc_max, K - k0), kp = ceil_div(kc, 2);
       // C starts from its old value when accumulating, and from every earlier block of k.
       const bool load_c = accumulate || k0 > 0;
+      const Start start = load_c ? Start::c : bias ? Start::bias : Start::zeros;
       pack_b_block(b_src.trans, b_src.data, b_src.ld, K, k0, kc, j0, nc, b_pack);
       for (int64_t i0 = 0; i0 < M; i0 += mc) {  // 3rd loop: blocks of M (A's block in L2)
         const int64_t mcur = min64(mc, M - i0);
@@ -339,9 +355,9 @@ void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a
             const uint32_t* a = a_pack + ip * MR * a_panel_pairs(kp);
             if (load_c && (ip + 1) * MR < mcur) prefetch_tile(c + MR * ldc, ldc, min64(MR, mcur - (ip + 1) * MR));
             if (a_src.trans)
-              tile<false>(kp, a, b, c, ldc, load_c, mr, nr);
+              tile<false>(kp, a, b, c, ldc, start, bias ? bias + j0 + jp * NR : nullptr, mr, nr);
             else
-              tile<true>(kp, a, b, c, ldc, load_c, mr, nr);
+              tile<true>(kp, a, b, c, ldc, start, bias ? bias + j0 + jp * NR : nullptr, mr, nr);
           }
         }
       }
@@ -352,7 +368,7 @@ void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a
 }  // namespace
 
 bool gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
-          int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+          int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias) {
   // Threads share out C and nothing else: each takes its own rows, or its own columns, and runs
   // the one-thread algorithm on them. A thread with its own rows packs its own copy of all of
   // op(B) (K x N); with its own columns, of all of op(A) (M x K). So C is cut along the longer
@@ -399,7 +415,9 @@ bool gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N
       uint32_t* b_pack = static_cast<uint32_t*>(std::aligned_alloc(64, bytes(nc * kp_max)));
       uint32_t* a_pack = static_cast<uint32_t*>(std::aligned_alloc(64, bytes(mc * a_panel_pairs(kp_max))));
       if (b_pack && a_pack) {
-        gemm_one_thread(mc, kc, nc, a_src, b_src, m, n, K, c, ldc, accumulate, b_pack, a_pack);
+        // the bias row of this thread's columns (bias is shared by the team: not moved in place)
+        const float* bias_part = bias && !split_rows ? bias + first : bias;
+        gemm_one_thread(mc, kc, nc, a_src, b_src, m, n, K, c, ldc, accumulate, bias_part, b_pack, a_pack);
       } else {
 #pragma omp atomic write
         out_of_memory = true;

@@ -22,6 +22,6 @@ struct Blocks {
 
 // The arguments of gemm_bf16, M, N, K > 0. False when its packing buffers could not be allocated.
 bool gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
-          int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
+          int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias);
 
 }  // namespace lg::gemm_bf16_kernel

@@ -247,19 +247,20 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape.back() = out_features;
   Tensor y = Tensor::empty(out_shape);                           // (N, out)
-  if (bias.defined()) {
-    Tensor b = bias.is_contiguous() ? bias : contiguous_copy(bias);
+  Tensor b = !bias.defined() || bias.is_contiguous() ? bias : contiguous_copy(bias);
+  // bf16 mixed precision (core/precision.h): the three products take bf16-rounded inputs and sum
+  // in fp32; the bias, its gradient and everything around them stay fp32. The bf16 product starts
+  // its sums from the bias row itself; for sgemm the bias rows are written into y first.
+  const bool bf16 = matmul_precision() == Precision::bf16;
+  if (bias.defined() && !bf16) {
     const float* pb = b.data();
     float* py = y.data();
 #pragma omp parallel for schedule(static) if (N * out_features > (1 << 15))
     for (int64_t r = 0; r < N; ++r) std::copy_n(pb, out_features, py + r * out_features);
   }
-  // bf16 mixed precision (core/precision.h): the three products take bf16-rounded inputs and sum
-  // in fp32; the bias, its gradient and everything around them stay fp32.
-  const bool bf16 = matmul_precision() == Precision::bf16;
   if (bf16)
-    gemm_bf16(false, true, N, out_features, in, xc.data(), in, w.data(), in, y.data(), out_features,
-              bias.defined());
+    gemm_bf16(false, true, N, out_features, in, xc.data(), in, w.data(), in, y.data(), out_features, false,
+              bias.defined() ? b.data() : nullptr);
   else
     sgemm(false, true, N, out_features, in, xc.data(), in, w.data(), in, bias.defined() ? 1.0f : 0.0f,
           y.data(), out_features);

@@ -73,14 +73,16 @@ struct Case {
   int64_t M, N, K;
   int64_t pad = 0;  // leading dimensions this much wider than the rows
   bool accumulate = false;
+  bool bias = false;  // C starts from a bias row (not with accumulate)
 };
 
 std::string name(const Case& c) {
-  return fmt::format("{}x{}x{} ta={} tb={} pad={} accumulate={}", c.M, c.N, c.K, c.ta, c.tb, c.pad, c.accumulate);
+  return fmt::format("{}x{}x{} ta={} tb={} pad={} accumulate={} bias={}", c.M, c.N, c.K, c.ta, c.tb, c.pad,
+                     c.accumulate, c.bias);
 }
 
 struct Operands {
-  std::vector<float> A, B, C0;
+  std::vector<float> A, B, C0, bias;
   int64_t lda, ldb, ldc;
 };
 
@@ -99,6 +101,7 @@ Operands make(const Case& c, uint64_t seed) {
   fill(o.A, a_rows * o.lda);
   fill(o.B, b_rows * o.ldb);
   fill(o.C0, c.M * o.ldc);
+  if (c.bias) fill(o.bias, c.N);
   return o;
 }
 
@@ -112,7 +115,7 @@ float b_at(const Case& c, const Operands& o, int64_t k, int64_t j) { return c.tb
 //     its fp32 sums alone. K sums, each rounded with relative error <= u32 = 2^-24, give
 //     |error| <= gamma_K sum_k |a_bf16 b_bf16| with gamma_K = K u32 / (1 - K u32) (Higham,
 //     "Accuracy and Stability of Numerical Algorithms", 3.1); checked with 1.01 (K + 1) u32, the
-//     + 1 for the old C when accumulating.
+//     + 1 for the old C when accumulating (or the bias).
 //  3. The fp32 inputs' own product (double sums): bf16 rounding changes each input by at most
 //     u = 2^-8 relative (half of bf16's 2^-7 step), so a product by at most (1 + u)^2 - 1 < 2.01 u,
 //     and each element by at most 2.01 u sum_k |a b| plus the fp32 sums of 2.
@@ -121,15 +124,17 @@ void check_case(const Case& c, uint64_t seed) {
   INFO(name(c));
   const Operands o = make(c, seed);
   std::vector<float> got = o.C0, ref = o.C0;
-  gemm_bf16(c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, got.data(), o.ldc, c.accumulate);
+  const float* bias = c.bias ? o.bias.data() : nullptr;
+  gemm_bf16(c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, got.data(), o.ldc, c.accumulate,
+            bias);
   gemm_bf16_reference(c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, ref.data(), o.ldc,
-                      c.accumulate);
+                      c.accumulate, bias);
   const double u32 = std::ldexp(1.0, -24), u = std::ldexp(1.0, -8);
-  const double gamma = 1.01 * static_cast<double>(c.K + 1) * u32;  // + 1: the old C, when accumulating
+  const double gamma = 1.01 * static_cast<double>(c.K + 1) * u32;  // + 1: the old C or the bias
   int64_t bad_bits = 0, bad_rounded = 0, bad_fp32 = 0;
   for (int64_t i = 0; i < c.M; ++i) {
     for (int64_t j = 0; j < c.N; ++j) {
-      double exact_bf16 = c.accumulate ? o.C0[i * o.ldc + j] : 0.0, exact = exact_bf16;
+      double exact_bf16 = c.accumulate ? o.C0[i * o.ldc + j] : c.bias ? o.bias[j] : 0.0, exact = exact_bf16;
       double abs_bf16 = std::fabs(exact_bf16), abs = abs_bf16;
       for (int64_t k = 0; k < c.K; ++k) {
         const double a = a_at(c, o, i, k), b = b_at(c, o, k, j);
@@ -153,15 +158,15 @@ void check_case(const Case& c, uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("gemm_bf16: tiny, odd and edge shapes, all transposes, accumulate, wide leading dimensions") {
+TEST_CASE("gemm_bf16: tiny, odd and edge shapes, all transposes, accumulate or bias, wide leading dimensions") {
   const int64_t sizes[][3] = {{1, 1, 1},  {1, 1, 2},   {2, 3, 1},   {3, 5, 7},   {14, 32, 2}, {13, 31, 3},
                               {15, 33, 5}, {28, 64, 16}, {29, 65, 17}, {1, 100, 9}, {100, 1, 9}, {37, 70, 129}};
   uint64_t seed = 1;
   for (bool ta : {false, true})
     for (bool tb : {false, true})
       for (const auto& s : sizes)
-        for (bool accumulate : {false, true})
-          for (int64_t pad : {0, 3}) check_case({ta, tb, s[0], s[1], s[2], pad, accumulate}, seed++);
+        for (int start = 0; start < 3; ++start)  // from zeros, the old C, the bias
+          for (int64_t pad : {0, 3}) check_case({ta, tb, s[0], s[1], s[2], pad, start == 1, start == 2}, seed++);
 }
 
 TEST_CASE("gemm_bf16: shapes crossing the cache blocks (mc, kc, nc) and the threads' split of M") {
@@ -169,19 +174,23 @@ TEST_CASE("gemm_bf16: shapes crossing the cache blocks (mc, kc, nc) and the thre
   const int64_t M = blocks.mc * 2 + 9, N = 80, K = blocks.kc * 2 + 3;  // 3 blocks of k, the last odd
   uint64_t seed = 100;
   for (bool ta : {false, true})
-    for (bool tb : {false, true}) check_case({ta, tb, M, N, K, 5, (ta != tb)}, seed++);
+    for (bool tb : {false, true}) check_case({ta, tb, M, N, K, 5, ta != tb, ta && tb}, seed++);
   check_case({false, true, 33, blocks.nc + 40, 70, 0, true}, seed++);  // two blocks of N
 }
 
-TEST_CASE("gemm_bf16: K = 0 zeroes C or leaves it; sizes 0 do nothing; bad arguments are errors") {
+TEST_CASE("gemm_bf16: K = 0 zeroes C, leaves it or writes the bias rows; sizes 0 do nothing; bad arguments are errors") {
   std::vector<float> C = {1, 2, 3, 4};
   gemm_bf16(false, false, 2, 2, 0, nullptr, 1, nullptr, 2, C.data(), 2, true);
   CHECK(C == std::vector<float>{1, 2, 3, 4});
   gemm_bf16(false, false, 2, 2, 0, nullptr, 1, nullptr, 2, C.data(), 2, false);
   CHECK(C == std::vector<float>{0, 0, 0, 0});
+  const std::vector<float> bias = {5, 6};
+  gemm_bf16(false, false, 2, 2, 0, nullptr, 1, nullptr, 2, C.data(), 2, false, bias.data());
+  CHECK(C == std::vector<float>{5, 6, 5, 6});
   gemm_bf16(false, false, 0, 2, 3, nullptr, 3, nullptr, 2, C.data(), 2, false);
   std::vector<float> A(6), B(6);
   CHECK_THROWS_AS(gemm_bf16(false, false, 2, 2, 3, A.data(), 2, B.data(), 2, C.data(), 2, false), Error);
+  CHECK_THROWS_AS(gemm_bf16(false, false, 2, 2, 3, A.data(), 3, B.data(), 2, C.data(), 2, true, bias.data()), Error);
   CHECK_THROWS_AS(gemm_bf16(false, false, -1, 2, 3, A.data(), 3, B.data(), 2, C.data(), 2, false), Error);
 }
 
@@ -204,17 +213,24 @@ TEST_CASE("gemm_bf16: the fast path's blockings and thread counts give the same 
                     Error);
     return;
   }
-  // Threads split C by rows in the first case, by columns in the second (N > M).
-  for (const Case& c : {Case{false, true, 150, 100, 301, 0, true}, Case{true, false, 60, 300, 301, 0, true}}) {
+  // Threads split C by rows in the first case, by columns in the second (N > M); then the same
+  // two starting from a bias row. Each also equals the reference.
+  for (const Case& c : {Case{false, true, 150, 100, 301, 0, true}, Case{true, false, 60, 300, 301, 0, true},
+                        Case{false, true, 150, 100, 301, 0, false, true}, Case{true, false, 60, 300, 301, 0, false, true}}) {
     const Operands o = make(c, 7);
     std::vector<float> first;
     for (GemmBf16Blocking b : {GemmBf16Blocking{}, GemmBf16Blocking{28, 64, 64, 1}, GemmBf16Blocking{14, 2, 32, 2},
                                GemmBf16Blocking{0, 100, 0, 3}, gemm_bf16_default_blocking()}) {
       std::vector<float> C = o.C0;
-      gemm_bf16_blocked(b, c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, C.data(), o.ldc, true);
+      gemm_bf16_blocked(b, c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, C.data(), o.ldc,
+                        c.accumulate, c.bias ? o.bias.data() : nullptr);
       if (first.empty()) first = C;
       CHECK(std::memcmp(C.data(), first.data(), C.size() * 4) == 0);
     }
+    std::vector<float> ref = o.C0;
+    gemm_bf16_reference(c.ta, c.tb, c.M, c.N, c.K, o.A.data(), o.lda, o.B.data(), o.ldb, ref.data(), o.ldc,
+                        c.accumulate, c.bias ? o.bias.data() : nullptr);
+    CHECK(std::memcmp(ref.data(), first.data(), ref.size() * 4) == 0);
   }
 }
 
