@@ -57,7 +57,7 @@ def config_of(name):
 
 
 def is_large(name):
-    """Configs whose steps take seconds: timed for --steps-large steps after 1 warm-up, in 1 round."""
+    """Configs whose steps take seconds: timed for --steps-large steps after 1 warm-up, in --rounds-large rounds."""
     return name == "10.7M" or name.startswith("ctx")
 
 
@@ -139,6 +139,9 @@ def main():
     ap.add_argument("--steps-large", type=int, default=3, help="timed steps for the 10.7M config (seconds each)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every run (baseline config)")
+    ap.add_argument("--rounds-large", dest="rounds_large", type=int, default=1,
+                    help="interleaved repetitions of every run of the 10.7M and ctxN configs (each step takes "
+                         "seconds; on a shared machine 3 make their rows much steadier than 1)")
     ap.add_argument("--ffn", default="gelu", help="feed-forward kind of both models: gelu | swiglu")
     ap.add_argument("--norm", default="layernorm", help="norm kind of both models: layernorm | rmsnorm")
     ap.add_argument("--chunk", type=int, default=32)
@@ -152,6 +155,8 @@ def main():
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--attn-one", dest="attn_one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rounds < 1 or args.rounds_large < 1:
+        sys.exit("--rounds and --rounds-large: at least 1")
     if args.worker:
         args.threads = int(args.threads)
         args.attn = args.attn_one
@@ -206,7 +211,7 @@ def main():
         return env
 
     print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; PyTorch {torch_version}. Each row: the median "
-          f"over {args.rounds} rounds (1 for 10.7M and ctxN) of each run's median step; a run times {args.steps} steps "
+          f"over {args.rounds} rounds ({args.rounds_large} for 10.7M and ctxN) of each run's median step; a run times {args.steps} steps "
           f"after {args.warmup} warm-up ({args.steps_large} after 1 for 10.7M and ctxN). Rounds interleave the runs, so "
           f"a slow spell of a shared machine hits every engine alike. BLAS: "
           + ", ".join(pins[m][2] for m in blas_modes)
@@ -219,7 +224,7 @@ def main():
     for config in args.configs.split(","):
         for attn in args.attn.split(","):
             steps, warmup = (args.steps_large, 1) if is_large(config) else (args.steps, args.warmup)
-            rounds = 1 if is_large(config) else args.rounds
+            rounds = args.rounds_large if is_large(config) else args.rounds
             runs = [("latentgrad", "latentgrad", {})] + [("pytorch", label, extra) for label, extra in torch_blas]
             cells = [(engine, label, extra, mode, precision, int(t))
                      for engine, label, extra in runs for mode in blas_modes for precision in precisions
