@@ -325,8 +325,8 @@ std::vector<Setting> declare_train_settings() {
       "matrix products of the linear layers: fp32, or bf16 (mixed\n"
       "precision: bf16 inputs, fp32 sums; weights, gradients, AdamW,\n"
       "norms, attention and checkpoints stay fp32). bf16 needs a CPU\n"
-      "with AVX512-BF16; it trains to fp32's loss, 1.4-1.6x faster on\n"
-      "the 10.7M model (configs/char_10m.toml), 1.2-1.3x on the default\n"
+      "with AVX512-BF16; it trains to fp32's loss, 1.6-1.7x faster on\n"
+      "the 10.7M model (configs/char_10m.toml), 1.2-1.4x on the default\n"
       "one (README: Training speed); fp32 stays the default",
       [](const TrainSettings& t) { return t.precision; },
       [](TrainSettings& t, const std::string& text) {
