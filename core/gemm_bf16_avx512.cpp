@@ -14,14 +14,16 @@
 // tile of C. docs/performance.md ("A bf16 GEMM") explains the choices and measures each step.
 //
 // This file is compiled with AVX512-BF16 flags in every build and runs only where
-// gemm_bf16_available() said yes. It includes no project header with inline code and uses no
-// standard-library template, so it defines no weak symbol that baseline code could end up
-// calling (core/isa.h; the CTest bf16_symbols checks it).
+// gemm_bf16_available() said yes. It uses no standard-library template, and its one project
+// header with inline code (core/bf16_avx512.h) names its functions for their instruction set,
+// so it defines no weak symbol that baseline code could end up calling (core/isa.h; the CTest
+// bf16_symbols checks it).
 #include <omp.h>
 
 #include <cstdlib>
 #include <cstring>
 
+#include "core/bf16_avx512.h"
 #include "core/gemm_bf16_kernel.h"
 #include "core/intrinsics.h"
 
@@ -34,26 +36,6 @@ constexpr int64_t MR = kMR, NR = kNR;
 int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// 16 floats rounded to bf16, round to nearest even: each lane's bf16 in its upper 16 bits.
-// The same integer recipe as float_to_bf16 (gemm_bf16.cpp), so both paths round alike:
-// adding 0x7fff plus the lowest kept bit carries into the kept bits exactly when the dropped
-// half is above one half, or equal to it with the kept value odd. A NaN would carry into the
-// exponent, so it keeps its own upper half with the quiet bit set.
-__m512i round_to_bf16_hi(__m512 x) {
-  const __m512i u = _mm512_castps_si512(x);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
-  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  return _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
-}
-
-// Two rows of k (k = 2p and 2p + 1), 16 columns each, as 16 pair words: k even in the low half.
-__m512i pair_words(__m512 even, __m512 odd) {
-  const __m512i lo = _mm512_srli_epi32(round_to_bf16_hi(even), 16);
-  const __m512i hi = _mm512_and_si512(round_to_bf16_hi(odd), _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
-  return _mm512_or_si512(lo, hi);
-}
-
 __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1); }
 
 // 16 floats from src, of which the first n are wanted; the others read as zeros, or (full:
@@ -65,12 +47,8 @@ __m512 load_lanes(const float* src, int64_t n, bool full = false) {
 }
 
 // The pair words of 16 consecutive k values of a row (fewer at its end: n, the rest read as
-// zeros): rounded, shifted to the low half of their lane, and narrowed to 16 bits each by
-// vpmovdw, which lays k = 2p and 2p + 1 side by side: 8 words.
-__m256i pairs_of_row(const float* src, int64_t n) {
-  const __m512 x = load_lanes(src, n);
-  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_to_bf16_hi(x), 16));
-}
+// zeros): 8 words (pairs_of, core/bf16_avx512.h).
+__m256i pairs_of_row(const float* src, int64_t n) { return pairs_of(load_lanes(src, n)); }
 
 // Reading ahead. The packing reads its source from memory a stretch of a row at a time: kc
 // floats of a row of A, or 16 or 32 floats of each of two rows. Each stretch starts on another
