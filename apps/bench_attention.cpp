@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/precision.h"
 #include "nn/kinds.h"
 #include "nn/latent_attention.h"
 
@@ -26,6 +27,7 @@ struct Options {
   int64_t dim = 128, heads = 4, latents = 16, chunk = 32, window = 16;
   int reps = 5, steps = 32, threads = 1;
   bool generation = true;
+  Precision precision = Precision::fp32;
   std::string kinds;  // empty: every variant; else a comma list of mha, mla, latent, latent-chunked
 };
 
@@ -48,6 +50,8 @@ void usage() {
       "                  0 = as OMP_NUM_THREADS says; with more than one, OMP_WAIT_POLICY=passive\n"
       "                  keeps OpenMP's idle threads from starving OpenBLAS's)\n"
       "  --kinds LIST    only these: a comma list of mha, mla, latent, latent-chunked (default: all)\n"
+      "  --precision P   fp32 (default) or bf16: mixed precision as charlm train --precision runs it\n"
+      "                  (the projections' products and MHA's score products in bf16; needs AVX512-BF16)\n"
       "  --no-generation skip the step() timings\n"
       "  --help          this text\n");
 }
@@ -100,6 +104,8 @@ Options parse(int argc, char** argv) {
         o.threads = std::stoi(value());
       } else if (a == "--kinds") {
         o.kinds = value();
+      } else if (a == "--precision") {
+        o.precision = parse_precision(value());
       } else if (a == "--no-generation") {
         o.generation = false;
       } else {
@@ -108,6 +114,9 @@ Options parse(int argc, char** argv) {
       }
     } catch (const std::logic_error&) {
       fmt::print(stderr, "bench_attention: bad value for {}\n", a);
+      std::exit(2);
+    } catch (const lg::Error& e) {
+      fmt::print(stderr, "bench_attention: {}\n", e.what());
       std::exit(2);
     }
   }
@@ -230,9 +239,11 @@ int main(int argc, char** argv) {
 
 static int run(const Options& o) {
   if (o.threads > 0) set_num_threads(o.threads);
+  require_precision_available(o.precision);
+  const PrecisionGuard precision(o.precision);
   std::vector<Variant> kinds = variants(o);
-  fmt::print("attention forward+backward, batch 1, D={}, H={}, M={}, C={}, threads {}, median of {}\n\n",
-             o.dim, o.heads, o.latents, o.chunk, get_num_threads(), o.reps);
+  fmt::print("attention forward+backward, batch 1, D={}, H={}, M={}, C={}, threads {}, {}, median of {}\n\n",
+             o.dim, o.heads, o.latents, o.chunk, get_num_threads(), precision_name(o.precision), o.reps);
 
   // One row per kind, one column per T, then the growth of the per-token time.
   std::string header = fmt::format("{:<20}", "kind");

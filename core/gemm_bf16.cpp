@@ -72,6 +72,12 @@ std::vector<float> rounded_rows(bool trans, const float* X, int64_t ld, int64_t 
 
 }  // namespace
 
+float bf16_dot_pair(float acc, uint32_t a, uint32_t b) {
+  const auto half = [](uint32_t word, int h) { return flush_denormal(bf16_to_float(static_cast<uint16_t>(word >> (16 * h)))); };
+  acc = flush_denormal(acc + flush_denormal(half(a, 1) * half(b, 1)));
+  return flush_denormal(acc + flush_denormal(half(a, 0) * half(b, 0)));
+}
+
 void gemm_bf16_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
                          int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate,
                          const float* bias) {

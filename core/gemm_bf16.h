@@ -40,6 +40,12 @@ void gemm_bf16_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64
 // infinite, a NaN stays a NaN (made quiet), denormals are rounded like any other value.
 uint16_t float_to_bf16(float x);
 float bf16_to_float(uint16_t h);
+
+// What vdpbf16ps does in one 32-bit lane: acc + a.hi b.hi + a.lo b.lo, where a and b are pair
+// words (two bf16 values, k even in the low half): the high pair's product added first, then the
+// low's, each add rounded, denormal inputs, products and sums read as zero. The scalar model of
+// the instruction, for portable code that must give the fast path's bits.
+float bf16_dot_pair(float acc, uint32_t a, uint32_t b);
 inline float round_to_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
 
 // The fast path's block sizes, for benchmarks that take the kernel apart: 0 means "the whole

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/cpu.h"
+#include "core/precision.h"
 #include "nn/causal_attention_kernels.h"
 #include "nn/mha.h"
 
@@ -70,8 +71,8 @@ Tensor kept_probabilities(int64_t BH, int64_t T, bool grad) {
 // Forward over every (batch, head) of q, k, v (B, H, T, d), unit stride along d, into out
 // (B, H, T, d) with unit stride along d. With kept defined, it gets every row's probabilities;
 // otherwise lse gets each row's log-sum-exp, from which the backward recomputes them.
-void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float scale, const Tensor& out, Tensor& lse,
-                 const Tensor& kept) {
+void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float scale, bool bf16, const Tensor& out,
+                 Tensor& lse, const Tensor& kept) {
   const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3), Tp = padded(T);
   const bool parallel = B * H > 1 && T * T * d > 8192, keep = kept.defined();
   lse = keep ? Tensor() : Tensor::empty({B, H, T});  // needed only to recompute the probabilities
@@ -82,7 +83,7 @@ void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float sca
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       float* o = out.data() + (bh / H) * out.strides()[0] + (bh % H) * out.strides()[1];
-      kern.forward_head(head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), T, d, scale, o,
+      kern.forward_head(head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), T, d, scale, bf16, o,
                         out.strides()[2], keep ? nullptr : lse.data() + bh * T, kt.data(),
                         keep ? kept.data() + bh * Tp * Tp : p.data(), keep);
     }
@@ -91,7 +92,7 @@ void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float sca
 
 // Gradients into dq, dk, dv: (B, H, T, d) contiguous each, every element written.
 void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Tensor& g, const Tensor& out,
-                  const Tensor& lse, const Tensor& kept, float scale, float* dq, float* dk, float* dv) {
+                  const Tensor& lse, const Tensor& kept, float scale, bool bf16, float* dq, float* dk, float* dv) {
   const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3), Tp = padded(T);
   Tensor go = unit_last_stride(g);
   const bool parallel = B * H > 1 && T * T * d > 8192;
@@ -107,7 +108,7 @@ void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Te
       kern.backward_head(head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H),
                          head_view(go, bh, H), head_view(out, bh, H),
                          kept.defined() ? nullptr : lse.data() + bh * T,
-                         kept.defined() ? kept.data() + bh * Tp * Tp : nullptr, T, d, scale, dq + at, dk + at,
+                         kept.defined() ? kept.data() + bh * Tp * Tp : nullptr, T, d, scale, bf16, dq + at, dk + at,
                          dv + at, kt.data(), vt.data(), p.data(), dp.data());
     }
   }
@@ -131,12 +132,15 @@ Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v)
   Tensor out = heads_view(Tensor::empty({q.size(0), q.size(2), q.size(1) * q.size(3)}), q.size(1));
   const bool grad = grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
   Tensor kept = kept_probabilities(q.size(0) * q.size(1), q.size(2), grad);
-  run_forward(qc, kc, vc, scale, out, lse, kept);
+  // Under bf16 mixed precision the score products round their inputs to bf16 (core/precision.h);
+  // the backward uses the precision the forward ran at.
+  const bool bf16 = matmul_precision() == Precision::bf16;
+  run_forward(qc, kc, vc, scale, bf16, out, lse, kept);
   Tensor out_saved = out.detach();
   return attach_node(out, "causal_attention_fused", {q, k, v},
-                     [q, k, v, qc, kc, vc, out_saved, lse, kept, scale](const Tensor& g) {
+                     [q, k, v, qc, kc, vc, out_saved, lse, kept, scale, bf16](const Tensor& g) {
     Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(qc.shape()), dv = Tensor::empty(qc.shape());
-    run_backward(qc, kc, vc, g, out_saved, lse, kept, scale, dq.data(), dk.data(), dv.data());
+    run_backward(qc, kc, vc, g, out_saved, lse, kept, scale, bf16, dq.data(), dk.data(), dv.data());
     accumulate_grad(q, std::move(dq));  // moved: a first gradient takes the buffer instead of a copy
     accumulate_grad(k, std::move(dk));
     accumulate_grad(v, std::move(dv));
@@ -161,13 +165,15 @@ Tensor causal_attention_fused(const Tensor& qkv) {
   Tensor merged = Tensor::empty({B, T, H * d});  // the output, heads side by side
   Tensor out = heads_view(merged, H);
   Tensor kept = kept_probabilities(B * H, T, grad_enabled() && qkv.requires_grad());
-  run_forward(q, k, v, scale, out, lse, kept);
+  const bool bf16 = matmul_precision() == Precision::bf16;  // as above
+  run_forward(q, k, v, scale, bf16, out, lse, kept);
   Tensor out_saved = out.detach();
-  return attach_node(merged, "causal_attention_fused", {qkv}, [qkv, q, k, v, out_saved, lse, kept, scale, H](const Tensor& g) {
+  return attach_node(merged, "causal_attention_fused", {qkv},
+                     [qkv, q, k, v, out_saved, lse, kept, scale, bf16, H](const Tensor& g) {
     // dq, dk, dv side by side, every element written: one buffer, taken as qkv's gradient.
     Tensor grads = Tensor::empty(qkv.shape());
     const int64_t n = q.numel();
-    run_backward(q, k, v, heads_view(g, H), out_saved, lse, kept, scale, grads.data(), grads.data() + n,
+    run_backward(q, k, v, heads_view(g, H), out_saved, lse, kept, scale, bf16, grads.data(), grads.data() + n,
                  grads.data() + 2 * n);
     accumulate_grad(qkv, std::move(grads));
   });

@@ -10,11 +10,16 @@
 #include <algorithm>
 #include <cmath>
 
+#include <cstring>
+#include <vector>
+
 #if defined(__AVX512F__)
+#include "core/bf16_avx512.h"
 #include "core/intrinsics.h"
 #endif
 
 #include "core/fastmath.h"
+#include "core/gemm_bf16.h"
 #include "nn/row_kernels.h"
 
 namespace lg::nn::causal_kernels {
@@ -129,6 +134,137 @@ void transpose_head(const HeadView& x, int64_t T, int64_t d, float* xt) {
   }
 }
 
+// ---- bf16 scores (Kernels' bf16) -------------------------------------------------------------
+// Each score is scale times the sum over the pairs p of d, in order, of what vdpbf16ps adds for
+// the pair (x[2p], x[2p + 1]) of a row and of a key, both rounded to bf16. Rows and keys are
+// turned into pair words first (k even in the low half, as the instruction reads them); the
+// AVX512-BF16 blocks and the portable loop then do the same operations in the same order.
+
+constexpr int64_t pairs(int64_t d) { return (d + 1) / 2; }
+
+uint32_t pair_word(float even, float odd) {
+  return static_cast<uint32_t>(float_to_bf16(even)) | static_cast<uint32_t>(float_to_bf16(odd)) << 16;
+}
+
+// X^T from transpose_head, turned in place into pair words: in each block of kLanes keys, row p
+// (kLanes words where the floats of row p were) holds the words (x_s[2p], x_s[2p + 1]) of the
+// block's keys; the block keeps its place and stride (d x kLanes), its first pairs(d) rows used.
+// Row p is written after rows 2p and 2p + 1 are read, and was itself read at pair p / 2: rows
+// in order, in place. (The words live in a float buffer; memcpy and vector moves carry them.)
+void pair_words_in_place(float* xt, int64_t Tp, int64_t d) {
+  for (int64_t b = 0; b < Tp; b += kLanes) {
+    float* block = xt + b * d;
+    int64_t i = 0;  // the pair's even row: p = i / 2
+#if defined(__AVX512F__)
+    static_assert(kLanes == 16);
+    for (; i + 1 < d; i += 2)
+      _mm512_storeu_si512(block + i / 2 * kLanes,
+                          pair_words(_mm512_loadu_ps(block + i * kLanes), _mm512_loadu_ps(block + (i + 1) * kLanes)));
+#endif
+    for (; i < d; i += 2)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const float even = block[i * kLanes + l], odd = i + 1 < d ? block[(i + 1) * kLanes + l] : 0.0f;
+        const uint32_t w = pair_word(even, odd);
+        std::memcpy(block + i / 2 * kLanes + l, &w, 4);
+      }
+  }
+}
+
+// The pair words of a row of d floats: w[p] = (x[2p], x[2p + 1]), 0 past d.
+void row_pair_words(const float* x, int64_t d, uint32_t* w) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= d; i += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(w + i / 2), pairs_of(_mm512_loadu_ps(x + i)));
+#endif
+  for (; i < d; i += 2) w[i / 2] = pair_word(x[i], i + 1 < d ? x[i + 1] : 0.0f);
+}
+
+// The portable blocks: out[r][s] for rows r < R, keys s < n, from the rows' words a (kRows x
+// pairs(d)) and the keys' words xw.
+void bf16_scores_portable(const uint32_t* a, int64_t R, const float* xw, int64_t d, int64_t n, float scale,
+                          float* out, int64_t Tp) {
+  const int64_t P = pairs(d);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < n; ++s) {
+      const float* key = xw + (s / kLanes) * d * kLanes + s % kLanes;
+      float acc = 0.0f;
+      for (int64_t p = 0; p < P; ++p) {
+        uint32_t w;
+        std::memcpy(&w, key + p * kLanes, 4);
+        acc = bf16_dot_pair(acc, a[r * P + p], w);
+      }
+      out[r * Tp + s] = acc * scale;
+    }
+}
+
+#if defined(__AVX512F__)
+// The AVX512-BF16 blocks at d = 32 and 64, shaped like block_scores': 4 rows x 48 keys while
+// three blocks remain, then 4 x 16; each score one chain of vdpbf16ps over the pairs, as the
+// portable loop. Half the instructions of the fp32 blocks, on half the bytes. Compiled for
+// AVX512-BF16 whatever the file's flags; called only where gemm_bf16_available() says it runs.
+template <int64_t kD>
+__attribute__((target("avx512bf16"))) void bf16_scores_avx512(const uint32_t* a, int64_t R, const float* xw,
+                                                               int64_t n, float scale, float* out, int64_t Tp) {
+  constexpr int64_t P = kD / 2;
+  const __m512 sc = _mm512_set1_ps(scale);
+  int64_t s0 = 0;
+  constexpr int kBlocks = 3;
+  for (; s0 + (kBlocks - 1) * kLanes < n; s0 += kBlocks * kLanes) {
+    __m512 acc[kRows][kBlocks];
+    for (int64_t r = 0; r < kRows; ++r)
+      for (int b = 0; b < kBlocks; ++b) acc[r][b] = _mm512_setzero_ps();
+    const float* x = xw + s0 * kD;
+#pragma GCC unroll 4
+    for (int64_t p = 0; p < P; ++p) {
+      __m512bh xb[kBlocks];
+      for (int b = 0; b < kBlocks; ++b) xb[b] = (__m512bh)_mm512_loadu_si512(x + (b * kD + p) * kLanes);
+      for (int64_t r = 0; r < kRows; ++r) {
+        const __m512bh ar = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * P + p]));
+        for (int b = 0; b < kBlocks; ++b) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], ar, xb[b]);
+      }
+    }
+    for (int64_t r = 0; r < R; ++r)
+      for (int b = 0; b < kBlocks; ++b) _mm512_storeu_ps(out + r * Tp + s0 + b * kLanes, _mm512_mul_ps(acc[r][b], sc));
+  }
+  for (; s0 < n; s0 += kLanes) {
+    __m512 acc[kRows];
+    for (int64_t r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+    const float* x = xw + s0 * kD;
+    for (int64_t p = 0; p < P; ++p) {
+      const __m512bh xb = (__m512bh)_mm512_loadu_si512(x + p * kLanes);
+      for (int64_t r = 0; r < kRows; ++r)
+        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * P + p])), xb);
+    }
+    for (int64_t r = 0; r < R; ++r) _mm512_storeu_ps(out + r * Tp + s0, _mm512_mul_ps(acc[r], sc));
+  }
+}
+#endif
+
+// How a head's scores are computed: fp32 (block_scores), or bf16 with the rows' words in
+// `words` (kRows x pairs(d)) and, where it runs, the AVX512-BF16 blocks.
+struct Scores {
+  bool bf16 = false, fast = false;
+  std::vector<uint32_t> words;
+  Scores(bool bf16_scores, int64_t d)
+      : bf16(bf16_scores), fast(bf16_scores && gemm_bf16_available()), words(bf16_scores ? kRows * pairs(d) : 0) {}
+  // K^T (or V^T) from transpose_head, made ready for these scores.
+  void prepare_keys(float* xt, int64_t Tp, int64_t d) const {
+    if (bf16) pair_words_in_place(xt, Tp, d);
+  }
+  // block_scores' job (same arguments), in this precision.
+  template <int64_t kD>
+  void block(const HeadView& rows, int64_t first, int64_t R, const float* xt, int64_t Tp, int64_t d, int64_t n,
+             float scale, float* out) {
+    if (!bf16) return block_scores<kD>(rows, first, R, xt, Tp, d, n, scale, out);
+    for (int64_t r = 0; r < kRows; ++r) row_pair_words(rows.row(first + std::min(r, R - 1)), d, words.data() + r * pairs(d));
+#if defined(__AVX512F__)
+    if constexpr (kD == 32 || kD == 64)
+      if (fast) return bf16_scores_avx512<kD>(words.data(), R, xt, n, scale, out, Tp);
+#endif
+    bf16_scores_portable(words.data(), R, xt, d, n, scale, out, Tp);
+  }
+};
+
 #if defined(__AVX512F__)
 // o_t = sum_{s <= t} P_ts v_s for the block's rows t = t0 + r, r < R, at d = 32, from the
 // probabilities p (rows Tp apart): each v_s is loaded once for the block's rows instead of once
@@ -175,15 +311,17 @@ inline void block_pv_32(float* p, int64_t Tp, int64_t t0, int64_t R, int64_t col
 // Kernels::forward_head. kD > 0 fixes the head size at compile time (32 and 64): the d-long loops unroll.
 template <int64_t kD>
 void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, int64_t T, int64_t d_runtime,
-                  float scale, float* o, int64_t o_row_stride, float* lse, float* kt, float* p_rows,
+                  float scale, bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt, float* p_rows,
                   bool keep) {
   const int64_t d = kD > 0 ? kD : d_runtime;
   const int64_t Tp = padded(T);
+  Scores scores(bf16, d);
   transpose_head(kh, T, d, kt);
+  scores.prepare_keys(kt, Tp, d);
   for (int64_t t0 = 0; t0 < T; t0 += kRows) {
     const int64_t R = std::min(kRows, T - t0), cols = std::min(T, t0 + kRows);  // keys s < cols
     float* p = keep ? p_rows + t0 * Tp : p_rows;
-    block_scores<kD>(qh, t0, R, kt, Tp, d, cols, scale, p);
+    scores.block<kD>(qh, t0, R, kt, Tp, d, cols, scale, p);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t t = t0 + r, n = t + 1;
       float* pr = p + r * Tp;
@@ -255,17 +393,22 @@ inline void block_updates_32(const HeadView& qh, const HeadView& kh, const HeadV
 template <int64_t kD>
 void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, const HeadView& gh,
                    const HeadView& oh, const float* lse, float* kept, int64_t T, int64_t d_runtime,
-                   float scale, float* dq, float* dk, float* dv, float* kt, float* vt, float* p_scratch,
+                   float scale, bool bf16, float* dq, float* dk, float* dv, float* kt, float* vt, float* p_scratch,
                    float* ds_block) {
   const int64_t d = kD > 0 ? kD : d_runtime;
   const int64_t Tp = padded(T);
-  if (!kept) transpose_head(kh, T, d, kt);
+  Scores scores(bf16, d);
+  if (!kept) {
+    transpose_head(kh, T, d, kt);
+    scores.prepare_keys(kt, Tp, d);
+  }
   transpose_head(vh, T, d, vt);
+  scores.prepare_keys(vt, Tp, d);
   for (int64_t t0 = 0; t0 < T; t0 += kRows) {
     const int64_t R = std::min(kRows, T - t0), cols = std::min(T, t0 + kRows);  // keys s < cols
     float* p_block = kept ? kept + t0 * Tp : p_scratch;
-    if (!kept) block_scores<kD>(qh, t0, R, kt, Tp, d, cols, scale, p_block);
-    block_scores<kD>(gh, t0, R, vt, Tp, d, cols, 1.0f, ds_block);
+    if (!kept) scores.block<kD>(qh, t0, R, kt, Tp, d, cols, scale, p_block);
+    scores.block<kD>(gh, t0, R, vt, Tp, d, cols, 1.0f, ds_block);
     // Each row's P (kept, or recomputed from the saved log-sum-exp) and dS = P (dP - D) / sqrt(d),
     // with D_t = dO_t . o_t, over keys s <= t; zero from the causal edge to the block's last key.
     for (int64_t r = 0; r < R; ++r) {
@@ -300,26 +443,42 @@ void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, c
   }
 }
 
+// Kernels::head_scores, kD as above.
+template <int64_t kD>
+void head_scores(const HeadView& qh, const HeadView& kh, int64_t T, int64_t d, float scale, bool bf16, float* out) {
+  const int64_t Tp = padded(T);
+  std::vector<float> kt(d * Tp);
+  Scores scores(bf16, d);
+  transpose_head(kh, T, d, kt.data());
+  scores.prepare_keys(kt.data(), Tp, d);
+  for (int64_t t0 = 0; t0 < T; t0 += kRows)
+    scores.block<kD>(qh, t0, std::min(kRows, T - t0), kt.data(), Tp, d, std::min(T, t0 + kRows), scale, out + t0 * Tp);
+}
+
 // The head size fixed at compile time where it is one of the common two.
 void forward_any(const HeadView& q, const HeadView& k, const HeadView& v, int64_t T, int64_t d, float scale,
-                 float* o, int64_t o_row_stride, float* lse, float* kt, float* p, bool keep) {
+                 bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt, float* p, bool keep) {
   (d == 32   ? forward_head<32>
    : d == 64 ? forward_head<64>
-             : forward_head<0>)(q, k, v, T, d, scale, o, o_row_stride, lse, kt, p, keep);
+             : forward_head<0>)(q, k, v, T, d, scale, bf16, o, o_row_stride, lse, kt, p, keep);
 }
 
 void backward_any(const HeadView& q, const HeadView& k, const HeadView& v, const HeadView& g,
-                  const HeadView& o, const float* lse, float* kept, int64_t T, int64_t d, float scale,
+                  const HeadView& o, const float* lse, float* kept, int64_t T, int64_t d, float scale, bool bf16,
                   float* dq, float* dk, float* dv, float* kt, float* vt, float* p, float* ds) {
   (d == 32   ? backward_head<32>
    : d == 64 ? backward_head<64>
-             : backward_head<0>)(q, k, v, g, o, lse, kept, T, d, scale, dq, dk, dv, kt, vt, p, ds);
+             : backward_head<0>)(q, k, v, g, o, lse, kept, T, d, scale, bf16, dq, dk, dv, kt, vt, p, ds);
+}
+
+void scores_any(const HeadView& q, const HeadView& k, int64_t T, int64_t d, float scale, bool bf16, float* out) {
+  (d == 32 ? head_scores<32> : d == 64 ? head_scores<64> : head_scores<0>)(q, k, T, d, scale, bf16, out);
 }
 
 }  // namespace
 
 namespace LG_ISA {
-const Kernels kernels{forward_any, backward_any};
+const Kernels kernels{forward_any, backward_any, scores_any};
 }
 
 }  // namespace lg::nn::causal_kernels

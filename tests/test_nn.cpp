@@ -9,7 +9,10 @@
 #include <functional>
 
 #include "core/cpu.h"
+#include "core/gemm_bf16.h"
 #include "core/ops.h"
+#include "core/precision.h"
+#include "nn/causal_attention_kernels.h"
 #include "nn/dropout.h"
 #include "nn/embedding.h"
 #include "nn/fused_ops.h"
@@ -245,6 +248,90 @@ TEST_CASE("causal_attention_fused: a portable build's AVX-512 and portable kerne
     } else {
       CHECK(out_diff == 0.0f);
       CHECK(grad_diff == 0.0f);
+    }
+  }
+}
+
+// The causal kernels the fused op runs (nn/causal_attention_fused.cpp picks them alike).
+static const nn::causal_kernels::Kernels& causal_kernels_in_use() {
+  if (kPortableBuild && run_avx512_kernels()) return nn::causal_kernels::isa_avx512::kernels;
+  return nn::causal_kernels::LG_ISA::kernels;
+}
+
+// x with every element rounded to bf16 (a copy, no graph).
+static Tensor rounded_to_bf16(const Tensor& x) {
+  Tensor y = contiguous_copy(x.detach());
+  for (int64_t i = 0; i < y.numel(); ++i) y.data()[i] = round_to_bf16(y.data()[i]);
+  return y;
+}
+
+TEST_CASE("causal attention's bf16 scores: the bits of the bf16 GEMM's reference, at every head size") {
+  // Under bf16 the kernels' score blocks must give exactly gemm_bf16_reference(q, k^T) times the
+  // scale: the AVX512-BF16 blocks at d = 32 and 64 where the CPU has them, the portable loop
+  // elsewhere (odd d included: the last pair's odd half is zero). In fp32 they stay within fp32
+  // rounding of the exact dot products.
+  const auto& kern = causal_kernels_in_use();
+  for (auto [T, d] : {std::pair<int64_t, int64_t>{150, 64}, {150, 32}, {33, 64}, {50, 32}, {21, 6}, {17, 7}, {5, 1}}) {
+    CAPTURE(T);
+    CAPTURE(d);
+    Tensor q = random_leaf({T, d}, 90, 3.0f), k = random_leaf({T, d}, 91, 3.0f);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    const int64_t Tp = nn::causal_kernels::padded(T);
+    std::vector<float> bf16(T * Tp), fp32(T * Tp), expected(T * T);
+    kern.head_scores({q.data(), d}, {k.data(), d}, T, d, scale, true, bf16.data());
+    kern.head_scores({q.data(), d}, {k.data(), d}, T, d, scale, false, fp32.data());
+    gemm_bf16_reference(false, true, T, T, d, q.data(), d, k.data(), d, expected.data(), T, false);
+    int64_t same = 0, close = 0, differ_from_fp32 = 0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t s = 0; s <= t; ++s) {
+        same += bf16[t * Tp + s] == expected[t * T + s] * scale;
+        double exact = 0, size = 0;
+        for (int64_t i = 0; i < d; ++i) {
+          exact += double(q.data()[t * d + i]) * k.data()[s * d + i];
+          size += std::fabs(double(q.data()[t * d + i]) * k.data()[s * d + i]);
+        }
+        close += std::fabs(fp32[t * Tp + s] - exact * scale) <= 1e-6 * size * scale * (d + 1);
+        differ_from_fp32 += bf16[t * Tp + s] != fp32[t * Tp + s];
+      }
+    CHECK(same == T * (T + 1) / 2);
+    CHECK(close == T * (T + 1) / 2);
+    CHECK(differ_from_fp32 > T * (T + 1) / 4);  // bf16 inputs: most scores move
+  }
+}
+
+TEST_CASE("causal_attention_fused under bf16: the composed path on bf16-rounded q and k, gradients near fp32's") {
+  // With q and k rounded to bf16 beforehand, the composed (fp32) path's scores differ from the
+  // fused bf16 ones only in the order of their fp32 sums: values agree as tightly as in fp32. The
+  // gradients also go through dO v^T in bf16, so they stay within bf16's relative 2^-8 per input
+  // of fp32's, not closer. Up to T = 128 the backward takes the kept probabilities, past it it
+  // recomputes them (the bf16 q k^T again).
+  for (auto [T, d] : {std::pair<int64_t, int64_t>{33, 64}, {64, 32}, {150, 64}, {21, 6}}) {
+    CAPTURE(T);
+    CAPTURE(d);
+    const Shape shape{2, 3, T, d};
+    Tensor q = random_leaf(shape, 74, 3.0f), k = random_leaf(shape, 75, 3.0f);
+    Tensor v = random_leaf(shape, 76), r = random_leaf(shape, 77);
+    Tensor fused, grads[3];
+    {
+      PrecisionGuard bf16(Precision::bf16);
+      fused = nn::causal_attention_fused(q, k, v);
+      sum(fused * r).backward();
+      grads[0] = q.grad(), grads[1] = k.grad(), grads[2] = v.grad();
+    }
+    Tensor qr = rounded_to_bf16(q), kr = rounded_to_bf16(k);
+    Tensor composed = nn::causal_attention_composed(qr, kr, v);
+    CHECK(max_abs_diff(fused, composed) < 1e-5f);
+    for (Tensor* t : {&q, &k, &v}) t->zero_grad();
+    Tensor fp32 = nn::causal_attention_fused(q, k, v);
+    sum(fp32 * r).backward();
+    CHECK(max_abs_diff(fused, fp32) > 1e-4f);  // the bf16 scores did run
+    const Tensor fp32_grads[3] = {q.grad(), k.grad(), v.grad()};
+    for (int i = 0; i < 3; ++i) {
+      CAPTURE(i);
+      float size = 0;
+      for (int64_t j = 0; j < fp32_grads[i].numel(); ++j) size = std::max(size, std::fabs(fp32_grads[i].data()[j]));
+      CHECK(max_abs_diff(grads[i], fp32_grads[i]) < 0.05f * size);
+      CHECK(max_abs_diff(grads[i], fp32_grads[i]) > 0.0f);
     }
   }
 }
