@@ -80,11 +80,12 @@ void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float sca
 #pragma omp parallel if (parallel)
   {
     std::vector<float> kt(d * Tp), p(keep ? 0 : kRows * Tp);  // K^T (blocks of kLanes keys), scores (4, Tp)
+    std::vector<uint32_t> words(bf16 ? kRows * d : 0);       // a block's rows as bf16 pairs
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       float* o = out.data() + (bh / H) * out.strides()[0] + (bh % H) * out.strides()[1];
       kern.forward_head(head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), T, d, scale, bf16, o,
-                        out.strides()[2], keep ? nullptr : lse.data() + bh * T, kt.data(),
+                        out.strides()[2], keep ? nullptr : lse.data() + bh * T, kt.data(), words.data(),
                         keep ? kept.data() + bh * Tp * Tp : p.data(), keep);
     }
   }
@@ -100,6 +101,7 @@ void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Te
 #pragma omp parallel if (parallel)
   {
     std::vector<float> kt(d * padded(T)), vt(d * padded(T)), p(kRows * padded(T)), dp(kRows * padded(T));
+    std::vector<uint32_t> words(bf16 ? kRows * d : 0);
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       const int64_t at = bh * T * d;
@@ -109,7 +111,7 @@ void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Te
                          head_view(go, bh, H), head_view(out, bh, H),
                          kept.defined() ? nullptr : lse.data() + bh * T,
                          kept.defined() ? kept.data() + bh * Tp * Tp : nullptr, T, d, scale, bf16, dq + at, dk + at,
-                         dv + at, kt.data(), vt.data(), p.data(), dp.data());
+                         dv + at, kt.data(), vt.data(), words.data(), p.data(), dp.data());
     }
   }
 }

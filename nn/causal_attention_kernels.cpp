@@ -11,7 +11,6 @@
 #include <cmath>
 
 #include <cstring>
-#include <vector>
 
 #if defined(__AVX512F__)
 #include "core/bf16_avx512.h"
@@ -240,13 +239,12 @@ __attribute__((target("avx512bf16"))) void bf16_scores_avx512(const uint32_t* a,
 }
 #endif
 
-// How a head's scores are computed: fp32 (block_scores), or bf16 with the rows' words in
-// `words` (kRows x pairs(d)) and, where it runs, the AVX512-BF16 blocks.
+// How a head's scores are computed: fp32 (block_scores), or bf16 with the block's rows as pair
+// words in `words` (kRows x pairs(d)) and, where it runs, the AVX512-BF16 blocks.
 struct Scores {
   bool bf16 = false, fast = false;
-  std::vector<uint32_t> words;
-  Scores(bool bf16_scores, int64_t d)
-      : bf16(bf16_scores), fast(bf16_scores && gemm_bf16_available()), words(bf16_scores ? kRows * pairs(d) : 0) {}
+  uint32_t* words = nullptr;
+  Scores(bool bf16_scores, uint32_t* scratch) : bf16(bf16_scores), fast(bf16_scores && gemm_bf16_available()), words(scratch) {}
   // K^T (or V^T) from transpose_head, made ready for these scores.
   void prepare_keys(float* xt, int64_t Tp, int64_t d) const {
     if (bf16) pair_words_in_place(xt, Tp, d);
@@ -256,12 +254,12 @@ struct Scores {
   void block(const HeadView& rows, int64_t first, int64_t R, const float* xt, int64_t Tp, int64_t d, int64_t n,
              float scale, float* out) {
     if (!bf16) return block_scores<kD>(rows, first, R, xt, Tp, d, n, scale, out);
-    for (int64_t r = 0; r < kRows; ++r) row_pair_words(rows.row(first + std::min(r, R - 1)), d, words.data() + r * pairs(d));
+    for (int64_t r = 0; r < kRows; ++r) row_pair_words(rows.row(first + std::min(r, R - 1)), d, words + r * pairs(d));
 #if defined(__AVX512F__)
     if constexpr (kD == 32 || kD == 64)
-      if (fast) return bf16_scores_avx512<kD>(words.data(), R, xt, n, scale, out, Tp);
+      if (fast) return bf16_scores_avx512<kD>(words, R, xt, n, scale, out, Tp);
 #endif
-    bf16_scores_portable(words.data(), R, xt, d, n, scale, out, Tp);
+    bf16_scores_portable(words, R, xt, d, n, scale, out, Tp);
   }
 };
 
@@ -311,11 +309,11 @@ inline void block_pv_32(float* p, int64_t Tp, int64_t t0, int64_t R, int64_t col
 // Kernels::forward_head. kD > 0 fixes the head size at compile time (32 and 64): the d-long loops unroll.
 template <int64_t kD>
 void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, int64_t T, int64_t d_runtime,
-                  float scale, bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt, float* p_rows,
-                  bool keep) {
+                  float scale, bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt, uint32_t* words,
+                  float* p_rows, bool keep) {
   const int64_t d = kD > 0 ? kD : d_runtime;
   const int64_t Tp = padded(T);
-  Scores scores(bf16, d);
+  Scores scores(bf16, words);
   transpose_head(kh, T, d, kt);
   scores.prepare_keys(kt, Tp, d);
   for (int64_t t0 = 0; t0 < T; t0 += kRows) {
@@ -393,11 +391,11 @@ inline void block_updates_32(const HeadView& qh, const HeadView& kh, const HeadV
 template <int64_t kD>
 void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, const HeadView& gh,
                    const HeadView& oh, const float* lse, float* kept, int64_t T, int64_t d_runtime,
-                   float scale, bool bf16, float* dq, float* dk, float* dv, float* kt, float* vt, float* p_scratch,
-                   float* ds_block) {
+                   float scale, bool bf16, float* dq, float* dk, float* dv, float* kt, float* vt, uint32_t* words,
+                   float* p_scratch, float* ds_block) {
   const int64_t d = kD > 0 ? kD : d_runtime;
   const int64_t Tp = padded(T);
-  Scores scores(bf16, d);
+  Scores scores(bf16, words);
   if (!kept) {
     transpose_head(kh, T, d, kt);
     scores.prepare_keys(kt, Tp, d);
@@ -445,34 +443,36 @@ void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, c
 
 // Kernels::head_scores, kD as above.
 template <int64_t kD>
-void head_scores(const HeadView& qh, const HeadView& kh, int64_t T, int64_t d, float scale, bool bf16, float* out) {
+void head_scores(const HeadView& qh, const HeadView& kh, int64_t T, int64_t d, float scale, bool bf16, float* kt,
+                 uint32_t* words, float* out) {
   const int64_t Tp = padded(T);
-  std::vector<float> kt(d * Tp);
-  Scores scores(bf16, d);
-  transpose_head(kh, T, d, kt.data());
-  scores.prepare_keys(kt.data(), Tp, d);
+  Scores scores(bf16, words);
+  transpose_head(kh, T, d, kt);
+  scores.prepare_keys(kt, Tp, d);
   for (int64_t t0 = 0; t0 < T; t0 += kRows)
-    scores.block<kD>(qh, t0, std::min(kRows, T - t0), kt.data(), Tp, d, std::min(T, t0 + kRows), scale, out + t0 * Tp);
+    scores.block<kD>(qh, t0, std::min(kRows, T - t0), kt, Tp, d, std::min(T, t0 + kRows), scale, out + t0 * Tp);
 }
 
 // The head size fixed at compile time where it is one of the common two.
 void forward_any(const HeadView& q, const HeadView& k, const HeadView& v, int64_t T, int64_t d, float scale,
-                 bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt, float* p, bool keep) {
+                 bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt, uint32_t* words, float* p,
+                 bool keep) {
   (d == 32   ? forward_head<32>
    : d == 64 ? forward_head<64>
-             : forward_head<0>)(q, k, v, T, d, scale, bf16, o, o_row_stride, lse, kt, p, keep);
+             : forward_head<0>)(q, k, v, T, d, scale, bf16, o, o_row_stride, lse, kt, words, p, keep);
 }
 
 void backward_any(const HeadView& q, const HeadView& k, const HeadView& v, const HeadView& g,
                   const HeadView& o, const float* lse, float* kept, int64_t T, int64_t d, float scale, bool bf16,
-                  float* dq, float* dk, float* dv, float* kt, float* vt, float* p, float* ds) {
+                  float* dq, float* dk, float* dv, float* kt, float* vt, uint32_t* words, float* p, float* ds) {
   (d == 32   ? backward_head<32>
    : d == 64 ? backward_head<64>
-             : backward_head<0>)(q, k, v, g, o, lse, kept, T, d, scale, bf16, dq, dk, dv, kt, vt, p, ds);
+             : backward_head<0>)(q, k, v, g, o, lse, kept, T, d, scale, bf16, dq, dk, dv, kt, vt, words, p, ds);
 }
 
-void scores_any(const HeadView& q, const HeadView& k, int64_t T, int64_t d, float scale, bool bf16, float* out) {
-  (d == 32 ? head_scores<32> : d == 64 ? head_scores<64> : head_scores<0>)(q, k, T, d, scale, bf16, out);
+void scores_any(const HeadView& q, const HeadView& k, int64_t T, int64_t d, float scale, bool bf16, float* kt,
+                uint32_t* words, float* out) {
+  (d == 32 ? head_scores<32> : d == 64 ? head_scores<64> : head_scores<0>)(q, k, T, d, scale, bf16, kt, words, out);
 }
 
 }  // namespace

@@ -30,22 +30,25 @@ constexpr int64_t padded(int64_t T) { return (T + kLanes - 1) / kLanes * kLanes;
 // at d = 32 and 64 the instruction runs; elsewhere a portable loop gives the same bits.
 struct Kernels {
   // One (batch, head): o (rows o_row_stride apart) = softmax(scale q k^T + causal mask) v over
-  // T rows of d floats. kt: scratch for K^T (d x padded(T) floats, in blocks of kLanes keys).
+  // T rows of d floats. kt: scratch for K^T (d x padded(T) floats, in blocks of kLanes keys);
+  // words: scratch for a block's rows as bf16 pairs (kRows x d words, used under bf16).
   // p: the probabilities of one block of rows (kRows, padded(T)), or with keep, of all the
   // head's rows (padded(T) rows), kept for the backward. lse (T) gets each row's log-sum-exp, unless null.
   void (*forward_head)(const HeadView& q, const HeadView& k, const HeadView& v, int64_t T, int64_t d,
-                       float scale, bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt, float* p,
-                       bool keep);
+                       float scale, bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt,
+                       uint32_t* words, float* p, bool keep);
   // Its gradients, given dO (g) and the output (o): dk, dv (T, d) zeroed by the caller, dq rows
   // written whole. kept: the forward's probabilities of all the head's rows, or null: recompute
-  // them from lse. kt, vt: scratch as kt above; p, ds: scratch (kRows, padded(T)).
+  // them from lse. kt, vt, words: scratch as above; p, ds: scratch (kRows, padded(T)).
   void (*backward_head)(const HeadView& q, const HeadView& k, const HeadView& v, const HeadView& g,
                         const HeadView& o, const float* lse, float* kept, int64_t T, int64_t d, float scale,
-                        bool bf16, float* dq, float* dk, float* dv, float* kt, float* vt, float* p, float* ds);
+                        bool bf16, float* dq, float* dk, float* dv, float* kt, float* vt, uint32_t* words, float* p,
+                        float* ds);
   // For tests: out (T, padded(T)) gets the scores scale q_t . k_s for s <= t as the kernels
-  // compute them (past s = t, up to the block's last key, whatever the blocks wrote).
+  // compute them (past s = t, up to the block's last key, whatever the blocks wrote); kt, words:
+  // scratch as above.
   void (*head_scores)(const HeadView& q, const HeadView& k, int64_t T, int64_t d, float scale, bool bf16,
-                      float* out);
+                      float* kt, uint32_t* words, float* out);
 };
 
 namespace LG_ISA {

@@ -223,12 +223,16 @@ TEST_CASE("causal_attention_fused: a portable build's AVX-512 and portable kerne
   // not, exponentials and sums 16, 8 or 1 at a time. Each output is a convex combination of
   // T <= 150 values of size ~1 and each gradient a sum of T such terms, so a few float ulps per
   // term stay far below the tolerances of the fused-against-composed test above, used here.
-  // Elsewhere both runs take the same kernels: the same bits.
+  // Elsewhere both runs take the same kernels: the same bits. Under bf16 the scores are the same
+  // bits in both (vdpbf16ps against the portable loop), the rest as in fp32.
   const bool two_kernels = run_avx512_kernels();
   CHECK(std::string(cpu_kernels()) == (kPortableBuild ? (two_kernels ? "avx512" : "generic") : "native"));
+  for (Precision precision : {Precision::fp32, Precision::bf16})
   for (auto [T, d] : {std::pair<int64_t, int64_t>{17, 32}, {64, 32}, {150, 32}, {33, 64}, {150, 64}, {21, 6}}) {
+    CAPTURE(precision_name(precision));
     CAPTURE(T);
     CAPTURE(d);
+    const PrecisionGuard guard(precision);
     Tensor qkv = random_leaf({3, 2, 3, T, d}, 85, 2.0f), r = random_leaf({2, T, 3 * d}, 86);
     Tensor outs[2], grads[2];
     const bool was = force_generic_kernels(false);
@@ -277,9 +281,10 @@ TEST_CASE("causal attention's bf16 scores: the bits of the bf16 GEMM's reference
     Tensor q = random_leaf({T, d}, 90, 3.0f), k = random_leaf({T, d}, 91, 3.0f);
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
     const int64_t Tp = nn::causal_kernels::padded(T);
-    std::vector<float> bf16(T * Tp), fp32(T * Tp), expected(T * T);
-    kern.head_scores({q.data(), d}, {k.data(), d}, T, d, scale, true, bf16.data());
-    kern.head_scores({q.data(), d}, {k.data(), d}, T, d, scale, false, fp32.data());
+    std::vector<float> bf16(T * Tp), fp32(T * Tp), expected(T * T), kt(d * Tp);
+    std::vector<uint32_t> words(nn::causal_kernels::kRows * d);
+    kern.head_scores({q.data(), d}, {k.data(), d}, T, d, scale, true, kt.data(), words.data(), bf16.data());
+    kern.head_scores({q.data(), d}, {k.data(), d}, T, d, scale, false, kt.data(), words.data(), fp32.data());
     gemm_bf16_reference(false, true, T, T, d, q.data(), d, k.data(), d, expected.data(), T, false);
     int64_t same = 0, close = 0, differ_from_fp32 = 0;
     for (int64_t t = 0; t < T; ++t)
