@@ -1,10 +1,12 @@
-// core/precision.h: the precision of linear's matrix products: fp32, or bf16 mixed precision.
+// core/precision.h: the precision of the matrix products: fp32, or bf16 mixed precision.
 //
 // bf16 mixed precision is what PyTorch's torch.autocast("cpu", dtype=torch.bfloat16) does to a
 // linear layer: the inputs of each product (activations, weights, gradients) are rounded to
-// bfloat16 and the products summed in fp32 (core/gemm_bf16.h). Everything else stays fp32: the
-// parameters, their gradients and the optimizer's state (master weights), norms, softmax, the
-// loss and the attention cores. Checkpoints hold fp32 either way.
+// bfloat16 and the products summed in fp32 (core/gemm_bf16.h). MHA's fused attention core does
+// the same to its two score products, q k^T and, in the backward, dO v^T
+// (nn/causal_attention_kernels.h). Everything else stays fp32: the parameters, their gradients
+// and the optimizer's state (master weights), norms, softmax, the attention core's other
+// products, the latent scan and the loss. Checkpoints hold fp32 either way.
 #pragma once
 
 #include <string>
@@ -13,8 +15,9 @@ namespace lg {
 
 enum class Precision { fp32, bf16 };
 
-// The precision linear() uses from now on, for the whole process: every thread, the data-
-// parallel step's shards included. A linear op's backward uses the precision its forward ran at.
+// The precision linear() and the attention core use from now on, for the whole process: every
+// thread, the data-parallel step's shards included. An op's backward uses the precision its
+// forward ran at.
 void set_matmul_precision(Precision p);
 Precision matmul_precision();
 
