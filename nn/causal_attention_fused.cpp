@@ -30,6 +30,7 @@ namespace lg::nn {
 
 namespace {
 
+using causal_kernels::Arith;
 using causal_kernels::HeadView;
 using causal_kernels::kRows;
 using causal_kernels::padded;
@@ -41,6 +42,9 @@ const causal_kernels::Kernels& kernels() {
     if (run_avx512_kernels()) return causal_kernels::isa_avx512::kernels;
   return causal_kernels::LG_ISA::kernels;
 }
+
+// The kernels' arithmetic for the precision in force (core/precision.h).
+Arith arithmetic() { return matmul_precision() == Precision::bf16 ? Arith::bf16 : Arith::fp32; }
 
 HeadView head_view(const Tensor& x, int64_t bh, int64_t H) {
   const int64_t b = bh / H, h = bh % H;
@@ -71,7 +75,7 @@ Tensor kept_probabilities(int64_t BH, int64_t T, bool grad) {
 // Forward over every (batch, head) of q, k, v (B, H, T, d), unit stride along d, into out
 // (B, H, T, d) with unit stride along d. With kept defined, it gets every row's probabilities;
 // otherwise lse gets each row's log-sum-exp, from which the backward recomputes them.
-void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float scale, bool bf16, const Tensor& out,
+void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float scale, Arith arith, const Tensor& out,
                  Tensor& lse, const Tensor& kept) {
   const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3), Tp = padded(T);
   const bool parallel = B * H > 1 && T * T * d > 8192, keep = kept.defined();
@@ -80,11 +84,11 @@ void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float sca
 #pragma omp parallel if (parallel)
   {
     std::vector<float> kt(d * Tp), p(keep ? 0 : kRows * Tp);  // K^T (blocks of kLanes keys), scores (4, Tp)
-    std::vector<uint32_t> words(bf16 ? kRows * d : 0);       // a block's rows as bf16 pairs
+    std::vector<uint32_t> words(arith == Arith::fp32 ? 0 : causal_kernels::bf16_words(T, d));
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       float* o = out.data() + (bh / H) * out.strides()[0] + (bh % H) * out.strides()[1];
-      kern.forward_head(head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), T, d, scale, bf16, o,
+      kern.forward_head(head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H), T, d, scale, arith, o,
                         out.strides()[2], keep ? nullptr : lse.data() + bh * T, kt.data(), words.data(),
                         keep ? kept.data() + bh * Tp * Tp : p.data(), keep);
     }
@@ -93,7 +97,7 @@ void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float sca
 
 // Gradients into dq, dk, dv: (B, H, T, d) contiguous each, every element written.
 void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Tensor& g, const Tensor& out,
-                  const Tensor& lse, const Tensor& kept, float scale, bool bf16, float* dq, float* dk, float* dv) {
+                  const Tensor& lse, const Tensor& kept, float scale, Arith arith, float* dq, float* dk, float* dv) {
   const int64_t B = qc.size(0), H = qc.size(1), T = qc.size(2), d = qc.size(3), Tp = padded(T);
   Tensor go = unit_last_stride(g);
   const bool parallel = B * H > 1 && T * T * d > 8192;
@@ -101,7 +105,7 @@ void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Te
 #pragma omp parallel if (parallel)
   {
     std::vector<float> kt(d * padded(T)), vt(d * padded(T)), p(kRows * padded(T)), dp(kRows * padded(T));
-    std::vector<uint32_t> words(bf16 ? kRows * d : 0);
+    std::vector<uint32_t> words(arith == Arith::fp32 ? 0 : causal_kernels::bf16_words(T, d));
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       const int64_t at = bh * T * d;
@@ -110,7 +114,7 @@ void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Te
       kern.backward_head(head_view(qc, bh, H), head_view(kc, bh, H), head_view(vc, bh, H),
                          head_view(go, bh, H), head_view(out, bh, H),
                          kept.defined() ? nullptr : lse.data() + bh * T,
-                         kept.defined() ? kept.data() + bh * Tp * Tp : nullptr, T, d, scale, bf16, dq + at, dk + at,
+                         kept.defined() ? kept.data() + bh * Tp * Tp : nullptr, T, d, scale, arith, dq + at, dk + at,
                          dv + at, kt.data(), vt.data(), words.data(), p.data(), dp.data());
     }
   }
@@ -134,15 +138,15 @@ Tensor causal_attention_fused(const Tensor& q, const Tensor& k, const Tensor& v)
   Tensor out = heads_view(Tensor::empty({q.size(0), q.size(2), q.size(1) * q.size(3)}), q.size(1));
   const bool grad = grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
   Tensor kept = kept_probabilities(q.size(0) * q.size(1), q.size(2), grad);
-  // Under bf16 mixed precision the score products round their inputs to bf16 (core/precision.h);
+  // Under bf16 mixed precision the core's products round their inputs to bf16 (core/precision.h);
   // the backward uses the precision the forward ran at.
-  const bool bf16 = matmul_precision() == Precision::bf16;
-  run_forward(qc, kc, vc, scale, bf16, out, lse, kept);
+  const Arith arith = arithmetic();
+  run_forward(qc, kc, vc, scale, arith, out, lse, kept);
   Tensor out_saved = out.detach();
   return attach_node(out, "causal_attention_fused", {q, k, v},
-                     [q, k, v, qc, kc, vc, out_saved, lse, kept, scale, bf16](const Tensor& g) {
+                     [q, k, v, qc, kc, vc, out_saved, lse, kept, scale, arith](const Tensor& g) {
     Tensor dq = Tensor::empty(qc.shape()), dk = Tensor::empty(qc.shape()), dv = Tensor::empty(qc.shape());
-    run_backward(qc, kc, vc, g, out_saved, lse, kept, scale, bf16, dq.data(), dk.data(), dv.data());
+    run_backward(qc, kc, vc, g, out_saved, lse, kept, scale, arith, dq.data(), dk.data(), dv.data());
     accumulate_grad(q, std::move(dq));  // moved: a first gradient takes the buffer instead of a copy
     accumulate_grad(k, std::move(dk));
     accumulate_grad(v, std::move(dv));
@@ -167,15 +171,15 @@ Tensor causal_attention_fused(const Tensor& qkv) {
   Tensor merged = Tensor::empty({B, T, H * d});  // the output, heads side by side
   Tensor out = heads_view(merged, H);
   Tensor kept = kept_probabilities(B * H, T, grad_enabled() && qkv.requires_grad());
-  const bool bf16 = matmul_precision() == Precision::bf16;  // as above
-  run_forward(q, k, v, scale, bf16, out, lse, kept);
+  const Arith arith = arithmetic();  // as above
+  run_forward(q, k, v, scale, arith, out, lse, kept);
   Tensor out_saved = out.detach();
   return attach_node(merged, "causal_attention_fused", {qkv},
-                     [qkv, q, k, v, out_saved, lse, kept, scale, bf16, H](const Tensor& g) {
+                     [qkv, q, k, v, out_saved, lse, kept, scale, arith, H](const Tensor& g) {
     // dq, dk, dv side by side, every element written: one buffer, taken as qkv's gradient.
     Tensor grads = Tensor::empty(qkv.shape());
     const int64_t n = q.numel();
-    run_backward(q, k, v, heads_view(g, H), out_saved, lse, kept, scale, bf16, grads.data(), grads.data() + n,
+    run_backward(q, k, v, heads_view(g, H), out_saved, lse, kept, scale, arith, grads.data(), grads.data() + n,
                  grads.data() + 2 * n);
     accumulate_grad(qkv, std::move(grads));
   });

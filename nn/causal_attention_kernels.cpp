@@ -239,27 +239,160 @@ __attribute__((target("avx512bf16"))) void bf16_scores_avx512(const uint32_t* a,
 }
 #endif
 
-// How a head's scores are computed: fp32 (block_scores), or bf16 with the block's rows as pair
-// words in `words` (kRows x pairs(d)) and, where it runs, the AVX512-BF16 blocks.
-struct Scores {
+// Rows x (T of them, d floats) as key pairs: out[j * d + c] = (x_2j[c], x_2j+1[c]), x_T = 0: the
+// operand of a product summed over keys, pairs of keys in one word.
+void key_pair_words(const HeadView& x, int64_t T, int64_t d, uint32_t* out) {
+  for (int64_t j = 0; 2 * j < T; ++j) {
+    const float* a = x.row(2 * j);
+    const float* b = 2 * j + 1 < T ? x.row(2 * j + 1) : nullptr;
+    int64_t c = 0;
+#if defined(__AVX512F__)
+    for (; c + 16 <= d; c += 16)
+      _mm512_storeu_si512(out + j * d + c, pair_words(_mm512_loadu_ps(a + c), b ? _mm512_loadu_ps(b + c) : _mm512_setzero_ps()));
+#endif
+    for (; c < d; ++c) out[j * d + c] = pair_word(a[c], b ? b[c] : 0.0f);
+  }
+}
+
+// Two rows side by side: out[i] = (a[i], b[i]) for i < n; a null row reads as zeros.
+void across_pairs(const float* a, const float* b, int64_t n, uint32_t* out) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_si512(out + i, pair_words(a ? _mm512_loadu_ps(a + i) : _mm512_setzero_ps(),
+                                            b ? _mm512_loadu_ps(b + i) : _mm512_setzero_ps()));
+#endif
+  for (; i < n; ++i) out[i] = pair_word(a ? a[i] : 0.0f, b ? b[i] : 0.0f);
+}
+
+// out rows r < R (d floats, out_stride apart) = the sum over pairs j < J, in order and from 0, of
+// the pair step of row r's word w[r * ws + j] with the words kp[j * d + c]: P V and dS K, with
+// P or dS as pairs along the keys and V or K as key pairs.
+void pair_product_portable(const uint32_t* w, int64_t ws, int64_t J, const uint32_t* kp, int64_t d, int64_t R,
+                           float* out, int64_t out_stride) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < d; ++c) {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < J; ++j) acc = bf16_dot_pair(acc, w[r * ws + j], kp[j * d + c]);
+      out[r * out_stride + c] = acc;
+    }
+}
+
+// dst rows i < n (d floats each, d apart) += the pair step of a01[i] with x01[c], then of a23[i]
+// with x23[c]: dS^T Q into dk and P^T dO into dv for a block of 4 rows, the rows in pairs (0, 1)
+// and (2, 3).
+void pair_updates_portable(const uint32_t* a01, const uint32_t* a23, const uint32_t* x01, const uint32_t* x23,
+                           int64_t n, int64_t d, float* dst) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < d; ++c)
+      dst[i * d + c] = bf16_dot_pair(bf16_dot_pair(dst[i * d + c], a01[i], x01[c]), a23[i], x23[c]);
+}
+
+#if defined(__AVX512F__)
+// The AVX512-BF16 twins of the two above at d = 32 and 64: the same steps in the same order.
+template <int64_t kD>
+__attribute__((target("avx512bf16"))) void pair_product_avx512(const uint32_t* w, int64_t ws, int64_t J,
+                                                                const uint32_t* kp, int64_t R, float* out,
+                                                                int64_t out_stride) {
+  constexpr int kC = kD / 16;
+  __m512 acc[kRows][kC];
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int c = 0; c < kC; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < J; ++j) {
+    __m512bh x[kC];
+    for (int c = 0; c < kC; ++c) x[c] = (__m512bh)_mm512_loadu_si512(kp + j * kD + 16 * c);
+    for (int64_t r = 0; r < kRows; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(w[r * ws + j]));
+      for (int c = 0; c < kC; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], a, x[c]);
+    }
+  }
+  for (int64_t r = 0; r < R; ++r)
+    for (int c = 0; c < kC; ++c) _mm512_storeu_ps(out + r * out_stride + 16 * c, acc[r][c]);
+}
+
+template <int64_t kD>
+__attribute__((target("avx512bf16"))) void pair_updates_avx512(const uint32_t* a01, const uint32_t* a23,
+                                                                const uint32_t* x01, const uint32_t* x23, int64_t n,
+                                                                float* dst) {
+  constexpr int kC = kD / 16;
+  __m512bh b01[kC], b23[kC];
+  for (int c = 0; c < kC; ++c) {
+    b01[c] = (__m512bh)_mm512_loadu_si512(x01 + 16 * c);
+    b23[c] = (__m512bh)_mm512_loadu_si512(x23 + 16 * c);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const __m512bh w01 = (__m512bh)_mm512_set1_epi32(static_cast<int>(a01[i]));
+    const __m512bh w23 = (__m512bh)_mm512_set1_epi32(static_cast<int>(a23[i]));
+    float* row = dst + i * kD;
+    for (int c = 0; c < kC; ++c)
+      _mm512_storeu_ps(row + 16 * c, _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_loadu_ps(row + 16 * c), w01, b01[c]), w23, b23[c]));
+  }
+}
+#endif
+
+// How a head computes (Arith): fp32, or bf16 with `words` (bf16_words(T, d)) as scratch and,
+// where it runs, the AVX512-BF16 blocks.
+struct Mixed {
   bool bf16 = false, fast = false;
-  uint32_t* words = nullptr;
-  Scores(bool bf16_scores, uint32_t* scratch) : bf16(bf16_scores), fast(bf16_scores && gemm_bf16_available()), words(scratch) {}
+  int64_t d = 0, ws = 0;  // head size; stride of the rows' words along the keys
+  uint32_t *rows = nullptr, *key_pairs = nullptr, *along = nullptr, *across = nullptr, *row_pairs = nullptr;
+
+  Mixed(Arith arith, uint32_t* words, int64_t T, int64_t d_)
+      : bf16(arith != Arith::fp32), fast(arith == Arith::bf16 && gemm_bf16_available()), d(d_), ws(padded(T) / 2) {
+    if (!bf16) return;
+    rows = words;                           // kRows x d: a block's rows for its scores
+    key_pairs = rows + kRows * d;           // (T + 1) / 2 x d: V (forward) or K (backward) as key pairs
+    along = key_pairs + (T + 1) / 2 * d;    // kRows x ws: P or dS as pairs along the keys
+    across = along + kRows * ws;            // 2 x padded(T): dS or P, rows (0, 1) and (2, 3) side by side
+    row_pairs = across + 2 * padded(T);     // 2 x d: q or dO, rows (0, 1) and (2, 3) side by side
+  }
+
   // K^T (or V^T) from transpose_head, made ready for these scores.
-  void prepare_keys(float* xt, int64_t Tp, int64_t d) const {
+  void prepare_keys(float* xt, int64_t Tp) const {
     if (bf16) pair_words_in_place(xt, Tp, d);
   }
-  // block_scores' job (same arguments), in this precision.
+
+  // block_scores' job (same arguments), in this arithmetic.
   template <int64_t kD>
-  void block(const HeadView& rows, int64_t first, int64_t R, const float* xt, int64_t Tp, int64_t d, int64_t n,
-             float scale, float* out) {
-    if (!bf16) return block_scores<kD>(rows, first, R, xt, Tp, d, n, scale, out);
-    for (int64_t r = 0; r < kRows; ++r) row_pair_words(rows.row(first + std::min(r, R - 1)), d, words + r * pairs(d));
+  void scores(const HeadView& rows_of, int64_t first, int64_t R, const float* xt, int64_t Tp, int64_t n, float scale,
+              float* out) const {
+    if (!bf16) return block_scores<kD>(rows_of, first, R, xt, Tp, d, n, scale, out);
+    for (int64_t r = 0; r < kRows; ++r) row_pair_words(rows_of.row(first + std::min(r, R - 1)), d, rows + r * pairs(d));
 #if defined(__AVX512F__)
     if constexpr (kD == 32 || kD == 64)
-      if (fast) return bf16_scores_avx512<kD>(words, R, xt, n, scale, out, Tp);
+      if (fast) return bf16_scores_avx512<kD>(rows, R, xt, n, scale, out, Tp);
 #endif
-    bf16_scores_portable(words, R, xt, d, n, scale, out, Tp);
+    bf16_scores_portable(rows, R, xt, d, n, scale, out, Tp);
+  }
+
+  // out rows r < R = (rows r of w, n values Tp apart, zero past n) times the key pairs.
+  template <int64_t kD>
+  void product(const float* w, int64_t Tp, int64_t R, int64_t n, float* out, int64_t out_stride) const {
+    for (int64_t r = 0; r < R; ++r) row_pair_words(w + r * Tp, n, along + r * ws);
+    const int64_t J = (n + 1) / 2;
+#if defined(__AVX512F__)
+    if constexpr (kD == 32 || kD == 64)
+      if (fast) return pair_product_avx512<kD>(along, ws, J, key_pairs, R, out, out_stride);
+#endif
+    pair_product_portable(along, ws, J, key_pairs, d, R, out, out_stride);
+  }
+
+  // dst rows s < n += sum over the block's rows r < R of a_r[s] x_r (a: rows Tp apart, x: rows
+  // of the head), the rows in pairs (0, 1) and (2, 3), missing rows as zeros.
+  template <int64_t kD>
+  void updates(const float* a, int64_t Tp, const HeadView& x, int64_t t0, int64_t R, int64_t n, float* dst) const {
+    const auto a_row = [&](int64_t r) { return r < R ? a + r * Tp : nullptr; };
+    const auto x_row = [&](int64_t r) { return r < R ? x.row(t0 + r) : nullptr; };
+    uint32_t *a01 = across, *a23 = across + padded(n), *x01 = row_pairs, *x23 = row_pairs + d;
+    across_pairs(a_row(0), a_row(1), n, a01);
+    across_pairs(a_row(2), a_row(3), n, a23);
+    across_pairs(x_row(0), x_row(1), d, x01);
+    across_pairs(x_row(2), x_row(3), d, x23);
+#if defined(__AVX512F__)
+    if constexpr (kD == 32 || kD == 64)
+      if (fast) return pair_updates_avx512<kD>(a01, a23, x01, x23, n, dst);
+#endif
+    pair_updates_portable(a01, a23, x01, x23, n, d, dst);
   }
 };
 
@@ -309,17 +442,18 @@ inline void block_pv_32(float* p, int64_t Tp, int64_t t0, int64_t R, int64_t col
 // Kernels::forward_head. kD > 0 fixes the head size at compile time (32 and 64): the d-long loops unroll.
 template <int64_t kD>
 void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, int64_t T, int64_t d_runtime,
-                  float scale, bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt, uint32_t* words,
+                  float scale, Arith arith, float* o, int64_t o_row_stride, float* lse, float* kt, uint32_t* words,
                   float* p_rows, bool keep) {
   const int64_t d = kD > 0 ? kD : d_runtime;
   const int64_t Tp = padded(T);
-  Scores scores(bf16, words);
+  const Mixed mixed(arith, words, T, d);
   transpose_head(kh, T, d, kt);
-  scores.prepare_keys(kt, Tp, d);
+  mixed.prepare_keys(kt, Tp);
+  if (mixed.bf16) key_pair_words(vh, T, d, mixed.key_pairs);
   for (int64_t t0 = 0; t0 < T; t0 += kRows) {
     const int64_t R = std::min(kRows, T - t0), cols = std::min(T, t0 + kRows);  // keys s < cols
     float* p = keep ? p_rows + t0 * Tp : p_rows;
-    scores.block<kD>(qh, t0, R, kt, Tp, d, cols, scale, p);
+    mixed.scores<kD>(qh, t0, R, kt, Tp, cols, scale, p);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t t = t0 + r, n = t + 1;
       float* pr = p + r * Tp;
@@ -329,6 +463,11 @@ void forward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, in
 #pragma omp simd
       for (int64_t s = 0; s < n; ++s) pr[s] *= inv;
       if (lse) lse[t] = mx + std::log(z);
+    }
+    if (mixed.bf16) {
+      for (int64_t r = 0; r < R; ++r) std::fill(p + r * Tp + t0 + r + 1, p + r * Tp + cols, 0.0f);
+      mixed.product<kD>(p, Tp, R, cols, o + t0 * o_row_stride, o_row_stride);
+      continue;
     }
 #if defined(__AVX512F__)
     if constexpr (kBlocksOf32<kD>) {  // 64: two halves of 32 columns, each o_t element alike
@@ -391,22 +530,23 @@ inline void block_updates_32(const HeadView& qh, const HeadView& kh, const HeadV
 template <int64_t kD>
 void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, const HeadView& gh,
                    const HeadView& oh, const float* lse, float* kept, int64_t T, int64_t d_runtime,
-                   float scale, bool bf16, float* dq, float* dk, float* dv, float* kt, float* vt, uint32_t* words,
+                   float scale, Arith arith, float* dq, float* dk, float* dv, float* kt, float* vt, uint32_t* words,
                    float* p_scratch, float* ds_block) {
   const int64_t d = kD > 0 ? kD : d_runtime;
   const int64_t Tp = padded(T);
-  Scores scores(bf16, words);
+  const Mixed mixed(arith, words, T, d);
   if (!kept) {
     transpose_head(kh, T, d, kt);
-    scores.prepare_keys(kt, Tp, d);
+    mixed.prepare_keys(kt, Tp);
   }
   transpose_head(vh, T, d, vt);
-  scores.prepare_keys(vt, Tp, d);
+  mixed.prepare_keys(vt, Tp);
+  if (mixed.bf16) key_pair_words(kh, T, d, mixed.key_pairs);
   for (int64_t t0 = 0; t0 < T; t0 += kRows) {
     const int64_t R = std::min(kRows, T - t0), cols = std::min(T, t0 + kRows);  // keys s < cols
     float* p_block = kept ? kept + t0 * Tp : p_scratch;
-    if (!kept) scores.block<kD>(qh, t0, R, kt, Tp, d, cols, scale, p_block);
-    scores.block<kD>(gh, t0, R, vt, Tp, d, cols, 1.0f, ds_block);
+    if (!kept) mixed.scores<kD>(qh, t0, R, kt, Tp, cols, scale, p_block);
+    mixed.scores<kD>(gh, t0, R, vt, Tp, cols, 1.0f, ds_block);
     // Each row's P (kept, or recomputed from the saved log-sum-exp) and dS = P (dP - D) / sqrt(d),
     // with D_t = dO_t . o_t, over keys s <= t; zero from the causal edge to the block's last key.
     for (int64_t r = 0; r < R; ++r) {
@@ -417,6 +557,12 @@ void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, c
       for (int64_t s = 0; s < n; ++s) ds[s] = p[s] * (ds[s] - D) * scale;
       std::fill(p + n, p + cols, 0.0f);
       std::fill(ds + n, ds + cols, 0.0f);
+    }
+    if (mixed.bf16) {  // dq = dS K, dk += dS^T Q, dv += P^T dO
+      mixed.product<kD>(ds_block, Tp, R, cols, dq + t0 * d, d);
+      mixed.updates<kD>(ds_block, Tp, qh, t0, R, cols, dk);
+      mixed.updates<kD>(p_block, Tp, gh, t0, R, cols, dv);
+      continue;
     }
 #if defined(__AVX512F__)
     if (kBlocksOf32<kD> && R == kRows) {
@@ -443,36 +589,36 @@ void backward_head(const HeadView& qh, const HeadView& kh, const HeadView& vh, c
 
 // Kernels::head_scores, kD as above.
 template <int64_t kD>
-void head_scores(const HeadView& qh, const HeadView& kh, int64_t T, int64_t d, float scale, bool bf16, float* kt,
+void head_scores(const HeadView& qh, const HeadView& kh, int64_t T, int64_t d, float scale, Arith arith, float* kt,
                  uint32_t* words, float* out) {
   const int64_t Tp = padded(T);
-  Scores scores(bf16, words);
+  const Mixed mixed(arith, words, T, d);
   transpose_head(kh, T, d, kt);
-  scores.prepare_keys(kt, Tp, d);
+  mixed.prepare_keys(kt, Tp);
   for (int64_t t0 = 0; t0 < T; t0 += kRows)
-    scores.block<kD>(qh, t0, std::min(kRows, T - t0), kt, Tp, d, std::min(T, t0 + kRows), scale, out + t0 * Tp);
+    mixed.scores<kD>(qh, t0, std::min(kRows, T - t0), kt, Tp, std::min(T, t0 + kRows), scale, out + t0 * Tp);
 }
 
 // The head size fixed at compile time where it is one of the common two.
 void forward_any(const HeadView& q, const HeadView& k, const HeadView& v, int64_t T, int64_t d, float scale,
-                 bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt, uint32_t* words, float* p,
+                 Arith arith, float* o, int64_t o_row_stride, float* lse, float* kt, uint32_t* words, float* p,
                  bool keep) {
   (d == 32   ? forward_head<32>
    : d == 64 ? forward_head<64>
-             : forward_head<0>)(q, k, v, T, d, scale, bf16, o, o_row_stride, lse, kt, words, p, keep);
+             : forward_head<0>)(q, k, v, T, d, scale, arith, o, o_row_stride, lse, kt, words, p, keep);
 }
 
 void backward_any(const HeadView& q, const HeadView& k, const HeadView& v, const HeadView& g,
-                  const HeadView& o, const float* lse, float* kept, int64_t T, int64_t d, float scale, bool bf16,
+                  const HeadView& o, const float* lse, float* kept, int64_t T, int64_t d, float scale, Arith arith,
                   float* dq, float* dk, float* dv, float* kt, float* vt, uint32_t* words, float* p, float* ds) {
   (d == 32   ? backward_head<32>
    : d == 64 ? backward_head<64>
-             : backward_head<0>)(q, k, v, g, o, lse, kept, T, d, scale, bf16, dq, dk, dv, kt, vt, words, p, ds);
+             : backward_head<0>)(q, k, v, g, o, lse, kept, T, d, scale, arith, dq, dk, dv, kt, vt, words, p, ds);
 }
 
-void scores_any(const HeadView& q, const HeadView& k, int64_t T, int64_t d, float scale, bool bf16, float* kt,
+void scores_any(const HeadView& q, const HeadView& k, int64_t T, int64_t d, float scale, Arith arith, float* kt,
                 uint32_t* words, float* out) {
-  (d == 32 ? head_scores<32> : d == 64 ? head_scores<64> : head_scores<0>)(q, k, T, d, scale, bf16, kt, words, out);
+  (d == 32 ? head_scores<32> : d == 64 ? head_scores<64> : head_scores<0>)(q, k, T, d, scale, arith, kt, words, out);
 }
 
 }  // namespace

@@ -24,30 +24,40 @@ struct HeadView {
 constexpr int64_t kRows = 4, kLanes = 16;
 constexpr int64_t padded(int64_t T) { return (T + kLanes - 1) / kLanes * kLanes; }
 
-// bf16: the score products (q k^T, and in the backward dO v^T) take their inputs rounded to
-// bf16 and sum in fp32 as vdpbf16ps does (bf16_dot_pair, core/gemm_bf16.h), pairs of d in order;
-// the softmax, P V and the gradients' updates stay fp32. With AVX512-BF16 (gemm_bf16_available)
-// at d = 32 and 64 the instruction runs; elsewhere a portable loop gives the same bits.
+// How the kernels compute. fp32: everything in fp32. bf16 (mixed precision): every product of
+// the core, the scores q k^T and P V and, in the backward, dO v^T, dS K, dS^T Q and P^T dO, takes
+// its inputs rounded to bf16 and sums in fp32 as vdpbf16ps does (bf16_dot_pair, core/gemm_bf16.h):
+// pairs of the summed index in order, each pair one step. The softmax, the backward's dS and
+// the sums into dk and dv stay fp32. With AVX512-BF16 (gemm_bf16_available) at d = 32 and 64
+// the instruction runs; elsewhere portable loops give the same bits. bf16_portable: the same
+// arithmetic, always by the portable loops (for tests).
+enum class Arith { fp32, bf16, bf16_portable };
+
+// The bf16 kernels' scratch (`words`), per head: 0 in fp32.
+constexpr int64_t bf16_words(int64_t T, int64_t d) {
+  return kRows * d + (T + 1) / 2 * d + 4 * padded(T) + 2 * d;
+}
+
 struct Kernels {
   // One (batch, head): o (rows o_row_stride apart) = softmax(scale q k^T + causal mask) v over
   // T rows of d floats. kt: scratch for K^T (d x padded(T) floats, in blocks of kLanes keys);
-  // words: scratch for a block's rows as bf16 pairs (kRows x d words, used under bf16).
+  // words: scratch of bf16_words(T, d) for the bf16 kernels (null in fp32).
   // p: the probabilities of one block of rows (kRows, padded(T)), or with keep, of all the
   // head's rows (padded(T) rows), kept for the backward. lse (T) gets each row's log-sum-exp, unless null.
   void (*forward_head)(const HeadView& q, const HeadView& k, const HeadView& v, int64_t T, int64_t d,
-                       float scale, bool bf16, float* o, int64_t o_row_stride, float* lse, float* kt,
+                       float scale, Arith arith, float* o, int64_t o_row_stride, float* lse, float* kt,
                        uint32_t* words, float* p, bool keep);
   // Its gradients, given dO (g) and the output (o): dk, dv (T, d) zeroed by the caller, dq rows
   // written whole. kept: the forward's probabilities of all the head's rows, or null: recompute
   // them from lse. kt, vt, words: scratch as above; p, ds: scratch (kRows, padded(T)).
   void (*backward_head)(const HeadView& q, const HeadView& k, const HeadView& v, const HeadView& g,
                         const HeadView& o, const float* lse, float* kept, int64_t T, int64_t d, float scale,
-                        bool bf16, float* dq, float* dk, float* dv, float* kt, float* vt, uint32_t* words, float* p,
+                        Arith arith, float* dq, float* dk, float* dv, float* kt, float* vt, uint32_t* words, float* p,
                         float* ds);
   // For tests: out (T, padded(T)) gets the scores scale q_t . k_s for s <= t as the kernels
   // compute them (past s = t, up to the block's last key, whatever the blocks wrote); kt, words:
   // scratch as above.
-  void (*head_scores)(const HeadView& q, const HeadView& k, int64_t T, int64_t d, float scale, bool bf16,
+  void (*head_scores)(const HeadView& q, const HeadView& k, int64_t T, int64_t d, float scale, Arith arith,
                       float* kt, uint32_t* words, float* out);
 };
 
