@@ -322,7 +322,7 @@ std::vector<Setting> declare_train_settings() {
            "the same gradients, bit for bit, in less memory (long contexts)");
   d.custom(
       "precision", "P",
-      "matrix products of the linear layers and MHA's attention scores:\n"
+      "matrix products of the linear layers and of MHA's attention core:\n"
       "fp32, or bf16 (mixed precision: bf16 inputs, fp32 sums; weights,\n"
       "gradients, AdamW, norms, softmax, the latent scan and checkpoints\n"
       "stay fp32). bf16 needs a CPU with AVX512-BF16; it trains to\n"

@@ -5,6 +5,8 @@
 // Scores are computed 4 rows x 16 keys at a time against a transposed copy of the head's keys,
 // accumulating over d in registers (a small sgemm micro-kernel, no horizontal sums). The copy
 // holds K^T in blocks of 16 keys, each block's d x 16 floats contiguous (see transpose_head).
+// Under bf16 mixed precision (Arith) every product of the core runs as pair steps of vdpbf16ps:
+// the same blocks on operands turned into pair words (the section "bf16" below).
 #include "nn/causal_attention_kernels.h"
 
 #include <algorithm>
@@ -133,11 +135,14 @@ void transpose_head(const HeadView& x, int64_t T, int64_t d, float* xt) {
   }
 }
 
-// ---- bf16 scores (Kernels' bf16) -------------------------------------------------------------
-// Each score is scale times the sum over the pairs p of d, in order, of what vdpbf16ps adds for
-// the pair (x[2p], x[2p + 1]) of a row and of a key, both rounded to bf16. Rows and keys are
-// turned into pair words first (k even in the low half, as the instruction reads them); the
-// AVX512-BF16 blocks and the portable loop then do the same operations in the same order.
+// ---- bf16 (Arith::bf16) -------------------------------------------------------------------------
+// Each product sums over an index in pairs, in order, each pair one step of what vdpbf16ps does
+// in a lane (bf16_dot_pair) with both operands rounded to bf16. A score: over the pairs of d, a
+// row's words (q_t[2p], q_t[2p+1]) against a key's. P V and dS K: over pairs of keys, a row's
+// words (P_t,2j, P_t,2j+1) against the key pairs (v_2j[c], v_2j+1[c]). dS^T Q and P^T dO: over
+// the block's rows in pairs (0, 1) and (2, 3), added to dk and dv. Operands are turned into pair
+// words first (the even index in the low half, as the instruction reads them); the AVX512-BF16
+// blocks and the portable loops then do the same operations in the same order.
 
 constexpr int64_t pairs(int64_t d) { return (d + 1) / 2; }
 
