@@ -51,7 +51,7 @@ void usage() {
       "                  keeps OpenMP's idle threads from starving OpenBLAS's)\n"
       "  --kinds LIST    only these: a comma list of mha, mla, latent, latent-chunked (default: all)\n"
       "  --precision P   fp32 (default) or bf16: mixed precision as charlm train --precision runs it\n"
-      "                  (the projections' products and MHA's score products in bf16; needs AVX512-BF16)\n"
+      "                  (the projections' products and MHA's attention core in bf16; needs AVX512-BF16)\n"
       "  --no-generation skip the step() timings\n"
       "  --help          this text\n");
 }

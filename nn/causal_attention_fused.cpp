@@ -46,6 +46,11 @@ const causal_kernels::Kernels& kernels() {
 // The kernels' arithmetic for the precision in force (core/precision.h).
 Arith arithmetic() { return matmul_precision() == Precision::bf16 ? Arith::bf16 : Arith::fp32; }
 
+// The bf16 kernels' scratch of one thread (empty in fp32).
+std::vector<uint32_t> bf16_scratch(Arith arith, int64_t T, int64_t d) {
+  return std::vector<uint32_t>(arith == Arith::fp32 ? 0 : causal_kernels::bf16_words(T, d));
+}
+
 HeadView head_view(const Tensor& x, int64_t bh, int64_t H) {
   const int64_t b = bh / H, h = bh % H;
   return {x.data() + b * x.strides()[0] + h * x.strides()[1], x.strides()[2]};
@@ -84,7 +89,7 @@ void run_forward(const Tensor& qc, const Tensor& kc, const Tensor& vc, float sca
 #pragma omp parallel if (parallel)
   {
     std::vector<float> kt(d * Tp), p(keep ? 0 : kRows * Tp);  // K^T (blocks of kLanes keys), scores (4, Tp)
-    std::vector<uint32_t> words(arith == Arith::fp32 ? 0 : causal_kernels::bf16_words(T, d));
+    std::vector<uint32_t> words = bf16_scratch(arith, T, d);
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       float* o = out.data() + (bh / H) * out.strides()[0] + (bh % H) * out.strides()[1];
@@ -105,7 +110,7 @@ void run_backward(const Tensor& qc, const Tensor& kc, const Tensor& vc, const Te
 #pragma omp parallel if (parallel)
   {
     std::vector<float> kt(d * padded(T)), vt(d * padded(T)), p(kRows * padded(T)), dp(kRows * padded(T));
-    std::vector<uint32_t> words(arith == Arith::fp32 ? 0 : causal_kernels::bf16_words(T, d));
+    std::vector<uint32_t> words = bf16_scratch(arith, T, d);
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       const int64_t at = bh * T * d;

@@ -27,7 +27,8 @@ namespace lg::nn::causal_kernels {
 
 namespace {
 
-// Head sizes whose P V and backward updates run the 32-column AVX-512 blocks, once per 32 columns.
+// Head sizes with AVX-512 blocks: in fp32, P V and the backward updates run the 32-column blocks
+// once per 32 columns; in bf16, every product runs the AVX512-BF16 blocks.
 template <int64_t kD>
 constexpr bool kBlocksOf32 = kD == 32 || kD == 64;
 
@@ -364,7 +365,7 @@ struct Mixed {
     if (!bf16) return block_scores<kD>(rows_of, first, R, xt, Tp, d, n, scale, out);
     for (int64_t r = 0; r < kRows; ++r) row_pair_words(rows_of.row(first + std::min(r, R - 1)), d, rows + r * pairs(d));
 #if defined(__AVX512F__)
-    if constexpr (kD == 32 || kD == 64)
+    if constexpr (kBlocksOf32<kD>)
       if (fast) return bf16_scores_avx512<kD>(rows, R, xt, n, scale, out, Tp);
 #endif
     bf16_scores_portable(rows, R, xt, d, n, scale, out, Tp);
@@ -376,7 +377,7 @@ struct Mixed {
     for (int64_t r = 0; r < R; ++r) row_pair_words(w + r * Tp, n, along + r * ws);
     const int64_t J = (n + 1) / 2;
 #if defined(__AVX512F__)
-    if constexpr (kD == 32 || kD == 64)
+    if constexpr (kBlocksOf32<kD>)
       if (fast) return pair_product_avx512<kD>(along, ws, J, key_pairs, R, out, out_stride);
 #endif
     pair_product_portable(along, ws, J, key_pairs, d, R, out, out_stride);
@@ -394,7 +395,7 @@ struct Mixed {
     across_pairs(x_row(0), x_row(1), d, x01);
     across_pairs(x_row(2), x_row(3), d, x23);
 #if defined(__AVX512F__)
-    if constexpr (kD == 32 || kD == 64)
+    if constexpr (kBlocksOf32<kD>)
       if (fast) return pair_updates_avx512<kD>(a01, a23, x01, x23, n, dst);
 #endif
     pair_updates_portable(a01, a23, x01, x23, n, d, dst);
