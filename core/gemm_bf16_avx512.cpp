@@ -20,7 +20,6 @@
 // bf16_symbols checks it).
 #include <omp.h>
 
-#include <cstdlib>
 #include <cstring>
 
 #include "core/bf16_avx512.h"
@@ -343,10 +342,24 @@ void gemm_one_thread(int64_t mc, int64_t kc_max, int64_t nc_max, const Source& a
   }
 }
 
+// The words of one thread's packed B block (nc x kc) and A block (mc x kc), each rounded up to 64
+// bytes. nc and mc are bounds: a thread's blocks are never wider than the product or blocks'.
+int64_t b_pack_words(const Blocks& blocks, int64_t N, int64_t K) {
+  return ceil_div(min64(blocks.nc, ceil_div(N, NR) * NR) * ceil_div(min64(blocks.kc, K), 2), 16) * 16;
+}
+int64_t a_pack_words(const Blocks& blocks, int64_t M, int64_t K) {
+  return ceil_div(min64(blocks.mc, ceil_div(M, MR) * MR) * a_panel_pairs(ceil_div(min64(blocks.kc, K), 2)), 16) * 16;
+}
+
 }  // namespace
 
-bool gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
-          int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias) {
+int64_t packing_words(const Blocks& blocks, int64_t M, int64_t N, int64_t K) {
+  return b_pack_words(blocks, N, K) + a_pack_words(blocks, M, K);
+}
+
+void gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias,
+          uint32_t* packing) {
   // Threads share out C and nothing else: each takes its own rows, or its own columns, and runs
   // the one-thread algorithm on them. A thread with its own rows packs its own copy of all of
   // op(B) (K x N); with its own columns, of all of op(A) (M x K). So C is cut along the longer
@@ -357,9 +370,7 @@ bool gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N
   // shared with other work, where a thread that waits at a barrier may wait for a whole time
   // slice of someone else's job. Either way each element of C is the same sum in the same
   // order: the same bits on any number of threads.
-  const int64_t kc = min64(blocks.kc, K), kp_max = ceil_div(kc, 2);
-  auto bytes = [](int64_t words) { return static_cast<size_t>(ceil_div(words * 4, 64) * 64); };
-  bool out_of_memory = false;
+  const int64_t kc = min64(blocks.kc, K), per_thread = packing_words(blocks, M, N, K);
 #pragma omp parallel num_threads(blocks.threads)
   {
     // The team may be smaller than asked: called from inside another parallel region (a
@@ -390,21 +401,13 @@ bool gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N
       }
       // Blocks of M of at most blocks.mc rows, all of about the same size.
       const int64_t mc = min64(ceil_div(ceil_div(m, ceil_div(m, blocks.mc)), MR) * MR, ceil_div(m, MR) * MR);
-      uint32_t* b_pack = static_cast<uint32_t*>(std::aligned_alloc(64, bytes(nc * kp_max)));
-      uint32_t* a_pack = static_cast<uint32_t*>(std::aligned_alloc(64, bytes(mc * a_panel_pairs(kp_max))));
-      if (b_pack && a_pack) {
-        // the bias row of this thread's columns (bias is shared by the team: not moved in place)
-        const float* bias_part = bias && !split_rows ? bias + first : bias;
-        gemm_one_thread(mc, kc, nc, a_src, b_src, m, n, K, c, ldc, accumulate, bias_part, b_pack, a_pack);
-      } else {
-#pragma omp atomic write
-        out_of_memory = true;
-      }
-      std::free(b_pack);
-      std::free(a_pack);
+      uint32_t* b_pack = packing + omp_get_thread_num() * per_thread;
+      uint32_t* a_pack = b_pack + b_pack_words(blocks, N, K);
+      // the bias row of this thread's columns (bias is shared by the team: not moved in place)
+      const float* bias_part = bias && !split_rows ? bias + first : bias;
+      gemm_one_thread(mc, kc, nc, a_src, b_src, m, n, K, c, ldc, accumulate, bias_part, b_pack, a_pack);
     }
   }
-  return !out_of_memory;
 }
 
 }  // namespace lg::gemm_bf16_kernel

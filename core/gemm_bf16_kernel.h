@@ -20,8 +20,14 @@ struct Blocks {
   int threads;
 };
 
-// The arguments of gemm_bf16, M, N, K > 0. False when its packing buffers could not be allocated.
-bool gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
-          int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias);
+// The 32-bit words of packed blocks one thread of gemm needs for an M x N x K product: a
+// multiple of 16 (64 bytes).
+int64_t packing_words(const Blocks& blocks, int64_t M, int64_t N, int64_t K);
+
+// The arguments of gemm_bf16, M, N, K > 0. packing: blocks.threads x packing_words(...) words,
+// 64-byte aligned, which thread t of the team uses from t x packing_words(...) on.
+void gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias,
+          uint32_t* packing);
 
 }  // namespace lg::gemm_bf16_kernel
