@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -131,25 +130,6 @@ static bool trivial(int64_t M, int64_t N, int64_t K, float* C, int64_t ldc, bool
   return true;
 }
 
-// The memory of the packed blocks: one buffer per calling thread (its team packs into slices
-// of it), grown when a product needs more and kept for the next. Allocated afresh in every
-// call, the blocks (up to 1.8 MB a thread) came back from the OS as new pages: 2% of a bf16
-// step of the baseline model went to page faults. Null when out of memory.
-static uint32_t* packing_scratch(int64_t words) {
-  struct Scratch {
-    uint32_t* data = nullptr;
-    int64_t words = 0;
-    ~Scratch() { std::free(data); }
-  };
-  thread_local Scratch scratch;
-  if (scratch.words < words) {
-    std::free(scratch.data);
-    scratch.data = static_cast<uint32_t*>(std::aligned_alloc(64, static_cast<size_t>(words) * 4));
-    scratch.words = scratch.data ? words : 0;
-  }
-  return scratch.data;
-}
-
 void gemm_bf16_blocked(const GemmBf16Blocking& blocking, bool trans_a, bool trans_b, int64_t M, int64_t N,
                        int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
                        int64_t ldc, bool accumulate, const float* bias) {
@@ -165,9 +145,13 @@ void gemm_bf16_blocked(const GemmBf16Blocking& blocking, bool trans_a, bool tran
   blocks.kc = round_up(blocking.kc > 0 ? std::min(blocking.kc, K) : K, 2);
   blocks.nc = round_up(blocking.nc > 0 ? std::min(blocking.nc, N) : N, kernel::kNR);
   blocks.threads = blocking.threads > 0 ? blocking.threads : omp_get_max_threads();
-  uint32_t* packing = packing_scratch(blocks.threads * kernel::packing_words(blocks, M, N, K));
-  if (!packing) throw Error(fmt::format("gemm_bf16: no memory for the packed blocks of a {}x{}x{} product", M, N, K));
-  kernel::gemm(blocks, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias, packing);
+  // The packed blocks (32-bit words, 4 bytes like a float) come from the tensors' buffer pool
+  // (core/tensor.cpp), which keeps freed buffers for the next of the same size. Allocated and
+  // freed by each call, they came back from the OS as new pages: 2% of a bf16 step of the
+  // baseline model went to page faults (docs/performance.md, "The packed blocks' memory").
+  Tensor packing = Tensor::empty({blocks.threads * kernel::packing_words(blocks, M, N, K)});
+  kernel::gemm(blocks, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias,
+               reinterpret_cast<uint32_t*>(packing.data()));
 }
 
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,

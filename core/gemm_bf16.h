@@ -5,8 +5,8 @@
 // besides the fp32 sums. CPUs with AVX512-BF16 (vdpbf16ps) run these products at twice the
 // fp32 FMA rate; OpenBLAS 0.3.21 (Debian 12) has no bf16 GEMM, so this one is our own
 // (docs/performance.md, "A bf16 GEMM", says how it works). fp32 in, fp32 out: the bf16
-// copies exist only in the packed blocks, cache-sized pieces of the operands in a scratch
-// buffer that each calling thread keeps for its next product (at most about 1.8 MB a thread).
+// copies exist only in the packed blocks of one call: cache-sized pieces of the operands, at
+// most about 1.8 MB a thread.
 #pragma once
 
 #include <cstdint>

@@ -370,7 +370,8 @@ void gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N
   // shared with other work, where a thread that waits at a barrier may wait for a whole time
   // slice of someone else's job. Either way each element of C is the same sum in the same
   // order: the same bits on any number of threads.
-  const int64_t kc = min64(blocks.kc, K), per_thread = packing_words(blocks, M, N, K);
+  const int64_t kc = min64(blocks.kc, K), b_words = b_pack_words(blocks, N, K);
+  const int64_t per_thread = b_words + a_pack_words(blocks, M, K);
 #pragma omp parallel num_threads(blocks.threads)
   {
     // The team may be smaller than asked: called from inside another parallel region (a
@@ -402,7 +403,7 @@ void gemm(const Blocks& blocks, bool trans_a, bool trans_b, int64_t M, int64_t N
       // Blocks of M of at most blocks.mc rows, all of about the same size.
       const int64_t mc = min64(ceil_div(ceil_div(m, ceil_div(m, blocks.mc)), MR) * MR, ceil_div(m, MR) * MR);
       uint32_t* b_pack = packing + omp_get_thread_num() * per_thread;
-      uint32_t* a_pack = b_pack + b_pack_words(blocks, N, K);
+      uint32_t* a_pack = b_pack + b_words;
       // the bias row of this thread's columns (bias is shared by the team: not moved in place)
       const float* bias_part = bias && !split_rows ? bias + first : bias;
       gemm_one_thread(mc, kc, nc, a_src, b_src, m, n, K, c, ldc, accumulate, bias_part, b_pack, a_pack);
