@@ -10,6 +10,7 @@
 #include <exception>
 #include <numeric>
 
+#include "core/precision.h"
 #include "core/recompute.h"
 #include "dist/dist.h"
 #include "models/charlm_data.h"
@@ -60,8 +61,16 @@ Tensor CharLM::forward_positions(const std::vector<int32_t>& ids, int64_t B, int
         h);
     dropout_rng = *after;
   }
-  h = ln_f->forward(h);                            // (B, T, D)
-  return matmul(h, transpose(wte->weight, 0, 1));  // (B, T, V): tied head, W^T as a view
+  h = ln_f->forward(h);  // (B, T, D)
+  return head(h);        // (B, T, V)
+}
+
+// linear() in bf16 and matmul() in fp32 compute the same logits and input gradient, but linear's
+// fp32 weight gradient may sum its rows in parts (core/matmul.cpp), another rounding: fp32 keeps
+// the matmul, so that fp32 runs and checkpoints give the losses they always gave.
+Tensor CharLM::head(const Tensor& h) const {
+  if (matmul_precision() == Precision::bf16) return linear(h, wte->weight, Tensor());
+  return matmul(h, transpose(wte->weight, 0, 1));  // W^T as a view
 }
 
 Tensor CharLM::loss(const Tensor& logits, const std::vector<int32_t>& targets) {
@@ -81,7 +90,7 @@ Tensor CharLM::step(const std::vector<int32_t>& ids, State& state) {
   for (size_t i = 0; i < blocks.size(); ++i) h = blocks[i]->step(h, *state.layers[i]);
   h = ln_f->forward(h);
   ++state.position;
-  return reshape(matmul(h, transpose(wte->weight, 0, 1)), {B, config_.vocab});  // (B, V)
+  return reshape(head(h), {B, config_.vocab});  // (B, V)
 }
 
 // ============================================================================

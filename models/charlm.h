@@ -48,6 +48,10 @@ class CharLM : public nn::Module {
   Tensor forward_positions(const std::vector<int32_t>& ids, int64_t B, int64_t T, Rng& dropout_rng);
   // Mean cross-entropy of logits (B, T, V) against targets (B, T) -> ().
   static Tensor loss(const Tensor& logits, const std::vector<int32_t>& targets);
+  // The head tied to the embedding: h (..., D) -> logits h wte.weight^T (..., V). Under bf16
+  // mixed precision (core/precision.h) it is linear() without a bias, its three products in bf16
+  // as every projection's; in fp32 the product of W^T as a view, as it always was.
+  Tensor head(const Tensor& h) const;
 
   // Incremental decoding: one attention state per block.
   struct State {

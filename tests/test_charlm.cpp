@@ -13,6 +13,7 @@
 #include <csignal>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -20,6 +21,7 @@
 #include "core/files.h"
 #include "core/gemm_bf16.h"
 #include "core/json_io.h"
+#include "core/precision.h"
 #include "models/charlm.h"
 #include "models/charlm_checkpoint.h"
 #include "models/charlm_cli.h"
@@ -352,6 +354,33 @@ TEST_CASE("model: tied head, parameter names, incremental steps equal the parall
         CHECK(step_logits[v] == doctest::Approx(logits.at({0, t, v})).epsilon(1e-4));
     }
   }
+}
+
+TEST_CASE("the tied head: linear's bf16 products under Precision::bf16, the matmul of W^T in fp32") {
+  ModelConfig c = small_model("latent", 11, 1, 12);
+  Rng init(2), rng(3);
+  CharLM model(c, init);
+  Tensor h = randn({2, 7, c.dim}, rng).set_requires_grad();
+  const Tensor r = randn({2, 7, c.vocab}, rng);
+  const Tensor& w = model.wte->weight;
+  // logits, dh and dW from loss sum(logits * r), for the head or for a given function of h and W
+  auto run = [&](Precision p, const std::function<Tensor()>& logits) {
+    PrecisionGuard guard(p);
+    model.zero_grad();
+    h.zero_grad();
+    Tensor y = logits();
+    sum(y * r).backward();
+    return std::vector<std::vector<float>>{y.to_vector(), h.grad().to_vector(), w.grad().to_vector()};
+  };
+  auto head = [&] { return model.head(h); };
+  const auto bf16 = run(Precision::bf16, head), fp32 = run(Precision::fp32, head);
+  CHECK(bf16 == run(Precision::bf16, [&] { return linear(h, w, Tensor()); }));
+  CHECK(fp32 == run(Precision::fp32, [&] { return matmul(h, transpose(w, 0, 1)); }));
+  // The inputs were rounded (bf16 keeps 8 significant bits): the logits moved, by little.
+  double worst = 0;
+  for (size_t i = 0; i < fp32[0].size(); ++i) worst = std::max(worst, double(std::abs(bf16[0][i] - fp32[0][i])));
+  CHECK(worst > 1e-4);
+  CHECK(worst < 0.1);
 }
 
 TEST_CASE("data parallel: shards give the whole batch's loss and gradients, and share the weights") {
