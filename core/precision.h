@@ -2,7 +2,8 @@
 //
 // bf16 mixed precision is what PyTorch's torch.autocast("cpu", dtype=torch.bfloat16) does to a
 // linear layer: the inputs of each product (activations, weights, gradients) are rounded to
-// bfloat16 and the products summed in fp32 (core/gemm_bf16.h). MHA's fused attention core does
+// bfloat16 and the products summed in fp32 (core/gemm_bf16.h). The char LM's head, tied to its
+// embedding, is such a linear layer too (models/charlm.h). MHA's fused attention core does
 // the same to its products (q k^T and P V; in the backward dO v^T, dS K, dS^T Q and P^T dO:
 // nn/causal_attention_kernels.h). Everything else stays fp32: the parameters, their gradients
 // and the optimizer's state (master weights), norms, softmax, the latent scan and the loss.

@@ -322,11 +322,11 @@ std::vector<Setting> declare_train_settings() {
            "the same gradients, bit for bit, in less memory (long contexts)");
   d.custom(
       "precision", "P",
-      "matrix products of the linear layers and of MHA's attention core:\n"
-      "fp32, or bf16 (mixed precision: bf16 inputs, fp32 sums; weights,\n"
-      "gradients, AdamW, norms, softmax, the latent scan and checkpoints\n"
-      "stay fp32). bf16 needs a CPU with AVX512-BF16; it trains to\n"
-      "fp32's loss, 1.6-1.8x faster on the 10.7M model\n"
+      "matrix products of the linear layers (the tied output head too) and of\n"
+      "MHA's attention core: fp32, or bf16 (mixed precision: bf16 inputs,\n"
+      "fp32 sums; weights, gradients, AdamW, norms, softmax, the latent scan\n"
+      "and checkpoints stay fp32). bf16 needs a CPU with AVX512-BF16; it\n"
+      "trains to fp32's loss, 1.6-1.8x faster on the 10.7M model\n"
       "(configs/char_10m.toml), 1.2-1.5x on the default one (README:\n"
       "Training speed); fp32 stays the default",
       [](const TrainSettings& t) { return t.precision; },
